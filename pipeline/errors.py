@@ -1,0 +1,9 @@
+"""The one error type users see before anything starts: one line, the key, the fix."""
+
+
+class ConfigError(Exception):
+    """A configuration the pipeline refuses, reported as `key: problem. Fix: ...`."""
+
+    def __init__(self, key: str, problem: str, fix: str) -> None:
+        super().__init__(f"{key}: {problem}. Fix: {fix}")
+        self.key = key

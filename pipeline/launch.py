@@ -1,0 +1,47 @@
+"""Start the ranks of one job on this machine: in-process for one, torch's elastic launcher for N.
+
+Hydra runs the job function once; the N ranks are spawned from inside it, so Hydra never runs
+twice (the usual Hydra + DDP trap) and each rank gets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*.
+"""
+import atexit
+import os
+import socket
+import uuid
+from typing import Any, Dict
+
+import torch.distributed as dist
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from pipeline import train
+
+
+def run_local(job: Dict[str, Any], nproc: int) -> Dict[str, float]:
+    """Train with nproc ranks here; returns rank 0's summary."""
+    if nproc == 1:
+        _single_rank_env()
+        return train.worker(job)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"zerosweep-{uuid.uuid4().hex[:8]}",
+                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", start_method="spawn", max_restarts=0,
+                          monitor_interval=1)
+    return elastic_launch(config, rank_main)(job)[0]
+
+
+def rank_main(job: Dict[str, Any]) -> Dict[str, float]:
+    """A rank in its own process: train, then leave the process group cleanly (gloo can abort
+    at interpreter exit otherwise)."""
+    try:
+        return train.worker(job)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _single_rank_env() -> None:
+    """A world of one in this process; it stays up across the points of a local sweep."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())

@@ -1,0 +1,67 @@
+"""Per-step measurements inside the Trainer: loss, step time, tokens/s, peak memory."""
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+from transformers import TrainerCallback
+
+LogFn = Callable[[Dict[str, float], int], None]
+
+
+def peak_memory_bytes() -> int:
+    """Peak GPU memory allocated on this rank, or this process's peak host RSS without a GPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib if sys.platform == "darwin" else kib * 1024
+
+
+class StepMetrics(TrainerCallback):
+    """Times each optimizer step and forwards the Trainer's logs, with throughput, to log_fn."""
+
+    def __init__(self, tokens_per_step: int, flops_per_token: float, warmup: int, log_fn: Optional[LogFn]) -> None:
+        self.tokens_per_step = tokens_per_step
+        self.flops_per_token = flops_per_token
+        self.warmup = warmup
+        self.log_fn = log_fn
+        self.step_times: List[float] = []
+        self.losses: List[float] = []
+        self._t0 = 0.0
+
+    def on_train_begin(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.step_times.append(time.perf_counter() - self._t0)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        logs = logs or {}
+        if "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+        if self.log_fn:
+            values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
+            if self.step_times and "loss" in logs:
+                values.update(step_time_s=self.step_times[-1], tokens_per_s=self.tokens_per_step / self.step_times[-1])
+            self.log_fn(values, state.global_step)
+
+    def summary(self) -> Dict[str, float]:
+        timed = self.step_times[self.warmup:] or self.step_times
+        step_s = statistics.mean(timed) if timed else float("nan")
+        tokens_s = self.tokens_per_step / step_s if timed else float("nan")
+        return {
+            "final_loss": self.losses[-1] if self.losses else float("nan"),
+            "avg_step_time_s": step_s,
+            "avg_tokens_per_s": tokens_s,
+            "model_tflops": self.flops_per_token * tokens_s / 1e12,
+            "peak_memory_gib": peak_memory_bytes() / 2**30,
+            "steps": len(self.step_times),
+        }

@@ -1,0 +1,102 @@
+"""MLflow: the store, one run per point, flat params, metrics from rank 0, artifacts, status.
+
+The job process owns the run: it creates it before any rank starts (so a failed start is still
+recorded), rank 0 only appends metrics to it by id, and the job closes it with the summary.
+"""
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    return f"sqlite:///{Path(cfg.outputs_dir).absolute() / 'mlflow.db'}"
+
+
+def prepare(cfg: DictConfig) -> str:
+    """Create the store and the experiment once, before any run (concurrent first opens of one
+    sqlite store break its migration), and return the experiment id."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(cfg.outputs_dir).absolute() / "mlartifacts").as_uri()
+    return client.create_experiment(cfg.tracking.experiment, artifact_location=location)
+
+
+def flat_params(cfg: DictConfig, choices: Mapping[str, Optional[str]]) -> Dict[str, str]:
+    """Every leaf of the composed config as 'group.key', plus each group's choice and lr."""
+    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    flat: Dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = json.dumps(node) if isinstance(node, (list, dict)) else str(node)
+
+    walk("", tree)
+    flat.update({group: str(choice) for group, choice in choices.items() if choice is not None})
+    flat["lr"] = str(cfg.optimizer.lr)
+    return flat
+
+
+def start_run(cfg: DictConfig, experiment_id: str, name: str, params: Dict[str, str], tags: Dict[str, str]) -> str:
+    client = MlflowClient(tracking_uri(cfg))
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    return run.info.run_id
+
+
+class MetricLogger:
+    """Appends metrics to a run from training rank 0, asynchronously so steps never wait on I/O;
+    flush() before the process ends."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        mlflow.set_tracking_uri(uri)
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+
+    def __call__(self, values: Dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, v, now, step) for k, v in values.items()]
+        self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+
+    def flush(self) -> None:
+        mlflow.flush_async_logging()
+
+
+def finish(cfg: DictConfig, run_id: str, summary: Dict[str, float], artifacts: Iterable[Path]) -> None:
+    client = MlflowClient(tracking_uri(cfg))
+    now = int(time.time() * 1000)
+    step = int(summary.get("steps", 0))
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in summary.items()])
+    for path in artifacts:
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def fail(cfg: DictConfig, run_id: str, error: str, status: str = "FAILED") -> None:
+    """Mark the run FAILED (or KILLED) and keep the error's last lines beside it."""
+    client = MlflowClient(tracking_uri(cfg))
+    client.log_text(run_id, "\n".join(error.splitlines()[-50:]) + "\n", "error.txt")
+    client.set_terminated(run_id, status)
+
+
+def set_tags(cfg: DictConfig, run_id: str, tags: Dict[str, str]) -> None:
+    MlflowClient(tracking_uri(cfg)).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])

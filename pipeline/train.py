@@ -1,0 +1,40 @@
+"""One training rank: model + data + HF Trainer with the planned DeepSpeed config.
+
+Runs in the job process (one rank), in a process started by torch's elastic launcher (N
+ranks), or in a Slurm task; takes and returns plain containers so it can cross processes.
+"""
+import os
+from typing import Any, Dict
+
+from omegaconf import OmegaConf
+from transformers import Trainer, TrainingArguments
+
+from pipeline import data, model, track
+from pipeline.config import Config
+from pipeline.metrics import StepMetrics
+
+
+def worker(job: Dict[str, Any]) -> Dict[str, float]:
+    """Train one rank; rank 0 appends metrics to the job's MLflow run. Returns this rank's summary."""
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), job["cfg"])
+    t = cfg.trainer
+    # Arguments first: with ZeRO-3 they make HF build the model already partitioned (zero.Init).
+    args = TrainingArguments(**job["training_args"])
+    llama = model.llama_config(cfg.model, data.vocab_size(cfg.data), cfg.data.seq_len)
+    net = model.build(llama, t.seed)
+    if t.gradient_checkpointing:
+        net.config.use_cache = False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    samples = t.max_steps * t.micro_batch_size * t.gradient_accumulation_steps * world
+    train_set = data.dataset(cfg.data, llama.vocab_size, min_blocks=samples)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    logger = track.MetricLogger(job["tracking_uri"], job["run_id"]) if is_main and job.get("run_id") else None
+    tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
+    clock = StepMetrics(tokens_per_step, job["flops_per_token"], t.timing_warmup_steps, logger)
+    trainer = Trainer(model=net, args=args, train_dataset=train_set, callbacks=[clock])
+    try:
+        trainer.train(resume_from_checkpoint=job.get("resume_from"))
+    finally:
+        if logger:
+            logger.flush()
+    return clock.summary()
