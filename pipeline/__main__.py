@@ -18,28 +18,36 @@ def check_command_line(argv: list) -> None:
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
     try:
-        points = compose.compose_all(args.overrides, args.multirun)
-        for _, cfg in points:
-            rules.check(cfg)
-        _preflight(points)
+        points = [(p, compose.compose_point(p)) for p in compose.sweep_points(args.overrides, args.multirun)]
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _refuse(e)
+    # Rules for every point first (instant), then the machine checks (they import DeepSpeed).
+    for check in (rules.check, _preflight):
+        for point, cfg in points:
+            try:
+                check(cfg)
+            except ConfigError as e:
+                _refuse(compose.at_point(e, point, len(points)))
     if args.cfg is None and not all(cfg.dry_run for _, cfg in points) and points[0][1].tracking.enabled:
         from pipeline import track
 
         track.prepare(points[0][1])
 
 
-def _preflight(points) -> None:
-    """Machine checks, each point with its expected NVMe need (plans are cheap: meta-device sizes)."""
+def _refuse(error: ConfigError) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _preflight(cfg: DictConfig) -> None:
+    """Machine checks with the point's expected NVMe need (a plan is cheap: meta-device sizes)."""
     from pathlib import Path
 
     from pipeline import plan, preflight
 
-    for _, cfg in points:
+    with preflight.quiet():  # DeepSpeed's estimators announce the accelerator on import
         nvme = plan.make(cfg, Path(cfg.outputs_dir), use_cpu=True).memory["nvme"]
-        preflight.check(cfg, nvme)
+    preflight.check(cfg, nvme)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -1,17 +1,18 @@
 """The story of one job: plan it, check this machine, train its ranks, track it, summarise it."""
+import sys
 import traceback
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import launch, plan, preflight, summary, track
+from pipeline import launch, plan, preflight, summary, sweep, track
 
 
-def run(cfg: DictConfig) -> Dict[str, float]:
+def run(cfg: DictConfig) -> Dict[str, Any]:
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     on_gpu = torch.cuda.is_available()
@@ -21,11 +22,16 @@ def run(cfg: DictConfig) -> Dict[str, float]:
     if cfg.dry_run:
         summary.print_plan(the_plan, files)
         return {}
-    name = cfg.tracking.run_name or ",".join(hc.overrides.task) or "default"
+    multirun = hc.mode == RunMode.MULTIRUN
+    parent = sweep.sweep_info(hc.sweep.dir) if multirun else None
+    name = cfg.tracking.run_name or (sweep.child_name(list(hc.overrides.task), parent["varying"]) if parent
+                                     else ",".join(hc.overrides.task) or "default")
     run_id = None
     if cfg.tracking.enabled:
-        run_id = track.start_run(cfg, track.prepare(cfg), name, track.flat_params(cfg, hc.runtime.choices),
-                                 tags=job_tags(hc))
+        tags = job_tags(hc)
+        if parent:
+            tags["mlflow.parentRunId"] = parent["parent_run_id"]
+        run_id = track.start_run(cfg, track.prepare(cfg), name, track.flat_params(cfg, hc.runtime.choices), tags)
     job = {"cfg": OmegaConf.to_container(cfg, resolve=True), "training_args": the_plan.training_args,
            "flops_per_token": the_plan.flops_per_token, "tracking_uri": track.tracking_uri(cfg), "run_id": run_id}
     try:
@@ -33,12 +39,16 @@ def run(cfg: DictConfig) -> Dict[str, float]:
     except BaseException as e:
         if run_id:
             track.fail(cfg, run_id, traceback.format_exc(), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        if multirun and isinstance(e, Exception):
+            # One failed point must not stop the others; the sweep's end reports it and exits non-zero.
+            print(f"point {name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+            return {"state": "FAILED"}
         raise
     hydra_config = out / ".hydra" / "config.yaml"
     if run_id:
         track.finish(cfg, run_id, result, [files["deepspeed"], files["training_args"], files["memory"], hydra_config])
     summary.print_result(name, result, files, hydra_config, run_id, ui_command(cfg), on_gpu)
-    return result
+    return {"state": "FINISHED", **result}
 
 
 def job_tags(hc) -> Dict[str, str]:

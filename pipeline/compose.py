@@ -39,7 +39,7 @@ def compose_point(overrides: List[str]) -> DictConfig:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=overrides)
         # '+key=value' and recipes may add keys Hydra accepts; the schema does not.
-        OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
         OmegaConf.resolve(cfg)
     except MissingConfigException as e:
         raise _missing_option(e) from None
@@ -50,6 +50,13 @@ def compose_point(overrides: List[str]) -> DictConfig:
 
 def compose_all(overrides: List[str], multirun: bool) -> List[Tuple[List[str], DictConfig]]:
     return [(point, compose_point(point)) for point in sweep_points(overrides, multirun)]
+
+
+def at_point(error: ConfigError, point: List[str], points: int) -> ConfigError:
+    """Name the sweep point an error belongs to, when there are several."""
+    if points > 1:
+        error.args = (f"{error.args[0]} (sweep point: {' '.join(point) or 'defaults'})",)
+    return error
 
 
 def _first_line(text: str) -> str:

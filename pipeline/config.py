@@ -137,6 +137,10 @@ class ModelConf:
     vocab_size: Optional[int] = None
     attn_implementation: str = "sdpa"
     tie_word_embeddings: bool = False
+    # ZeRO-3 only: build the model already partitioned (deepspeed.zero.Init), for models one
+    # rank's host memory cannot hold whole. Its initial weights differ from the other stages'
+    # for the same seed, so by default the model is built whole and partitioned at start.
+    zero3_init: bool = False
 
 
 @dataclass

@@ -58,7 +58,7 @@ def _check_nvme_path(cfg: DictConfig, need: int) -> None:
 @lru_cache(maxsize=1)
 def libaio_usable() -> bool:
     """DeepSpeed's own test: can its async_io op be built here (libaio and its headers)?"""
-    with _quiet():
+    with quiet():
         from deepspeed.ops.op_builder import AsyncIOBuilder
 
         return bool(AsyncIOBuilder().is_compatible(verbose=False))
@@ -94,7 +94,7 @@ def _check_hf_names(cfg: DictConfig) -> None:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence what DeepSpeed prints at import and build-test time, down to the file descriptors."""
     saved = [os.dup(1), os.dup(2)]
     with open(os.devnull, "w") as null:

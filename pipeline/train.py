@@ -8,6 +8,7 @@ from typing import Any, Dict
 
 from omegaconf import OmegaConf
 from transformers import Trainer, TrainingArguments
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from pipeline import data, model, track
 from pipeline.config import Config
@@ -18,10 +19,15 @@ def worker(job: Dict[str, Any]) -> Dict[str, float]:
     """Train one rank; rank 0 appends metrics to the job's MLflow run. Returns this rank's summary."""
     cfg = OmegaConf.merge(OmegaConf.structured(Config), job["cfg"])
     t = cfg.trainer
-    # Arguments first: with ZeRO-3 they make HF build the model already partitioned (zero.Init).
-    args = TrainingArguments(**job["training_args"])
     llama = model.llama_config(cfg.model, data.vocab_size(cfg.data), cfg.data.seq_len)
-    net = model.build(llama, t.seed)
+    if cfg.model.zero3_init:
+        # Arguments first: their live DeepSpeed config makes HF build the model partitioned (zero.Init).
+        args = TrainingArguments(**job["training_args"])
+        net = model.build(llama, t.seed)
+    else:
+        unset_hf_deepspeed_config()  # a previous point of a local sweep may have left one live
+        net = model.build(llama, t.seed)
+        args = TrainingArguments(**job["training_args"])
     if t.gradient_checkpointing:
         net.config.use_cache = False
     world = int(os.environ.get("WORLD_SIZE", "1"))

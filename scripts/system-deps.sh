@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Debian packages the tests use: libaio-dev (DeepSpeed's async_io op, NVMe offload).
+set -euo pipefail
+pkgs=(libaio-dev)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then echo "system-deps: run as root, or install: ${missing[*]}" >&2; exit 1; fi
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
