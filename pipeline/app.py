@@ -35,7 +35,8 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     job = {"cfg": OmegaConf.to_container(cfg, resolve=True), "training_args": the_plan.training_args,
            "flops_per_token": the_plan.flops_per_token, "tracking_uri": track.tracking_uri(cfg), "run_id": run_id}
     try:
-        result = launch.run_local(job, cfg.trainer.nproc_per_node)
+        with track.system_metrics(cfg, run_id):
+            result = launch.run_local(job, cfg.trainer.nproc_per_node)
     except BaseException as e:
         if run_id:
             track.fail(cfg, run_id, traceback.format_exc(), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
@@ -59,4 +60,4 @@ def job_tags(hc) -> Dict[str, str]:
 
 
 def ui_command(cfg: DictConfig) -> str:
-    return f"mlflow ui --backend-store-uri {track.tracking_uri(cfg)}"
+    return f"python -m pipeline.ui --outputs-dir {Path(cfg.outputs_dir).absolute()}"

@@ -51,16 +51,17 @@ def child_rows(uri: str, experiment_id: str, parent_run_id: str) -> List[Dict[st
     return rows
 
 
-def format_table(rows: List[Dict[str, Any]]) -> str:
-    cols = ["name"] + [c for c in COLUMNS if c not in ("zero", "offload", "precision", "optimizer")] + ["run_id"]
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+def format_table(rows: List[Dict[str, Any]], cols: Optional[List[str]] = None) -> str:
+    """Aligned text table; by default the name stands for the choices (it holds what varies)."""
+    cols = cols or ["name"] + [c for c in COLUMNS if c not in ("zero", "offload", "precision", "optimizer")] + ["run_id"]
+    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     return "-" if v is None else str(v)
@@ -104,8 +105,11 @@ class SweepRun(Callback):
         client.log_dict(info["parent_run_id"], rows, "sweep_table.json")
         failed = self.failed or any(r["state"] != "FINISHED" for r in rows)
         client.set_terminated(info["parent_run_id"], "FAILED" if failed else "FINISHED")
+        from pipeline import report  # report builds on this module's rows: imported here to avoid a cycle
+        html = report.write(info, config.hydra.sweep.dir)
         print(f"\n== sweep {config.hydra.sweep.dir}: {len(rows)} points, MLflow parent run {info['parent_run_id']} ==")
         print(table)
+        print(f"report: {html} (also on the parent run's artifacts, report/)")
         if failed:
             print("some points failed: see their MLflow runs (error.txt)", file=sys.stderr)
             sys.exit(1)

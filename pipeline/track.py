@@ -5,19 +5,43 @@ recorded), rank 0 only appends metrics to it by id, and the job closes it with t
 """
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    return f"sqlite:///{Path(cfg.outputs_dir).absolute() / 'mlflow.db'}"
+    return store_uri(cfg.outputs_dir, cfg.tracking.uri)
+
+
+def store_uri(outputs_dir: str, uri: Optional[str] = None) -> str:
+    """The one URI rule, shared with the UI and report commands that have no composed config."""
+    return uri or f"sqlite:///{Path(outputs_dir).absolute() / 'mlflow.db'}"
+
+
+def mark_training(client: MlflowClient, experiment_id: str) -> None:
+    """MLflow 3's UI opens an experiment on its GenAI (traces) page unless it is tagged as model training."""
+    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+
+
+@contextmanager
+def system_metrics(cfg: DictConfig, run_id: Optional[str]) -> Iterator[None]:
+    """Host CPU/memory/disk (and GPU where nvidia-ml-py is installed) sampled into the run while it trains."""
+    if not (run_id and cfg.tracking.system_metrics):
+        yield
+        return
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=2, tracking_uri=tracking_uri(cfg))
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def prepare(cfg: DictConfig) -> str:
@@ -33,7 +57,9 @@ def prepare(cfg: DictConfig) -> str:
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(cfg.outputs_dir).absolute() / "mlartifacts").as_uri()
-    return client.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=location)
+    mark_training(client, experiment_id)
+    return experiment_id
 
 
 def flat_params(cfg: DictConfig, choices: Mapping[str, Optional[str]]) -> Dict[str, str]:

@@ -1,0 +1,91 @@
+"""The MLflow UI for the project's store, one command away, opened where sweeps are compared.
+
+    python -m pipeline.ui [--port N] [--outputs-dir DIR]
+
+Serves on 127.0.0.1 until Ctrl-C and prints the latest sweep's runs table and comparison view.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import List, Optional
+from urllib.parse import quote
+
+from mlflow.tracking import MlflowClient
+
+from pipeline import track
+
+EXPERIMENT = "zerosweep"
+
+
+def server_command(uri: str, outputs_dir: str, port: int) -> List[str]:
+    """mlflow server with one worker: the full default (job runners, 4 workers) costs ~2 GiB."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", uri, "--workers", "1"]
+    if uri.startswith("sqlite:///"):
+        cmd += ["--default-artifact-root", (Path(outputs_dir).absolute() / "mlartifacts").as_uri()]
+    return cmd
+
+
+def links(uri: str, base: str, experiment: str = EXPERIMENT) -> List[str]:
+    """URLs of the experiment's runs table and of the latest sweep's comparison view."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return [f"{base}/  (no '{experiment}' experiment yet: run a sweep first)"]
+    track.mark_training(client, exp.experiment_id)
+    eid = exp.experiment_id
+    out = [f"runs:    {base}/#/experiments/{eid}/runs"]
+    parents = client.search_runs([eid], "tags.`zerosweep.role` = 'sweep'", order_by=["attributes.start_time DESC"],
+                                 max_results=1)
+    if parents:
+        parent = parents[0]
+        children = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1000)
+        ids = json.dumps([r.info.run_id for r in children], separators=(",", ":"))
+        out.append(f"sweep:   {base}/#/experiments/{eid}/runs/{parent.info.run_id}  ({parent.info.run_name})")
+        out.append(f"compare: {base}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([eid]))}")
+    return out
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Block until the server answers /health, failing early if it exited."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"mlflow server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit(f"mlflow server not ready after {timeout_s:.0f} s")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.ui", description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, default=5000)
+    ap.add_argument("--outputs-dir", default="outputs", help="where the default sqlite store lives")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow store, if not the default one")
+    ap.add_argument("--experiment", default=EXPERIMENT)
+    args = ap.parse_args(argv)
+    uri = track.store_uri(args.outputs_dir, args.tracking_uri)
+    base = f"http://127.0.0.1:{args.port}"
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(server_command(uri, args.outputs_dir, args.port), env=env)
+    try:
+        wait_ready(base, proc)
+        print(f"MLflow UI for {uri}", *links(uri, base, args.experiment), "Ctrl-C stops it.", sep="\n", flush=True)
+        proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    main()
