@@ -7,6 +7,7 @@ Serves on 127.0.0.1 until Ctrl-C and prints the latest sweep's runs table and co
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -75,6 +76,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     uri = track.store_uri(args.outputs_dir, args.tracking_uri)
     base = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the server as Ctrl-C does
     proc = subprocess.Popen(server_command(uri, args.outputs_dir, args.port), env=env)
     try:
         wait_ready(base, proc)

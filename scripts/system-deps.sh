@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests use: libaio-dev (DeepSpeed's async_io op, NVMe offload).
+# chromium: headless browser for the MLflow UI test.
 set -euo pipefail
-pkgs=(libaio-dev)
+pkgs=(libaio-dev chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0

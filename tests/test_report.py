@@ -1,0 +1,96 @@
+"""The sweep report: written at the end of a real multirun, equal to what the runs logged,
+rebuildable from the sweep dir or the parent run id, tolerant of unfinished points."""
+import html
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from pipeline import report, sweep as sweep_mod
+from tests.conftest import Sweep, run_cli
+
+pytestmark = pytest.mark.slow
+PNGS = ["throughput_vs_memory.png", "loss.png", "step_time.png"]
+METRICS = ["avg_tokens_per_s", "avg_step_time_s", "peak_memory_gib", "final_loss"]
+
+
+def table_rows(text: str) -> Dict[str, Dict[str, str]]:
+    """report.txt -> {run name: {column: cell}} (names hold no spaces in these tests)."""
+    header, *lines = text.strip().splitlines()
+    cols = header.split()
+    return {cells[0]: dict(zip(cols, cells)) for cells in (line.split() for line in lines)}
+
+
+def assert_valid_png(path: Path) -> None:
+    assert path.stat().st_size > 5000, path
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.size[0] > 300 and im.size[1] > 200
+        assert len(im.convert("RGB").getcolors(1 << 20)) > 50, f"{path} looks blank"
+
+
+def assert_report_matches_runs(s: Sweep, expected_names: List[str]) -> None:
+    client = MlflowClient(s.uri)
+    runs = client.search_runs([s.info["experiment_id"]], f"tags.mlflow.parentRunId = '{s.info['parent_run_id']}'")
+    assert sorted(r.info.run_name for r in runs) == sorted(expected_names)
+    rows = table_rows((s.sweep_dir / "report.txt").read_text())
+    page = (s.sweep_dir / "report.html").read_text()
+    for r in runs:
+        row = rows[r.info.run_name]
+        assert row["run_id"] == r.info.run_id and row["state"] == r.info.status
+        for key in ("zero", "offload", "precision", "optimizer"):
+            assert row[key] == r.data.params[key]
+        for key in METRICS:
+            logged = r.data.metrics.get(key)
+            assert row[key] == ("-" if logged is None else sweep_mod.fmt(logged)), (key, row, logged)
+            assert f"<td>{html.escape(row[key])}</td>" in page
+    assert page.count("data:image/png;base64,") == len(PNGS)
+    for name in PNGS:
+        assert_valid_png(s.sweep_dir / name)
+    logged = {a.path for a in client.list_artifacts(s.info["parent_run_id"], "report")}
+    assert {f"report/{n}" for n in PNGS + ["report.html", "report.txt"]} <= logged
+
+
+def test_multirun_end_writes_report(sweep: Sweep) -> None:
+    assert f"report: {sweep.sweep_dir / 'report.html'}" in sweep.stdout
+    assert_report_matches_runs(sweep, ["zero=stage1", "zero=stage2"])
+    metrics = MlflowClient(sweep.uri).search_runs([sweep.info["experiment_id"]], "params.zero = 'stage1'")[0].data.metrics
+    assert "system/system_memory_usage_megabytes" in metrics and "system/cpu_utilization_percentage" in metrics
+
+
+@pytest.mark.parametrize("by", ["sweep_dir", "parent_run_id"])
+def test_rebuild(sweep: Sweep, by: str) -> None:
+    for p in sweep.sweep_dir.glob("report*"):
+        p.unlink()
+    for name in PNGS:
+        (sweep.sweep_dir / name).unlink()
+    target = str(sweep.sweep_dir) if by == "sweep_dir" else sweep.info["parent_run_id"]
+    proc = run_cli("pipeline.report", target, "--outputs-dir", str(sweep.outputs_dir), timeout=120)
+    assert f"report: {sweep.sweep_dir / 'report.html'}" in proc.stdout
+    assert all(r in proc.stdout for r in ("zero=stage1", "zero=stage2"))
+    assert_report_matches_runs(sweep, ["zero=stage1", "zero=stage2"])
+
+
+def test_unfinished_points(sweep: Sweep, tmp_path: Path) -> None:
+    """A point still running (loss so far, no summary) and one that failed before logging anything."""
+    client = MlflowClient(sweep.uri)
+    eid = sweep.info["experiment_id"]
+    parent = client.create_run(eid, run_name="partial", tags={"zerosweep.sweep_dir": str(tmp_path)}).info.run_id
+    running = client.create_run(eid, run_name="zero=stage3", tags={"mlflow.parentRunId": parent}).info.run_id
+    failed = client.create_run(eid, run_name="zero=stage1,offload=nvme", tags={"mlflow.parentRunId": parent}).info.run_id
+    client.log_param(running, "zero", "stage3")
+    now = int(time.time() * 1000)
+    client.log_batch(running, metrics=[Metric("loss", 5.0 - 0.1 * i, now, i) for i in range(1, 4)])
+    client.set_terminated(failed, "FAILED")
+    run_cli("pipeline.report", parent, "--outputs-dir", str(sweep.outputs_dir), timeout=120)
+    rows = table_rows((tmp_path / "report.txt").read_text())
+    assert rows["zero=stage3"]["state"] == "RUNNING" and rows["zero=stage3"]["zero"] == "stage3"
+    assert rows["zero=stage1,offload=nvme"]["state"] == "FAILED"
+    assert all(rows[n][k] == "-" for n in rows for k in METRICS)
+    assert_valid_png(tmp_path / "loss.png")
+    assert report.pareto(sweep_mod.child_rows(sweep.uri, eid, parent)) == []
