@@ -21,6 +21,9 @@ from mlflow.tracking import MlflowClient
 from pipeline import track
 
 EXPERIMENT = "zerosweep"
+# The UI's GenAI / Model training switch is per browser; this query puts it on Model training
+# (in 3.17 the experimentKind tag alone still lands #/experiments/ID on the GenAI overview).
+TRAINING = "workflowType=machine_learning"
 
 
 def server_command(uri: str, outputs_dir: str, port: int) -> List[str]:
@@ -40,15 +43,15 @@ def links(uri: str, base: str, experiment: str = EXPERIMENT) -> List[str]:
         return [f"{base}/  (no '{experiment}' experiment yet: run a sweep first)"]
     track.mark_training(client, exp.experiment_id)
     eid = exp.experiment_id
-    out = [f"runs:    {base}/#/experiments/{eid}/runs"]
+    out = [f"runs:    {base}/#/experiments/{eid}/runs?{TRAINING}"]
     parents = client.search_runs([eid], "tags.`zerosweep.role` = 'sweep'", order_by=["attributes.start_time DESC"],
                                  max_results=1)
     if parents:
         parent = parents[0]
         children = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1000)
         ids = json.dumps([r.info.run_id for r in children], separators=(",", ":"))
-        out.append(f"sweep:   {base}/#/experiments/{eid}/runs/{parent.info.run_id}  ({parent.info.run_name})")
-        out.append(f"compare: {base}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([eid]))}")
+        out.append(f"sweep:   {base}/#/experiments/{eid}/runs/{parent.info.run_id}?{TRAINING}  ({parent.info.run_name})")
+        out.append(f"compare: {base}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([eid]))}&{TRAINING}")
     return out
 
 

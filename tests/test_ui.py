@@ -1,0 +1,100 @@
+"""The MLflow UI as users open it: `python -m pipeline.ui` on loopback, pages rendered by headless
+Chromium (Debian's), and the same runs and params through MLflow's REST API."""
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator
+
+import pytest
+
+from tests.conftest import ROOT, Sweep
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=10000", "--window-size=1400,1200"]
+KEPT = ROOT / "outputs" / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ui(sweep: Sweep) -> Iterator[Dict[str, str]]:
+    """The UI command's printed links, while it serves; stopped with Ctrl-C as a user would."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.ui", "--port", str(free_port()),
+                             "--outputs-dir", str(sweep.outputs_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    links: Dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    while "compare" not in links and time.monotonic() < deadline and proc.poll() is None:
+        m = re.match(r"(\w+):\s+(http\S+)", proc.stdout.readline())
+        if m:
+            links[m.group(1)] = m.group(2)
+    try:
+        assert "compare" in links, f"UI printed no comparison link: {links}"
+        links["base"] = links["runs"].split("/#/")[0]
+        yield links
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) is not None
+
+
+def api(base: str, path: str, body: Dict[str, Any] | None = None) -> Dict[str, Any]:
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", method="POST" if body else "GET",
+                                 data=json.dumps(body).encode() if body else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def browse(url: str, tmp_path: Path, name: str) -> str:
+    """The rendered DOM of a page; its screenshot kept under tmp_path and outputs/test-artifacts/."""
+    def chromium(*args: str, profile: str) -> str:
+        return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / profile}", *args, url],
+                              capture_output=True, text=True, timeout=120, check=True).stdout
+
+    dom = chromium("--dump-dom", profile=f"{name}-dom")
+    shot = tmp_path / f"{name}.png"
+    chromium(f"--screenshot={shot}", profile=f"{name}-shot")
+    assert shot.stat().st_size > 20000
+    KEPT.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, KEPT / shot.name)
+    return dom
+
+
+def test_rest_api_shows_sweep(sweep: Sweep, ui: Dict[str, str]) -> None:
+    exp = api(ui["base"], "experiments/get-by-name?experiment_name=zerosweep")["experiment"]
+    assert exp["experiment_id"] == sweep.info["experiment_id"]
+    assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
+    runs = api(ui["base"], "runs/search", {"experiment_ids": [exp["experiment_id"]],
+               "filter": f"tags.mlflow.parentRunId = '{sweep.info['parent_run_id']}'"})["runs"]
+    params = {r["info"]["run_name"]: {p["key"]: p["value"] for p in r["data"]["params"]} for r in runs}
+    assert params["zero=stage1"]["zero"] == "stage1" and params["zero=stage2"]["zero"] == "stage2"
+    assert all(r["info"]["status"] == "FINISHED" for r in runs)
+    assert all(run["info"]["run_id"] in ui["compare"] for run in runs)
+
+
+def test_browser_shows_runs_and_params(sweep: Sweep, ui: Dict[str, str], tmp_path: Path) -> None:
+    assert f"/#/experiments/{sweep.info['experiment_id']}/runs?" in ui["runs"]
+    runs_page = browse(ui["runs"], tmp_path, "ui-runs")
+    assert "sweep: zero=stage1,stage2" in runs_page
+    shown = re.search(r"<strong>(\d+)</strong> matching runs", runs_page)
+    assert shown and int(shown.group(1)) >= 3, "the sweep and its 2 points are not all listed"
+    assert ">Models<" in runs_page and ">Judges<" not in runs_page, "UI is in GenAI mode, not Model training"
+    compare = browse(ui["compare"], tmp_path, "ui-compare")
+    for name, zero in (("zero=stage1", "stage1"), ("zero=stage2", "stage2")):
+        assert f">{name}<" in compare and f">{zero}<" in compare
+    for param in ("optimizer.lr", "precision", "offload", "trainer.max_steps"):
+        assert f">{param}<" in compare, param
