@@ -60,4 +60,6 @@ def job_tags(hc) -> Dict[str, str]:
 
 
 def ui_command(cfg: DictConfig) -> str:
+    if cfg.tracking.uri:
+        return f"python -m pipeline.ui --tracking-uri {cfg.tracking.uri}"
     return f"python -m pipeline.ui --outputs-dir {Path(cfg.outputs_dir).absolute()}"

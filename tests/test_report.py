@@ -13,7 +13,6 @@ from PIL import Image
 from pipeline import report, sweep as sweep_mod
 from tests.conftest import Sweep, run_cli
 
-pytestmark = pytest.mark.slow
 PNGS = ["throughput_vs_memory.png", "loss.png", "step_time.png"]
 METRICS = ["avg_tokens_per_s", "avg_step_time_s", "peak_memory_gib", "final_loss"]
 
@@ -56,6 +55,15 @@ def assert_report_matches_runs(s: Sweep, expected_names: List[str]) -> None:
     assert {f"report/{n}" for n in PNGS + ["report.html", "report.txt"]} <= logged
 
 
+def test_pareto_front() -> None:
+    rows = [{"name": "fast", "avg_tokens_per_s": 900.0, "peak_memory_gib": 8.0},
+            {"name": "lean", "avg_tokens_per_s": 300.0, "peak_memory_gib": 2.0},
+            {"name": "worse", "avg_tokens_per_s": 250.0, "peak_memory_gib": 3.0},
+            {"name": "failed", "avg_tokens_per_s": None, "peak_memory_gib": None}]
+    assert [r["name"] for r in report.pareto(rows)] == ["lean", "fast"]
+
+
+@pytest.mark.slow
 def test_multirun_end_writes_report(sweep: Sweep) -> None:
     assert f"report: {sweep.sweep_dir / 'report.html'}" in sweep.stdout
     assert_report_matches_runs(sweep, ["zero=stage1", "zero=stage2"])
@@ -63,6 +71,7 @@ def test_multirun_end_writes_report(sweep: Sweep) -> None:
     assert "system/system_memory_usage_megabytes" in metrics and "system/cpu_utilization_percentage" in metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("by", ["sweep_dir", "parent_run_id"])
 def test_rebuild(sweep: Sweep, by: str) -> None:
     for p in sweep.sweep_dir.glob("report*"):
@@ -76,6 +85,7 @@ def test_rebuild(sweep: Sweep, by: str) -> None:
     assert_report_matches_runs(sweep, ["zero=stage1", "zero=stage2"])
 
 
+@pytest.mark.slow
 def test_unfinished_points(sweep: Sweep, tmp_path: Path) -> None:
     """A point still running (loss so far, no summary) and one that failed before logging anything."""
     client = MlflowClient(sweep.uri)
