@@ -65,8 +65,9 @@ def plot_pareto(rows: List[Dict[str, Any]], path: Path) -> Path:
 
 def plot_loss(loss: Dict[str, List[Any]], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, hist in loss.items():
-        ax.plot([m.step for m in hist], [m.value for m in hist], marker=".", label=name)
+    styles = ["-", "--", ":", "-."]  # equal curves (same seed, different ZeRO stage) must stay visible
+    for i, (name, hist) in enumerate(loss.items()):
+        ax.plot([m.step for m in hist], [m.value for m in hist], styles[i % len(styles)], marker=".", label=name)
     if loss:
         ax.legend(fontsize=8)
     ax.set(xlabel="step", ylabel="loss", title="Training loss")
@@ -80,7 +81,7 @@ def plot_step_time(step_time: Dict[str, List[Any]], path: Path) -> Path:
     if step_time:
         ax.boxplot([[m.value for m in h] for h in step_time.values()], showmeans=True)
         ax.set_xticks(range(1, len(step_time) + 1), list(step_time), rotation=20, ha="right", fontsize=8)
-    ax.set(ylabel="step time (s)", title="Time per step")
+    ax.set(ylabel="step time (s)", title="Time per step (whole steps: the runs log no phase breakdown)")
     ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
