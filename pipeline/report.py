@@ -117,7 +117,7 @@ def write(info: Dict[str, Any], sweep_dir: str) -> Path:
             plot_step_time(histories(client, rows, "step_time_s"), out / "step_time.png")]
     (out / "report.txt").write_text(sweep.format_table(rows, TABLE) + "\n")
     page = out / "report.html"
-    page.write_text(render_html(f"Sweep {client.get_run(parent).info.run_name} ({len(rows)} points)", rows, pngs))
+    page.write_text(render_html(f"{client.get_run(parent).info.run_name} ({len(rows)} points)", rows, pngs))
     for path in [page, out / "report.txt", *pngs]:
         client.log_artifact(parent, str(path), "report")
     return page
