@@ -1,9 +1,10 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    installs ZeroSweep and trains the default experiment (CPU works; a GPU is used when present)
 #   make test   installs what the tests need (Debian packages too, as root) and runs them
+#   make ui     the MLflow UI for outputs/ (prints the latest sweep's runs and comparison links)
 PY ?= python3
 
-.PHONY: install run test system-deps
+.PHONY: install run test system-deps ui
 
 install:
 	# torch first and pinned: a bare torch requirement would pull a CUDA build of several GB.
@@ -12,6 +13,9 @@ install:
 
 run: install
 	$(PY) -m pipeline
+
+ui:
+	$(PY) -m pipeline.ui
 
 system-deps:
 	bash scripts/system-deps.sh
