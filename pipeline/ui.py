@@ -3,6 +3,7 @@
     python -m pipeline.ui [--port N] [--outputs-dir DIR]
 
 Serves on 127.0.0.1 until Ctrl-C and prints the latest sweep's runs table and comparison view.
+With --tracking-uri http(s)://... the server is already there: only the links are printed.
 """
 import argparse
 import json
@@ -77,6 +78,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("--experiment", default=EXPERIMENT)
     args = ap.parse_args(argv)
     uri = track.store_uri(args.outputs_dir, args.tracking_uri)
+    if uri.startswith(("http://", "https://")):  # a tracking server already serves the UI
+        print(*links(uri, uri.rstrip("/"), args.experiment), sep="\n")
+        return
     base = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the server as Ctrl-C does
