@@ -1,0 +1,42 @@
+"""Shared helpers: run the real CLI as a user would, and read what landed in MLflow."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_pipeline(outputs: Path, *args: str, module: str = "pipeline", timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m pipeline outputs_dir=<outputs> ARGS...` from the project root."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cmd = [sys.executable, "-m", module, f"outputs_dir={outputs}", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
+    return result
+
+
+def mlflow_client(outputs: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+
+
+def runs(outputs: Path) -> List:
+    """Every run of the project's experiment, oldest first."""
+    client = mlflow_client(outputs)
+    exp = client.get_experiment_by_name("zerosweep")
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture
+def outputs(tmp_path: Path) -> Path:
+    return tmp_path / "outputs"
