@@ -15,7 +15,8 @@ def run_pipeline(outputs: Path, *args: str, module: str = "pipeline", timeout: i
     """`python -m pipeline outputs_dir=<outputs> ARGS...` from the project root."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = [sys.executable, "-m", module, f"outputs_dir={outputs}", *args]
+    flags = [a for a in args if a.startswith("-")]  # Hydra's parser wants -m before the overrides
+    cmd = [sys.executable, "-m", module, *flags, f"outputs_dir={outputs}", *(a for a in args if a not in flags)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
