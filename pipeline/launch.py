@@ -4,11 +4,13 @@ Hydra runs the job function once; the N ranks are spawned from inside it, so Hyd
 twice (the usual Hydra + DDP trap) and each rank gets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*.
 """
 import atexit
+import gc
 import os
 import socket
 import uuid
 from typing import Any, Dict
 
+import torch
 import torch.distributed as dist
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -19,7 +21,12 @@ def run_local(job: Dict[str, Any], nproc: int) -> Dict[str, float]:
     """Train with nproc ranks here; returns rank 0's summary."""
     if nproc == 1:
         _single_rank_env()
-        return train.worker(job)
+        try:
+            return train.worker(job)
+        finally:  # the next point of a local sweep runs in this process: hand its memory back
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"zerosweep-{uuid.uuid4().hex[:8]}",
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", start_method="spawn", max_restarts=0,
                           monitor_interval=1)

@@ -1,22 +1,13 @@
 """Per-step measurements inside the Trainer: loss, step time, tokens/s, peak memory."""
-import resource
 import statistics
-import sys
 import time
 from typing import Callable, Dict, List, Optional
 
+import psutil
 import torch
 from transformers import TrainerCallback
 
 LogFn = Callable[[Dict[str, float], int], None]
-
-
-def peak_memory_bytes() -> int:
-    """Peak GPU memory allocated on this rank, or this process's peak host RSS without a GPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated()
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib if sys.platform == "darwin" else kib * 1024
 
 
 class StepMetrics(TrainerCallback):
@@ -30,6 +21,9 @@ class StepMetrics(TrainerCallback):
         self.step_times: List[float] = []
         self.losses: List[float] = []
         self._t0 = 0.0
+        # Without a GPU: the largest host RSS seen at a step's end during this run (the process's
+        # own high-water mark would carry over from earlier points of a local sweep).
+        self.peak_host = 0
 
     def on_train_begin(self, args, state, control, **kw):
         if torch.cuda.is_available():
@@ -42,6 +36,8 @@ class StepMetrics(TrainerCallback):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         self.step_times.append(time.perf_counter() - self._t0)
+        if not torch.cuda.is_available():
+            self.peak_host = max(self.peak_host, psutil.Process().memory_info().rss)
 
     def on_log(self, args, state, control, logs=None, **kw):
         logs = logs or {}
@@ -53,6 +49,10 @@ class StepMetrics(TrainerCallback):
                 values.update(step_time_s=self.step_times[-1], tokens_per_s=self.tokens_per_step / self.step_times[-1])
             self.log_fn(values, state.global_step)
 
+    def peak_memory(self) -> int:
+        """Peak GPU memory allocated on this rank; without a GPU, the peak host RSS seen."""
+        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else self.peak_host
+
     def summary(self) -> Dict[str, float]:
         timed = self.step_times[self.warmup:] or self.step_times
         step_s = statistics.mean(timed) if timed else float("nan")
@@ -62,6 +62,6 @@ class StepMetrics(TrainerCallback):
             "avg_step_time_s": step_s,
             "avg_tokens_per_s": tokens_s,
             "model_tflops": self.flops_per_token * tokens_s / 1e12,
-            "peak_memory_gib": peak_memory_bytes() / 2**30,
+            "peak_memory_gib": self.peak_memory() / 2**30,
             "steps": len(self.step_times),
         }

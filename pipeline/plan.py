@@ -141,7 +141,6 @@ def training_args(cfg: DictConfig, ds: Dict[str, Any], output_dir: Path, use_cpu
         warmup_steps=sch.warmup_steps,
         fp16=cfg.precision.fp16,
         bf16=cfg.precision.bf16,
-        gradient_checkpointing=t.gradient_checkpointing,
         seed=t.seed,
         data_seed=t.seed,
         logging_steps=t.logging_steps,
@@ -154,6 +153,8 @@ def training_args(cfg: DictConfig, ds: Dict[str, Any], output_dir: Path, use_cpu
         use_cpu=use_cpu,
         deepspeed=ds,
     )
+    if t.gradient_checkpointing:  # named only when on: transformers 5.2x renames it, 5.17 has the old name
+        args["gradient_checkpointing"] = True
     if opt.provider == Provider.hf:
         args["optim"] = opt.name
     if sch.provider == Provider.hf:

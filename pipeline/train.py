@@ -4,6 +4,7 @@ Runs in the job process (one rank), in a process started by torch's elastic laun
 ranks), or in a Slurm task; takes and returns plain containers so it can cross processes.
 """
 import os
+import warnings
 from typing import Any, Dict
 
 from omegaconf import OmegaConf
@@ -17,6 +18,8 @@ from pipeline.metrics import StepMetrics
 
 def worker(job: Dict[str, Any]) -> Dict[str, float]:
     """Train one rank; rank 0 appends metrics to the job's MLflow run. Returns this rank's summary."""
+    # DeepSpeed calls torch.distributed's deprecated names on every step: keep the progress readable.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), job["cfg"])
     t = cfg.trainer
     llama = model.llama_config(cfg.model, data.vocab_size(cfg.data), cfg.data.seq_len)

@@ -1,6 +1,8 @@
 """The sweep report: written at the end of a real multirun, equal to what the runs logged,
 rebuildable from the sweep dir or the parent run id, tolerant of unfinished points."""
 import html
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -11,10 +13,16 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from pipeline import report, sweep as sweep_mod
-from tests.conftest import Sweep, run_cli
+from conftest import ROOT, Sweep, ok
 
 PNGS = ["throughput_vs_memory.png", "loss.png", "step_time.png"]
 METRICS = ["avg_tokens_per_s", "avg_step_time_s", "peak_memory_gib", "final_loss"]
+
+
+def report_cli(target: str, s: Sweep) -> subprocess.CompletedProcess:
+    """`python -m pipeline.report TARGET --outputs-dir DIR` as a user would run it."""
+    return ok(subprocess.run([sys.executable, "-m", "pipeline.report", target, "--outputs-dir", str(s.outputs_dir)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120))
 
 
 def table_rows(text: str) -> Dict[str, Dict[str, str]]:
@@ -79,7 +87,7 @@ def test_rebuild(sweep: Sweep, by: str) -> None:
     for name in PNGS:
         (sweep.sweep_dir / name).unlink()
     target = str(sweep.sweep_dir) if by == "sweep_dir" else sweep.info["parent_run_id"]
-    proc = run_cli("pipeline.report", target, "--outputs-dir", str(sweep.outputs_dir), timeout=120)
+    proc = report_cli(target, sweep)
     assert f"report: {sweep.sweep_dir / 'report.html'}" in proc.stdout
     assert all(r in proc.stdout for r in ("zero=stage1", "zero=stage2"))
     assert_report_matches_runs(sweep, ["zero=stage1", "zero=stage2"])
@@ -97,7 +105,7 @@ def test_unfinished_points(sweep: Sweep, tmp_path: Path) -> None:
     now = int(time.time() * 1000)
     client.log_batch(running, metrics=[Metric("loss", 5.0 - 0.1 * i, now, i) for i in range(1, 4)])
     client.set_terminated(failed, "FAILED")
-    run_cli("pipeline.report", parent, "--outputs-dir", str(sweep.outputs_dir), timeout=120)
+    report_cli(parent, sweep)
     rows = table_rows((tmp_path / "report.txt").read_text())
     assert rows["zero=stage3"]["state"] == "RUNNING" and rows["zero=stage3"]["zero"] == "stage3"
     assert rows["zero=stage1,offload=nvme"]["state"] == "FAILED"

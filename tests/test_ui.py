@@ -1,5 +1,6 @@
 """The MLflow UI as users open it: `python -m pipeline.ui` on loopback, pages rendered by headless
 Chromium (Debian's), and the same runs and params through MLflow's REST API."""
+import html
 import json
 import re
 import shutil
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, Sweep
+from conftest import ROOT, Sweep
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -89,7 +91,8 @@ def test_rest_api_shows_sweep(sweep: Sweep, ui: Dict[str, str]) -> None:
 def test_browser_shows_runs_and_params(sweep: Sweep, ui: Dict[str, str], tmp_path: Path) -> None:
     assert f"/#/experiments/{sweep.info['experiment_id']}/runs?" in ui["runs"]
     runs_page = browse(ui["runs"], tmp_path, "ui-runs")
-    assert "sweep: zero=stage1,stage2" in runs_page
+    parent = MlflowClient(sweep.uri).get_run(sweep.info["parent_run_id"]).info.run_name
+    assert html.escape(parent, quote=False) in runs_page, parent
     shown = re.search(r"<strong>(\d+)</strong> matching runs", runs_page)
     assert shown and int(shown.group(1)) >= 3, "the sweep and its 2 points are not all listed"
     assert ">Models<" in runs_page and ">Judges<" not in runs_page, "UI is in GenAI mode, not Model training"

@@ -1,0 +1,75 @@
+"""Bad input: one line naming the key and the fix, exit 2, no traceback, no MLflow run, and
+nothing already logged is touched."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ok, run_pipeline, runs
+
+CASES = {
+    "misspelt key": (["zero.stag=3"], "zero.stag", "no such key"),
+    "misspelt top-level key": (["gradient_clipings=1.0"], "gradient_clipings", "no such key"),
+    "added key": (["+trainer.foo=1"], "trainer.foo", "no such key"),
+    "unknown option": (["zero=stage5"], "zero", "stage0, stage1, stage2, stage3"),
+    "wrong type": (["trainer.max_steps=abc"], "trainer.max_steps", "could not be converted"),
+    "wrong enum": (["offload.device=gpu"], "offload.device", "expected one of"),
+    "nvme without ZeRO-3": (["zero=stage2", "offload=nvme"], "offload.device", "needs ZeRO-3"),
+    "param offload without ZeRO-3": (["zero=stage2", "offload=cpu", "offload.params=true"], "offload.params", "needs ZeRO-3"),
+    "offload without ZeRO": (["zero=stage0", "offload=cpu"], "offload.device", "needs ZeRO"),
+    "LAMB with optimizer offload": (["optimizer=lamb", "offload=cpu"], "optimizer", "LAMB"),
+    "offloaded optimizer without CPU code": (["optimizer=adamw_torch", "optimizer.cpu_impl=false", "offload=cpu"],
+                                             "optimizer", "no CPU implementation"),
+    "fp16 and bf16": (["precision=fp16", "precision.bf16=true"], "precision", "exclusive"),
+    "fp16 on CPU": (["precision=fp16"], "precision", "needs a GPU"),
+    "unknown HF optim": (["optimizer=adamw_torch", "optimizer.name=adamw_turbo"], "optimizer.name", "adamw_turbo"),
+    "zero steps": (["trainer.max_steps=0"], "trainer.max_steps", "at least 1"),
+    "sweep without -m": (["zero=stage1,stage2"], "zero", "-m"),
+    "missing nvme_path": (["zero=stage3", "offload=nvme", "offload.nvme_path=/nonexistent/nvme"],
+                          "offload.nvme_path", "does not exist"),
+    "bad point of a sweep": (["-m", "zero=stage2,stage3", "offload=nvme"], "offload.device", "zero=stage2 offload=nvme"),
+}
+
+
+def assert_refused(result: subprocess.CompletedProcess, key: str, words: str) -> None:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {key}: "), lines[0]
+    assert words in lines[0] and "Fix: " in lines[0], lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_refused_before_anything_starts(name, outputs):
+    args, key, words = CASES[name]
+    result = run_pipeline(outputs, *args)
+    assert_refused(result, key, words)
+    assert not (outputs / "mlflow.db").exists()  # no store, so certainly no run
+    assert not (outputs / "runs").exists()
+
+
+@pytest.mark.slow
+def test_read_only_nvme_path_refused_and_earlier_runs_kept(outputs, tmp_path):
+    ok(run_pipeline(outputs, "trainer.max_steps=2"))
+    before = [(r.info.run_id, r.info.status, r.data.metrics) for r in runs(outputs)]
+    assert len(before) == 1 and before[0][1] == "FINISHED"
+    nvme = tmp_path / "ro_nvme"
+    nvme.mkdir()
+    if subprocess.run(["chattr", "+i", str(nvme)], capture_output=True).returncode != 0:
+        pytest.skip("needs chattr +i (root on ext4) to make a directory read-only for root")
+    try:
+        result = run_pipeline(outputs, "zero=stage3", "offload=nvme", f"offload.nvme_path={nvme}")
+    finally:
+        subprocess.run(["chattr", "-i", str(nvme)], check=True)
+    assert_refused(result, "offload.nvme_path", "not writable")
+    after = [(r.info.run_id, r.info.status, r.data.metrics) for r in runs(outputs)]
+    assert after == before
+
+
+def test_no_room_on_nvme_path(outputs, tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    result = run_pipeline(outputs, "zero=stage3", "offload=nvme", f"offload.nvme_path={tmp_path}",
+                          f"offload.nvme_min_free={free * 2}")
+    assert_refused(result, "offload.nvme_path", "GiB free")

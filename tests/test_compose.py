@@ -1,0 +1,175 @@
+"""Every combination of the groups composes; the guide's rules accept and refuse the right ones;
+the DeepSpeed dict is one DeepSpeed accepts and HF's mismatch check passes; golden checks
+against the guide's two example configs."""
+import copy
+import itertools
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import deepspeed.runtime.constants as ds_constants
+import deepspeed.runtime.swap_tensor.constants as ds_swap_constants
+import deepspeed.runtime.zero.config as ds_zero_config
+import pytest
+from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+from hydra import compose, initialize_config_dir
+from transformers import TrainingArguments
+from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+from conftest import ROOT, ok, run_pipeline
+from pipeline import plan, rules
+from pipeline.errors import ConfigError
+
+GROUPS = ["zero", "offload", "precision", "optimizer", "scheduler"]
+OPTIONS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in GROUPS}
+DS_TOP_LEVEL = {v for m in (ds_constants, ds_zero_config, ds_swap_constants)
+                for k, v in vars(m).items() if k.isupper() and isinstance(v, str)}
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def expected_error(zero: str, offload: str, optimizer: str) -> str:
+    """The guide's rules, written independently of pipeline/rules.py: the key each breaks."""
+    stage = int(zero[-1])
+    if offload != "none" and stage == 0:
+        return "offload.device"
+    if offload == "nvme" and stage != 3:
+        return "offload.device"
+    if offload != "none" and optimizer == "lamb":
+        return "optimizer"
+    return ""
+
+
+def all_points():
+    """Each group option composed by Hydra once, then every combination assembled from them
+    (the groups are independent; test_assembly_equals_hydras_own_composition checks that)."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        base = compose("config")
+        nodes = {(g, o): compose("config", overrides=[f"{g}={o}"])[g] for g in GROUPS for o in OPTIONS[g]}
+    for combo in itertools.product(*(OPTIONS[g] for g in GROUPS)):
+        cfg = base.copy()
+        for g, o in zip(GROUPS, combo):
+            cfg[g] = nodes[(g, o)]
+        yield combo, cfg
+
+
+def test_assembly_equals_hydras_own_composition():
+    combos = dict(all_points())
+    picked = list(combos)[::97]
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        for combo in picked:
+            real = compose("config", overrides=[f"{g}={o}" for g, o in zip(GROUPS, combo)])
+            assert real == combos[combo], combo
+    assert len(combos) == len(list(itertools.product(*OPTIONS.values()))) and len(picked) >= 15
+
+
+def test_groups_have_the_guides_options():
+    assert OPTIONS["zero"] == ["stage0", "stage1", "stage2", "stage3"]
+    assert OPTIONS["offload"] == ["cpu", "none", "nvme"]
+    assert OPTIONS["precision"] == ["bf16", "fp16", "fp32"]
+    assert {"adamw", "adam", "lamb", "adamw_torch"} <= set(OPTIONS["optimizer"])
+    assert {"warmup_linear", "warmup_cosine", "warmup_decay", "constant"} <= set(OPTIONS["scheduler"])
+
+
+def test_every_combination_composes_and_only_the_guides_rules_refuse():
+    seen_valid = seen_invalid = 0
+    for (zero, offload, precision, optimizer, scheduler), cfg in all_points():
+        want = expected_error(zero, offload, optimizer)
+        try:
+            rules.check(cfg)
+            got = ""
+        except ConfigError as e:
+            got = e.key
+        assert got == want, f"{zero} {offload} {precision} {optimizer} {scheduler}: refused by {got!r}, expected {want!r}"
+        if want:
+            seen_invalid += 1
+            continue
+        seen_valid += 1
+        ds = plan.deepspeed_config(cfg, hidden=128, world=1)
+        # DeepSpeed ignores unknown top-level keys silently: every key we write must be one it reads.
+        assert set(ds) <= DS_TOP_LEVEL, set(ds) - DS_TOP_LEVEL
+        DeepSpeedZeroConfig(**ds["zero_optimization"])  # its pydantic model forbids unknown keys
+        assert ds["fp16"]["enabled"] == (precision == "fp16") and ds["bf16"]["enabled"] == (precision == "bf16")
+        assert ("optimizer" in ds) == (cfg.optimizer.provider.value == "deepspeed")
+        assert ("scheduler" in ds) == (cfg.scheduler.provider.value == "deepspeed")
+        assert ("offload_param" in ds["zero_optimization"]) == (offload != "none" and zero == "stage3")
+    assert seen_valid > 500 and seen_invalid > 100
+
+
+@pytest.mark.parametrize("overrides", [
+    ["zero=stage2", "offload=cpu", "optimizer=adamw_torch", "scheduler=warmup_linear", "precision=bf16"],
+    ["zero=stage3", "offload=nvme", "scheduler=warmup_cosine", "trainer.gradient_accumulation_steps=4"],
+    ["zero=stage1", "scheduler=warmup", "optimizer.weight_decay=0.1", "trainer.max_grad_norm=0.5"],
+    ["zero=stage3", "precision=fp16", "optimizer=adam", "trainer.micro_batch_size=3"],
+])
+def test_hf_finds_nothing_to_correct(overrides):
+    """HF's own check ('Please correct the following DeepSpeed config values that mismatch
+    TrainingArguments') over our dict and our TrainingArguments: one source, so no mismatch."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    ds = plan.deepspeed_config(cfg, hidden=cfg.model.hidden_size, world=1)
+    kwargs = plan.training_args(cfg, ds, Path("/tmp/unused"), use_cpu=True)
+    kwargs.update(deepspeed=None, fp16=False)  # TrainingArguments refuses fp16 on CPU; compare the flag below
+    args = TrainingArguments(**kwargs)
+    hf = HfTrainerDeepSpeedConfig(copy.deepcopy(ds))
+    hf.trainer_config_process(args)
+    hf.mismatches = [m for m in hf.mismatches if "fp16" not in m]
+    model = SimpleNamespace(config=SimpleNamespace(hidden_size=cfg.model.hidden_size))
+    hf.trainer_config_finalize(args, model, cfg.trainer.max_steps)  # raises on any mismatch
+    assert hf.config == ds  # nothing was left "auto" for HF to fill
+    assert ds["fp16"]["enabled"] == cfg.precision.fp16
+
+
+def _dry_run(outputs: Path, *overrides: str) -> dict:
+    result = ok(run_pipeline(outputs, "dry_run=true", *overrides))
+    assert "dry run: nothing trained" in result.stdout
+    written = sorted(outputs.glob("runs/*/deepspeed.json"))
+    assert len(written) == 1
+    ds = json.loads(written[0].read_text())
+    assert json.dumps(ds, indent=2) in result.stdout  # printed as written
+    return ds
+
+
+def _resolve_guide(guide: dict, ours: dict) -> dict:
+    """The guide's example with HF's "auto" filled as the Trainer would for our settings."""
+    hidden = 128
+    guide = copy.deepcopy(guide)
+    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, per_device_train_batch_size=8, max_steps=30,
+                             learning_rate=3e-4, warmup_steps=2, max_grad_norm=1.0, report_to=[])
+    hf = HfTrainerDeepSpeedConfig(guide)
+    hf.trainer_config_process(args)
+    hf.mismatches.clear()
+    hf.trainer_config_finalize(args, SimpleNamespace(config=SimpleNamespace(hidden_size=hidden)), 30)
+    return hf.config
+
+
+def _assert_carries(guide, ours, path=""):
+    for key, want in guide.items():
+        where = f"{path}.{key}".lstrip(".")
+        assert key in ours, f"{where} missing from the pipeline's DeepSpeed JSON"
+        if isinstance(want, dict):
+            _assert_carries(want, ours[key], where)
+        else:
+            assert ours[key] == want, f"{where}: guide {want!r}, pipeline {ours[key]!r}"
+
+
+@pytest.mark.slow
+def test_zero2_cpu_offload_carries_the_guides_zero2_example(outputs):
+    ds = _dry_run(outputs, "zero=stage2", "offload=cpu")
+    _assert_carries(json.loads((GOLDEN / "guide_zero2_offload.json").read_text()), ds)
+
+
+@pytest.mark.slow
+def test_zero3_nvme_carries_the_guides_infinity_example_resolved(outputs, tmp_path):
+    nvme = tmp_path / "nvme"
+    nvme.mkdir()
+    ds = _dry_run(outputs, "zero=stage3", "offload=nvme", "scheduler=warmup", f"offload.nvme_path={nvme}")
+    guide = json.loads((GOLDEN / "guide_zero3_infinity.json").read_text())
+    # The guide nests "aio" in zero_optimization, where DeepSpeed 0.19 refuses it; it is top-level.
+    guide["aio"] = guide["zero_optimization"].pop("aio")
+    for section in ("offload_optimizer", "offload_param"):
+        guide["zero_optimization"][section]["nvme_path"] = str(nvme)
+    resolved = _resolve_guide(guide, ds)
+    assert "auto" not in json.dumps(ds)
+    _assert_carries(resolved, ds)
+    with pytest.raises(Exception, match="aio"):
+        DeepSpeedZeroConfig(**json.loads((GOLDEN / "guide_zero3_infinity.json").read_text())["zero_optimization"])

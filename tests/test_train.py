@@ -1,0 +1,106 @@
+"""Real DeepSpeed training on CPU through the real CLI, asserted on what landed in MLflow."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import mlflow_client, ok, run_pipeline, runs
+
+pytestmark = pytest.mark.slow
+STEPS = 6
+
+
+def finished_children(outputs: Path):
+    children = [r for r in runs(outputs) if "mlflow.parentRunId" in r.data.tags]
+    assert children and all(r.info.status == "FINISHED" for r in children), [r.info.status for r in children]
+    return children
+
+
+def loss_history(outputs: Path, run_id: str):
+    return [(m.step, round(m.value, 5)) for m in mlflow_client(outputs).get_metric_history(run_id, "loss")]
+
+
+@pytest.fixture(scope="module")
+def six_point_sweep(tmp_path_factory):
+    """The README's sweep: zero=stage1,stage2,stage3 x offload=none,cpu, one run after another."""
+    outputs = tmp_path_factory.mktemp("sweep") / "outputs"
+    result = ok(run_pipeline(outputs, "-m", "zero=stage1,stage2,stage3", "offload=none,cpu",
+                             f"trainer.max_steps={STEPS}"))
+    return outputs, result
+
+
+def test_sweep_is_one_parent_with_a_child_per_point(six_point_sweep):
+    outputs, result = six_point_sweep
+    all_runs = runs(outputs)
+    parents = [r for r in all_runs if r.data.tags.get("zerosweep.role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = finished_children(outputs)
+    assert len(children) == 6 and len(all_runs) == 7
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    names = sorted(r.info.run_name for r in children)
+    assert names == sorted(f"zero=stage{z},offload={o}" for z in (1, 2, 3) for o in ("none", "cpu"))
+    for r in children:
+        p = r.data.params
+        z, o = r.info.run_name.split(",")
+        assert p["zero"] == z.split("=")[1] and p["zero.stage"] == z[-1]
+        assert p["offload"] == o.split("=")[1] and p["offload.device"] == o.split("=")[1]
+        assert p["precision"] == "fp32" and p["optimizer.name"] == "AdamW" and p["lr"] == "0.0003"
+        m = r.data.metrics
+        assert m["tokens_per_s"] > 0 and m["avg_tokens_per_s"] > 0 and m["peak_memory_gib"] > 0.1
+        assert m["avg_step_time_s"] > 0 and m["steps"] == STEPS
+        arts = {a.path for a in mlflow_client(outputs).list_artifacts(r.info.run_id)}
+        assert {"deepspeed.json", "config.yaml", "training_args.json"} <= arts
+    assert "6 points" in result.stdout and "zero=stage3,offload=cpu" in result.stdout
+
+
+def test_losses_are_equal_across_stages_and_offload(six_point_sweep, tmp_path):
+    outputs, _ = six_point_sweep
+    histories = {r.info.run_name: loss_history(outputs, r.info.run_id) for r in finished_children(outputs)}
+    reference = histories["zero=stage1,offload=none"]
+    assert [s for s, _ in reference] == list(range(1, STEPS + 1))  # one point per step, none repeated
+    for name, history in histories.items():
+        assert history == reference, name
+    # ZeRO-0 as a run of its own, in a fresh process: the same losses again.
+    single = tmp_path / "outputs"
+    result = ok(run_pipeline(single, "zero=stage0", f"trainer.max_steps={STEPS}"))
+    (run,) = runs(single)
+    assert loss_history(single, run.info.run_id) == reference
+    assert run.info.run_id in result.stdout and "final loss" in result.stdout and "tokens/s" in result.stdout
+
+
+def test_offload_json_matches_the_point(six_point_sweep):
+    outputs, _ = six_point_sweep
+    for path in outputs.glob("sweeps/*/*/deepspeed.json"):
+        ds = json.loads(path.read_text())
+        overrides = (path.parent / ".hydra" / "overrides.yaml").read_text()
+        zero = ds["zero_optimization"]
+        assert f"zero=stage{zero['stage']}" in overrides
+        assert ("offload_optimizer" in zero) == ("offload=cpu" in overrides)
+        assert ("offload_param" in zero) == ("offload=cpu" in overrides and zero["stage"] == 3)
+
+
+def test_zero3_nvme_bf16_with_cosine_schedule(outputs):
+    """The README's ZeRO-Infinity command; builds DeepSpeed's async_io op the first time."""
+    result = ok(run_pipeline(outputs, "zero=stage3", "offload=nvme", "precision=bf16", "optimizer=adamw",
+                             "scheduler=warmup_cosine", f"trainer.max_steps={STEPS}"))
+    (run,) = runs(outputs)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["offload.device"] == "nvme" and run.data.params["precision"] == "bf16"
+    ds = json.loads(next(outputs.glob("runs/*/deepspeed.json")).read_text())
+    assert ds["zero_optimization"]["offload_param"]["device"] == "nvme" and ds["bf16"]["enabled"] is True
+    assert ds["scheduler"]["type"] == "WarmupCosineLR" and "aio" in ds
+    swap = Path(ds["zero_optimization"]["offload_param"]["nvme_path"])
+    assert swap.is_dir() and any(swap.rglob("*.swp")), "nothing was swapped to the NVMe path"
+    assert len(loss_history(outputs, run.info.run_id)) == STEPS and "final loss" in result.stdout
+
+
+def test_two_ranks_zero2_and_zero3_agree(outputs):
+    ok(run_pipeline(outputs, "-m", "zero=stage2,stage3", "trainer.nproc_per_node=2", f"trainer.max_steps={STEPS}"))
+    children = finished_children(outputs)
+    assert len(children) == 2
+    assert all(r.data.params["trainer.nproc_per_node"] == "2" for r in children)
+    for path in outputs.glob("sweeps/*/*/deepspeed.json"):
+        ds = json.loads(path.read_text())
+        assert ds["train_batch_size"] == 2 * ds["train_micro_batch_size_per_gpu"]
+    h2, h3 = (loss_history(outputs, r.info.run_id) for r in children)
+    assert len(h2) == STEPS and h2 == h3
