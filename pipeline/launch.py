@@ -77,6 +77,8 @@ def run_in_slurm(job: Dict[str, Any]) -> Dict[str, float]:
 
 
 def newest_checkpoint(out: Path) -> Optional[str]:
-    """The Trainer's latest checkpoint-N under the job's output dir, to resume a requeued job from."""
-    found = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    """The Trainer's latest complete checkpoint-N under the job's output dir, to resume a requeued
+    job from (trainer_state.json is written last: a job stopped mid-save leaves none)."""
+    found = sorted((p.parent for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json")),
+                   key=lambda p: int(p.name.split("-")[1]))
     return str(found[-1]) if found else None

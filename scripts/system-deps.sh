@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages the tests use: libaio-dev (DeepSpeed's async_io op, NVMe offload).
+# Debian packages the tests use: libaio-dev (DeepSpeed's async_io op, NVMe offload); a real
+# Slurm for launchers/local-slurm.sh: munge, slurmctld, slurmd, slurm-client, and accounting
+# (slurmdbd + mariadb-server: submitit polls sacct).
 set -euo pipefail
-pkgs=(libaio-dev)
+pkgs=(libaio-dev munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0
