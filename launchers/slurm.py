@@ -50,10 +50,11 @@ class SlurmLauncher(PluginSlurmLauncher):
             return job.results()[0]
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as e:
             state = "KILLED" if isinstance(e, submitit.core.utils.UncompletedJobError) else "FAILED"
-            log.error(f"point {' '.join(overrides)} (Slurm job {job.job_id}) {state}: {str(e).splitlines()[0]}")
+            log.error(f"point {' '.join(overrides)} (Slurm job {job.job_id}) {state}: it ended {job.state}")
             run_id = sweep.child_run_id(str(self.config.hydra.sweep.dir), job.job_id)
             if run_id:
-                track.fail(self.config, run_id, f"{e}\n\n== end of the job's log ==\n{job.stderr() or ''}", state)
+                # submitit's message carries the job's log; the reason goes last, where error.txt keeps it.
+                track.fail(self.config, run_id, f"{e}\nSlurm job {job.job_id} ended {job.state} without a result", state)
             # COMPLETED with a state, as app.run reports a failed point: Hydra re-raises FAILED ones.
             return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED,
                              _return_value={"state": state, "slurm_job_id": job.job_id})
