@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import submitit
+import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -71,8 +72,12 @@ def slurm_job_id() -> str:
 
 
 def run_in_slurm(job: Dict[str, Any]) -> Dict[str, float]:
-    """This Slurm task is one rank: torch's variables come from Slurm's, then it trains."""
+    """This Slurm task is one rank: torch's variables come from Slurm's, then it trains. CPU
+    threads match the task's CPUs (else accelerate sizes them to the whole node's cores)."""
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if "SLURM_CPUS_PER_TASK" in os.environ:
+        os.environ.setdefault("OMP_NUM_THREADS", os.environ["SLURM_CPUS_PER_TASK"])
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     return rank_main(job)
 
 
