@@ -26,17 +26,29 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     parent = sweep.sweep_info(hc.sweep.dir) if multirun else None
     name = cfg.tracking.run_name or (sweep.child_name(list(hc.overrides.task), parent["varying"]) if parent
                                      else ",".join(hc.overrides.task) or "default")
-    run_id = None
-    if cfg.tracking.enabled:
-        tags = job_tags(hc)
-        if parent:
-            tags["mlflow.parentRunId"] = parent["parent_run_id"]
-        run_id = track.start_run(cfg, track.prepare(cfg), name, track.flat_params(cfg, hc.runtime.choices), tags)
+    in_slurm = launch.in_slurm_task(cfg)
+    requeued = in_slurm and launch.requeued()
+    run_id, logged_step = None, 0
+    if cfg.tracking.enabled and launch.is_main_task():
+        run_id = track.saved_run_id(out) if requeued else None
+        if run_id:  # a requeued job carries on in the run it started
+            logged_step = track.resume(cfg, run_id)
+        else:
+            tags = job_tags(hc)
+            if parent:
+                tags["mlflow.parentRunId"] = parent["parent_run_id"]
+            if in_slurm:
+                tags["zerosweep.slurm_job_id"] = launch.slurm_job_id()
+            run_id = track.start_run(cfg, track.prepare(cfg), name, track.flat_params(cfg, hc.runtime.choices), tags)
+            track.save_run_id(out, run_id)
     job = {"cfg": OmegaConf.to_container(cfg, resolve=True), "training_args": the_plan.training_args,
-           "flops_per_token": the_plan.flops_per_token, "tracking_uri": track.tracking_uri(cfg), "run_id": run_id}
+           "flops_per_token": the_plan.flops_per_token, "tracking_uri": track.tracking_uri(cfg), "run_id": run_id,
+           "logged_step": logged_step, "resume_from": launch.newest_checkpoint(out) if requeued else None}
     try:
         with track.system_metrics(cfg, run_id):
-            result = launch.run_local(job, cfg.trainer.nproc_per_node)
+            result = launch.run_in_slurm(job) if in_slurm else launch.run_local(job, cfg.trainer.nproc_per_node)
+    except SystemExit:
+        raise  # submitit's exit after checkpoint + requeue: the run stays RUNNING and resumes
     except BaseException as e:
         if run_id:
             track.fail(cfg, run_id, traceback.format_exc(), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")

@@ -65,8 +65,8 @@ def libaio_usable() -> bool:
 
 
 def _check_accelerator(cfg: DictConfig) -> None:
-    if cfg.launcher.name != "local":
-        return  # the cluster's nodes are checked by the job itself
+    if cfg.launcher.name != "local" and "SLURM_JOB_ID" not in os.environ:
+        return  # the cluster's nodes are checked by the job itself, there
     import torch
 
     gpus = torch.cuda.device_count()

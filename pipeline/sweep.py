@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from mlflow.entities import Param
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -38,13 +38,31 @@ def child_name(task_overrides: List[str], varying: List[str]) -> str:
     return ",".join(picked) or ",".join(task_overrides) or "default"
 
 
+def tag_parent(sweep_dir: str, tags: Dict[str, str]) -> None:
+    info = sweep_info(sweep_dir)
+    if info:
+        MlflowClient(info["tracking_uri"]).log_batch(info["parent_run_id"], tags=[RunTag(k, v) for k, v in tags.items()])
+
+
+def child_run_id(sweep_dir: str, slurm_job_id: str) -> Optional[str]:
+    """The run of the point that Slurm job ran, if it got as far as creating one."""
+    info = sweep_info(sweep_dir)
+    if info is None:
+        return None
+    runs = MlflowClient(info["tracking_uri"]).search_runs(
+        [info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['parent_run_id']}' and "
+        f"tags.zerosweep.slurm_job_id = '{slurm_job_id}'")
+    return runs[0].info.run_id if runs else None
+
+
 def child_rows(uri: str, experiment_id: str, parent_run_id: str) -> List[Dict[str, Any]]:
     """One row per point of the sweep, from what its run logged."""
     runs = MlflowClient(uri).search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'",
                                          order_by=["attributes.start_time ASC"], max_results=10000)
     rows = []
     for r in runs:
-        row: Dict[str, Any] = {"run_id": r.info.run_id, "name": r.info.run_name, "state": r.info.status}
+        row: Dict[str, Any] = {"run_id": r.info.run_id, "name": r.info.run_name, "state": r.info.status,
+                               "slurm_job": r.data.tags.get("zerosweep.slurm_job_id")}
         row.update({k: r.data.params.get(k) for k in ("zero", "offload", "precision", "optimizer")})
         row.update({k: r.data.metrics.get(k) for k in COLUMNS[5:]})
         rows.append(row)
@@ -52,8 +70,10 @@ def child_rows(uri: str, experiment_id: str, parent_run_id: str) -> List[Dict[st
 
 
 def format_table(rows: List[Dict[str, Any]], cols: Optional[List[str]] = None) -> str:
-    """Aligned text table; by default the name stands for the choices (it holds what varies)."""
-    cols = cols or ["name"] + [c for c in COLUMNS if c not in ("zero", "offload", "precision", "optimizer")] + ["run_id"]
+    """Aligned text table; by default the name stands for the choices (it holds what varies), and
+    Slurm sweeps get their job ids."""
+    slurm = ["slurm_job"] if any(r.get("slurm_job") for r in rows) else []
+    cols = cols or ["name"] + slurm + [c for c in COLUMNS if c not in ("zero", "offload", "precision", "optimizer")] + ["run_id"]
     cells = [[fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]

@@ -89,16 +89,41 @@ def start_run(cfg: DictConfig, experiment_id: str, name: str, params: Dict[str, 
     return run.info.run_id
 
 
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def save_run_id(out: Path, run_id: str) -> None:
+    """Beside the job's checkpoints, so that a requeued job finds the run it started."""
+    (out / RUN_ID_FILE).write_text(run_id + "\n")
+
+
+def saved_run_id(out: Path) -> Optional[str]:
+    path = out / RUN_ID_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+def resume(cfg: DictConfig, run_id: str) -> int:
+    """Reopen a run for its requeued job; returns the last step it logged, so that the steps
+    trained again after the checkpoint are not logged twice."""
+    client = MlflowClient(tracking_uri(cfg))
+    client.update_run(run_id, status="RUNNING")
+    history = client.get_metric_history(run_id, "loss")
+    return max((m.step for m in history), default=0)
+
+
 class MetricLogger:
     """Appends metrics to a run from training rank 0, asynchronously so steps never wait on I/O;
-    flush() before the process ends."""
+    flush() before the process ends. Steps up to after_step were logged by an earlier attempt."""
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    def __init__(self, uri: str, run_id: str, after_step: int = 0) -> None:
         mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
         self.run_id = run_id
+        self.after_step = after_step
 
     def __call__(self, values: Dict[str, float], step: int) -> None:
+        if step <= self.after_step:
+            return
         now = int(time.time() * 1000)
         metrics = [Metric(k, v, now, step) for k, v in values.items()]
         self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)

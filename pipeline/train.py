@@ -37,7 +37,9 @@ def worker(job: Dict[str, Any]) -> Dict[str, float]:
     samples = t.max_steps * t.micro_batch_size * t.gradient_accumulation_steps * world
     train_set = data.dataset(cfg.data, llama.vocab_size, min_blocks=samples)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    logger = track.MetricLogger(job["tracking_uri"], job["run_id"]) if is_main and job.get("run_id") else None
+    logger = None
+    if is_main and job.get("run_id"):
+        logger = track.MetricLogger(job["tracking_uri"], job["run_id"], job.get("logged_step", 0))
     tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
     clock = StepMetrics(tokens_per_step, job["flops_per_token"], t.timing_warmup_steps, logger)
     trainer = Trainer(model=net, args=args, train_dataset=train_set, callbacks=[clock])

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Debian packages the tests use: libaio-dev (DeepSpeed's async_io op, NVMe offload).
-# chromium: headless browser for the MLflow UI test.
+# Debian packages the tests use: libaio-dev (DeepSpeed's async_io op, NVMe offload); a real
+# Slurm for launchers/local-slurm.sh: munge, slurmctld, slurmd, slurm-client, and accounting
+# (slurmdbd + mariadb-server: submitit polls sacct); chromium for the MLflow UI test.
 set -euo pipefail
-pkgs=(libaio-dev chromium)
+pkgs=(libaio-dev munge slurmctld slurmd slurm-client slurmdbd mariadb-server chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 [ ${#missing[@]} -eq 0 ] && exit 0
