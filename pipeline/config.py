@@ -175,6 +175,21 @@ class TrainerConf:
 
 
 @dataclass
+class PerfConf:
+    """Speed choices layered over trainer/zero; None keeps the value those groups set."""
+
+    name: str = "none"
+    torch_compile: Optional[bool] = None
+    micro_batch_size: Optional[int] = None
+    gradient_checkpointing: Optional[bool] = None
+    # DeepSpeed's own compiler (DeepCompile passes for ZeRO-1/3), the config's "compile" section.
+    deepcompile: bool = False
+    reduce_bucket_size: Optional[int] = None
+    allgather_bucket_size: Optional[int] = None
+    overlap_comm: Optional[bool] = None
+
+
+@dataclass
 class TrackingConf:
     enabled: bool = True
     # None: sqlite:///<outputs_dir>/mlflow.db, created before any run starts.
@@ -210,6 +225,7 @@ class Config:
     model: ModelConf = field(default_factory=ModelConf)
     data: DataConf = field(default_factory=DataConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
+    perf: PerfConf = field(default_factory=PerfConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     launcher: LauncherConf = field(default_factory=LauncherConf)
     # Write and print the plan (DeepSpeed JSON, TrainingArguments, memory), train nothing.

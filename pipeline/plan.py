@@ -27,6 +27,7 @@ class Plan:
 
 
 def make(cfg: DictConfig, output_dir: Path, use_cpu: bool) -> Plan:
+    apply_perf(cfg)
     vocab = data.vocab_size(cfg.data)
     llama = model.llama_config(cfg.model, vocab, cfg.data.seq_len)
     params, largest = model.sizes(llama)
@@ -40,6 +41,17 @@ def make(cfg: DictConfig, output_dir: Path, use_cpu: bool) -> Plan:
         flops_per_token=model.flops_per_token(llama, params, cfg.data.seq_len),
         memory=memory.estimate(cfg, params, largest, llama.hidden_size, llama.num_hidden_layers),
     )
+
+
+def apply_perf(cfg: DictConfig) -> None:
+    """Writes the perf preset's choices into trainer/zero, so every later reader sees one value."""
+    perf = cfg.perf
+    for key in ("torch_compile", "micro_batch_size", "gradient_checkpointing"):
+        if perf[key] is not None:
+            cfg.trainer[key] = perf[key]
+    for key in ("reduce_bucket_size", "allgather_bucket_size", "overlap_comm"):
+        if perf[key] is not None:
+            cfg.zero[key] = perf[key]
 
 
 def deepspeed_config(cfg: DictConfig, hidden: int, world: int) -> Dict[str, Any]:
@@ -67,6 +79,8 @@ def deepspeed_config(cfg: DictConfig, hidden: int, world: int) -> Dict[str, Any]
             ds["zero_force_ds_cpu_optimizer"] = False
     if cfg.scheduler.provider == Provider.deepspeed:
         ds["scheduler"] = scheduler_section(cfg)
+    if cfg.perf.deepcompile:
+        ds["compile"] = {"deepcompile": True}
     if cfg.zero.communication_data_type is not None:
         ds["communication_data_type"] = cfg.zero.communication_data_type.value
     if cfg.offload.device == OffloadDevice.nvme:

@@ -1,0 +1,127 @@
+"""Side-by-side GPU benchmark: the pipeline against the hand-written Trainer + DeepSpeed reference.
+
+Runs on the device, in one call. For each variant it first runs a warm-up (JIT op builds and
+compilation land there, not in the timing), then the pipeline and the reference alternately,
+and prints a Markdown table: step time, tokens/s, model TFLOP/s, MFU, peak GPU memory, final
+loss and the ratio pipeline / reference. Perf-preset rows run the pipeline only and are
+compared with the reference's same-stage row.
+usage: python benchmarks/gpu_table.py --reference PATH --out DIR [--variants z2,z3 ...] [--presets ...]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+CEILING_TFLOPS = 798.0  # the H100's measured bf16 matmul ceiling (shared/reference/README.md)
+STEPS, WARM = 30, 8
+
+# Reference variant -> the pipeline's overrides for the same settings.
+SAME: Dict[str, List[str]] = {
+    "z0": ["zero=stage0"],
+    "z1": ["zero=stage1"],
+    "z2": ["zero=stage2"],
+    "z3": ["zero=stage3"],
+    "z2_off": ["zero=stage2", "offload=cpu"],
+    "z3_off": ["zero=stage3", "offload=cpu"],
+    "z3_nvme": ["zero=stage3", "offload=nvme", "offload.nvme_path=/tmp/nvme_offload_pipeline",
+                "offload.aio.block_size=1048576", "offload.aio.thread_count=4",
+                "offload.param_buffer_size=200000000"],
+}
+# name -> (reference variant it is compared with, extra pipeline overrides)
+PRESETS: Dict[str, tuple] = {
+    "z2+compile": ("z2", ["perf=compile"]),
+    "z2+compile_mbs16": ("z2", ["perf=compile_mbs16"]),
+    "z3+deepcompile": ("z3", ["perf=deepcompile"]),
+    "z2_off+compile_mbs16": ("z2_off", ["perf=compile_mbs16"]),
+    "z3_off+compile_mbs16": ("z3_off", ["perf=compile_mbs16"]),
+}
+
+
+def size(variant: str) -> str:
+    return "small" if variant == "z3_nvme" else "1b"
+
+
+def pipeline_cmd(variant: str, extra: List[str], out: Path) -> List[str]:
+    """The pipeline's CLI with the reference's settings (model, data, bf16, DS AdamW, lr, warmup, steps)."""
+    model = "llama_small" if size(variant) == "small" else "llama_1b"
+    return [sys.executable, "-m", "pipeline", f"model={model}", "data=random_tokens", "precision=bf16",
+            "optimizer=adamw", "optimizer.lr=3e-4", "scheduler=warmup_linear", "scheduler.warmup_steps=2",
+            "trainer.micro_batch_size=8", f"trainer.max_steps={STEPS}", f"trainer.timing_warmup_steps={WARM}",
+            "trainer.dataloader_num_workers=2", "tracking.enabled=false", f"hydra.run.dir={out}",
+            *SAME[variant], *extra]
+
+
+def run_pipeline(variant: str, extra: List[str], out: Path, timeout: int) -> Optional[Dict]:
+    """Trains one pipeline job and returns its summary.json (None if it failed)."""
+    cmd = pipeline_cmd(variant, extra, out)
+    Path("/tmp/nvme_offload_pipeline").mkdir(parents=True, exist_ok=True)
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode:
+        print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
+        return None
+    res = json.loads((out / "summary.json").read_text())
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    return {"step_s": res["avg_step_time_s"], "tok_s": res["avg_tokens_per_s"], "tflops": res["model_tflops"],
+            "peak_gib": res["peak_memory_gib"], "loss_last": res["final_loss"], "wall_s": res["wall_s"]}
+
+
+def run_reference(reference: Path, variant: str, out: Path, timeout: int) -> Optional[Dict]:
+    """Runs the hand-written trainer through torchrun and parses its 'RESULT {json}' line."""
+    env = {**os.environ, "BENCH_SIZE": size(variant), "BENCH_STEPS": str(STEPS), "BENCH_WARM": str(WARM)}
+    cmd = ["torchrun", "--nproc_per_node", "1", str(reference), variant, str(out)]
+    print("$ " + " ".join(cmd), flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
+    return None
+
+
+def row(name: str, who: str, r: Optional[Dict], base: Optional[Dict]) -> str:
+    if r is None:
+        return f"| {name} | {who} | failed | | | | | | |"
+    ratio = f"{r['tok_s'] / base['tok_s']:.3f}" if base and who != "reference" else ""
+    return (f"| {name} | {who} | {r['step_s']:.4f} | {r['tok_s']:,.0f} | {r['tflops']:.1f} | "
+            f"{100 * r['tflops'] / CEILING_TFLOPS:.1f}% | {r['peak_gib']:.1f} | {r['loss_last']:.4f} | {ratio} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reference", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--variants", default=",".join(SAME))
+    ap.add_argument("--presets", default=",".join(PRESETS))
+    ap.add_argument("--timeout", type=int, default=400)
+    a = ap.parse_args()
+    variants = [v for v in a.variants.split(",") if v]
+    presets = [p for p in a.presets.split(",") if p]
+    lines = ["| variant | who | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | last loss | pipeline/reference |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    refs: Dict[str, Optional[Dict]] = {}
+    for v in variants:
+        # Warm-up: the reference builds the ops this variant needs (fused_adam, cpu_adam, async_io).
+        run_reference(a.reference, v, a.out / "warm" / v, a.timeout)
+        refs[v] = run_reference(a.reference, v, a.out / "ref" / v, a.timeout)
+        mine = run_pipeline(v, [], a.out / "pipe" / v, a.timeout)
+        lines += [row(v, "reference", refs[v], None), row(v, "pipeline", mine, refs[v])]
+        print("\n".join(lines[-2:]), flush=True)
+    for p in presets:
+        base, extra = PRESETS[p]
+        mine = run_pipeline(base, extra, a.out / "preset" / p, a.timeout)
+        lines.append(row(p, "pipeline", mine, refs.get(base)))
+        print(lines[-1], flush=True)
+    table = "\n".join(lines) + "\n"
+    (a.out / "table.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
