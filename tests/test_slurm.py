@@ -124,7 +124,10 @@ def test_interrupted_job_resumes_into_the_same_run(tmp_path: Path) -> None:
     """Two identical points (save_steps differ, losses do not): point 0 is interrupted by Slurm's
     time-out signal after its first checkpoint, requeued, and resumes into its MLflow run."""
     proc = start(tmp_path, "trainer.max_steps=80", "trainer.save_steps=10,11")
-    wait_for("point 0's first checkpoint", lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*")))
+    # A checkpoint is complete once the Trainer wrote its trainer_state.json (the last file it saves):
+    # interrupting before that would leave nothing to resume from.
+    wait_for("point 0's first complete checkpoint",
+             lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")))
     sweep = sweep_dir(tmp_path)
     job_id = wait_for("point 0's job", lambda: sorted(p.name for p in (sweep / ".submitit").glob("*_0")))[0]
     submitit.SlurmJob(sweep / ".submitit" / "%j", job_id)._interrupt(timeout=True)
