@@ -187,6 +187,9 @@ class PerfConf:
     reduce_bucket_size: Optional[int] = None
     allgather_bucket_size: Optional[int] = None
     overlap_comm: Optional[bool] = None
+    # ZeRO-3 only: parameters at or below this size stay whole on every GPU (no gather/release
+    # per layer). Above the largest tensor, every parameter does: ZeRO-3 with ZeRO-2's speed.
+    stage3_param_persistence_threshold: Optional[int] = None
 
 
 @dataclass

@@ -49,7 +49,7 @@ def apply_perf(cfg: DictConfig) -> None:
     for key in ("torch_compile", "micro_batch_size", "gradient_checkpointing"):
         if perf[key] is not None:
             cfg.trainer[key] = perf[key]
-    for key in ("reduce_bucket_size", "allgather_bucket_size", "overlap_comm"):
+    for key in ("reduce_bucket_size", "allgather_bucket_size", "overlap_comm", "stage3_param_persistence_threshold"):
         if perf[key] is not None:
             cfg.zero[key] = perf[key]
 

@@ -32,6 +32,7 @@ def check(cfg: DictConfig) -> None:
     _check_offload(cfg)
     _check_optimizer(cfg)
     _check_scheduler(cfg)
+    _check_perf(cfg)
 
 
 def _check_ranges(cfg: DictConfig) -> None:
@@ -93,3 +94,14 @@ def _check_scheduler(cfg: DictConfig) -> None:
     if sch.provider == Provider.deepspeed and sch.name not in DS_SCHEDULERS:
         raise ConfigError("scheduler.name", f"DeepSpeed has no scheduler '{sch.name}'",
                           f"use one of {', '.join(sorted(DS_SCHEDULERS))}, or scheduler.provider=hf")
+
+
+def _check_perf(cfg: DictConfig) -> None:
+    if cfg.perf.stage3_param_persistence_threshold is None:
+        return
+    if cfg.zero.stage != 3:
+        raise ConfigError("perf.stage3_param_persistence_threshold", f"keeps ZeRO-3 parameters whole, but zero.stage is {cfg.zero.stage}",
+                          "use it with zero=stage3, or perf=none")
+    if offloads_params(cfg):
+        raise ConfigError("perf.stage3_param_persistence_threshold", "parameters cannot stay on the GPU and be offloaded",
+                          "use offload=none, or offload.params=false")

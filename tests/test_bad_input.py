@@ -28,6 +28,10 @@ CASES = {
     "sweep without -m": (["zero=stage1,stage2"], "zero", "-m"),
     "missing nvme_path": (["zero=stage3", "offload=nvme", "offload.nvme_path=/nonexistent/nvme"],
                           "offload.nvme_path", "does not exist"),
+    "resident parameters without ZeRO-3": (["perf=resident"], "perf.stage3_param_persistence_threshold",
+                                           "zero.stage is 2"),
+    "resident and offloaded parameters": (["zero=stage3", "offload=cpu", "perf=resident"],
+                                          "perf.stage3_param_persistence_threshold", "offloaded"),
     "bad point of a sweep": (["-m", "zero=stage2,stage3", "offload=nvme"], "offload.device", "zero=stage2 offload=nvme"),
 }
 
