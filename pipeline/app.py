@@ -1,5 +1,4 @@
 """The story of one job: plan it, check this machine, train its ranks, track it, summarise it."""
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -61,7 +60,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
     hydra_config = out / ".hydra" / "config.yaml"
     if run_id:
         track.finish(cfg, run_id, result, [files["deepspeed"], files["training_args"], files["memory"], hydra_config])
-    (out / "summary.json").write_text(json.dumps(result) + "\n")
+    summary.write_result(out, result)
     summary.print_result(name, result, files, hydra_config, run_id, ui_command(cfg), on_gpu)
     return {"state": "FINISHED", **result}
 

@@ -22,6 +22,9 @@ def estimate(cfg: DictConfig, params: int, largest_layer: int, hidden: int, laye
         host, gpu, _ = estimate_zero3_model_states_mem_needs(
             params, largest_layer, ranks, nodes, cpu_offload=to_cpu, cpu_offload_params=offloads_params(cfg),
             zero_init=True)
+        if (cfg.zero.stage3_param_persistence_threshold or 0) >= largest_layer:
+            # Every weight persistent (perf=resident): each GPU also holds them all, whole.
+            gpu += params * (2 if cfg.precision.fp16 or cfg.precision.bf16 else 4)
     elif stage in (1, 2):
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 

@@ -20,6 +20,13 @@ def write_plan(out: Path, plan: Plan) -> Dict[str, Path]:
     return files
 
 
+def write_result(out: Path, result: Dict[str, float]) -> Path:
+    """summary.json: the job's closing figures, for scripts (the GPU benchmark reads it)."""
+    path = out / "summary.json"
+    path.write_text(json.dumps(result) + "\n")
+    return path
+
+
 def memory_lines(plan: Plan) -> str:
     m = plan.memory
     rows = [f"  model: {plan.params / 1e6:.2f}M parameters, world size {plan.world_size}",
