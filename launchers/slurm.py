@@ -45,11 +45,13 @@ class SlurmLauncher(PluginSlurmLauncher):
 
     def _result(self, job: submitit.Job, overrides: Sequence[str]) -> JobReturn:
         """The point's result; a job that ended without one (scancel, node failure, OOM kill) is
-        reported in its MLflow run and as a KILLED point instead of stopping the sweep."""
+        reported in its MLflow run and as a KILLED or FAILED point instead of stopping the sweep."""
         try:
             return job.results()[0]
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as e:
-            state = "KILLED" if isinstance(e, submitit.core.utils.UncompletedJobError) else "FAILED"
+            # Ended by the scheduler (scancel, time limit, preemption): KILLED; crashed (signal,
+            # OOM kill, node failure, an error before a result): FAILED.
+            state = "KILLED" if job.state.split()[0] in ("CANCELLED", "TIMEOUT", "PREEMPTED") else "FAILED"
             log.error(f"point {' '.join(overrides)} (Slurm job {job.job_id}) {state}: it ended {job.state}")
             run_id = sweep.child_run_id(str(self.config.hydra.sweep.dir), job.job_id)
             if run_id:

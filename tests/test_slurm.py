@@ -179,3 +179,44 @@ def test_scancel_of_one_point_leaves_the_others_and_the_parent_consistent(tmp_pa
     table = Path(client.download_artifacts(parent.info.run_id, "sweep_table.txt", str(tmp_path)))
     assert "KILLED" in table.read_text() and "KILLED" in out
     assert sacct_states([job_id])[job_id].startswith("CANCELLED")
+
+
+def test_crashed_point_is_failed_and_the_others_finish(tmp_path: Path) -> None:
+    """Point 1's training process dies by SIGKILL (what the OOM killer or a segfault does): its run
+    is FAILED with the end of its Slurm log, the table says so, point 0 finishes."""
+    proc = start(tmp_path, "zero=stage2,stage3", "trainer.max_steps=60")
+    sweep = wait_for("the sweep dir", lambda: list((tmp_path / "sweeps").glob("*")))[0]
+    wait_for("point 1's first logged step", lambda: _logged_steps(tmp_path, sweep / "1"))
+    job_id = sorted(p.name for p in (sweep / ".submitit").glob("*_1"))[0]
+    os.kill(_task_pid(job_id), 9)
+    out = finish(proc, rc=1)
+    parent, children = parent_and_children(tmp_path)
+    assert parent.info.status == "FAILED"
+    states = {r.data.params["zero"]: r for r in children}
+    assert states["stage2"].info.status == "FINISHED" and states["stage3"].info.status == "FAILED"
+    assert sacct_states([job_id])[job_id] == "FAILED"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    error = Path(client.download_artifacts(states["stage3"].info.run_id, "error.txt", str(tmp_path)))
+    assert f"Slurm job {job_id} ended FAILED" in error.read_text()
+    table = Path(client.download_artifacts(parent.info.run_id, "sweep_table.txt", str(tmp_path)))
+    assert "FAILED" in table.read_text() and "FAILED" in out
+
+
+def _logged_steps(outputs: Path, point: Path) -> List[int]:
+    run_file = point / "mlflow_run_id"
+    return loss_steps(outputs, run_file.read_text().strip()) if run_file.exists() else []
+
+
+def _task_pid(job_id: str) -> int:
+    """The pid of the Slurm task that runs array job ARRAY_TASK (submitit's python, training in-process)."""
+    array_id, task = job_id.split("_")
+    for proc in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
+        try:
+            env = dict(v.split("=", 1) for v in (proc / "environ").read_text().split("\0") if "=" in v)
+            argv = (proc / "cmdline").read_text().split("\0")
+        except OSError:
+            continue
+        is_task = "python" in Path(argv[0]).name and "submitit.core._submit" in argv  # not srun, not the batch shell
+        if is_task and (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")) == (array_id, task):
+            return int(proc.name)
+    raise AssertionError(f"no task process for Slurm job {job_id}")
