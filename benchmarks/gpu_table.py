@@ -132,33 +132,38 @@ def main() -> None:
     lines = ["| variant | who | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | last loss | pipeline/reference |",
              "|---|---|---|---|---|---|---|---|---|"]
     refs: Dict[str, Optional[Dict]] = {}
+
+    def save() -> str:
+        """Rewrites table.md after every row: a call cut off by its time limit keeps what it measured."""
+        table = "\n".join(lines) + "\n"
+        (a.out / "table.md").write_text(table)
+        return table
+
     for v in variants:
         # Warm-up: the reference builds the ops this variant needs (fused_adam, cpu_adam, async_io).
         # Short (4 steps): only the op builds and caches matter here, not its timing.
         run_reference(a.reference, v, a.out / "warm" / v, a.timeout, steps=4, warm=1)
         pairs = []
         for i in range(1, a.repeat + 1):
-            name = f"{v} #{i}" if a.repeat > 1 else v
-            ref = run_reference(a.reference, v, a.out / "ref" / name.replace(" #", "_"), a.timeout)
-            mine = run_pipeline(v, [], a.out / "pipe" / name.replace(" #", "_"), a.timeout)
+            name, run_dir = (f"{v} #{i}", f"{v}_{i}") if a.repeat > 1 else (v, v)
+            ref = run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout)
+            mine = run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout)
             pairs.append((ref, mine))
             lines += [row(name, "reference", ref, None), row(name, "pipeline", mine, ref)]
             print("\n".join(lines[-2:]), flush=True)
-            (a.out / "table.md").write_text("\n".join(lines) + "\n")
+            save()
         refs[v] = mean_run([r for r, _ in pairs])
         if a.repeat > 1:
             lines += [row(f"{v} mean", "reference", refs[v], None),
                       row(f"{v} mean", "pipeline", mean_run([m for _, m in pairs]), refs[v])]
-            (a.out / "table.md").write_text("\n".join(lines) + "\n")
+            save()
     for p in presets:
         base, extra = PRESETS[p]
         mine = run_pipeline(base, extra, a.out / "preset" / p, a.timeout)
         lines.append(row(p, "pipeline", mine, refs.get(base)))
         print(lines[-1], flush=True)
-        (a.out / "table.md").write_text("\n".join(lines) + "\n")
-    table = "\n".join(lines) + "\n"
-    (a.out / "table.md").write_text(table)
-    print(table)
+        save()
+    print(save())
 
 
 if __name__ == "__main__":

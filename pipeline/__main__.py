@@ -18,7 +18,7 @@ def check_command_line(argv: list) -> None:
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
     try:
-        points = [(p, compose.compose_point(p)) for p in compose.sweep_points(args.overrides, args.multirun)]
+        points = compose.compose_all(args.overrides, args.multirun)
     except ConfigError as e:
         _refuse(e)
     # Rules for every point first (instant), then the machine checks (they import DeepSpeed).
