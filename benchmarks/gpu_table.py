@@ -43,6 +43,8 @@ PRESETS: Dict[str, tuple] = {
     "z3+resident_compile": ("z3", ["perf=resident", "perf.torch_compile=true"]),
     "z2_off+compile_mbs16": ("z2_off", ["perf=compile_mbs16"]),
     "z3_off+compile_mbs16": ("z3_off", ["perf=compile_mbs16"]),
+    # The reference builds its model under zero.Init (HF does when the DeepSpeed config is live).
+    "z3_off+zero3_init": ("z3_off", ["model.zero3_init=true"]),
 }
 
 
@@ -76,6 +78,7 @@ def run_pipeline(variant: str, extra: List[str], out: Path, timeout: int) -> Opt
         return None
     res = json.loads((out / "summary.json").read_text())
     res["wall_s"] = round(time.perf_counter() - t0, 1)
+    print(f"  ({res['wall_s']:.0f} s)", flush=True)
     return {"step_s": res["avg_step_time_s"], "tok_s": res["avg_tokens_per_s"], "tflops": res["model_tflops"],
             "peak_gib": res["peak_memory_gib"], "loss_last": res["final_loss"], "wall_s": res["wall_s"]}
 
@@ -86,11 +89,13 @@ def run_reference(reference: Path, variant: str, out: Path, timeout: int,
     env = {**os.environ, "BENCH_SIZE": size(variant), "BENCH_STEPS": str(steps), "BENCH_WARM": str(warm)}
     cmd = ["torchrun", "--nproc_per_node", "1", str(reference), variant, str(out)]
     print("$ " + " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         print(f"timed out after {timeout} s", flush=True)
         return None
+    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
@@ -147,11 +152,12 @@ def main() -> None:
         for i in range(1, a.repeat + 1):
             name, run_dir = (f"{v} #{i}", f"{v}_{i}") if a.repeat > 1 else (v, v)
             ref = run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout)
+            lines.append(row(name, "reference", ref, None))
+            print(save().splitlines()[-1], flush=True)
             mine = run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout)
             pairs.append((ref, mine))
-            lines += [row(name, "reference", ref, None), row(name, "pipeline", mine, ref)]
-            print("\n".join(lines[-2:]), flush=True)
-            save()
+            lines.append(row(name, "pipeline", mine, ref))
+            print(save().splitlines()[-1], flush=True)
         refs[v] = mean_run([r for r, _ in pairs])
         if a.repeat > 1:
             lines += [row(f"{v} mean", "reference", refs[v], None),

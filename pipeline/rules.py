@@ -42,6 +42,10 @@ def _check_ranges(cfg: DictConfig) -> None:
                 "logging_steps"):
         if cfg.trainer[key] < 1:
             raise ConfigError(f"trainer.{key}", f"must be at least 1, got {cfg.trainer[key]}", f"set trainer.{key}=1 or more")
+    # perf overrides trainer.micro_batch_size later, in plan.make: check its own value here.
+    if cfg.perf.micro_batch_size is not None and cfg.perf.micro_batch_size < 1:
+        raise ConfigError("perf.micro_batch_size", f"must be at least 1, got {cfg.perf.micro_batch_size}",
+                          "set perf.micro_batch_size=1 or more, or perf=none")
     if cfg.scheduler.warmup_steps < 0:
         raise ConfigError("scheduler.warmup_steps", "must not be negative", "set scheduler.warmup_steps=0 or more")
 

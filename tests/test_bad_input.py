@@ -25,6 +25,8 @@ CASES = {
     "fp16 on CPU": (["precision=fp16"], "precision", "needs a GPU"),
     "unknown HF optim": (["optimizer=adamw_torch", "optimizer.name=adamw_turbo"], "optimizer.name", "adamw_turbo"),
     "zero steps": (["trainer.max_steps=0"], "trainer.max_steps", "at least 1"),
+    "zero micro batch from a perf preset": (["perf=compile_mbs16", "perf.micro_batch_size=0"],
+                                            "perf.micro_batch_size", "at least 1"),
     "sweep without -m": (["zero=stage1,stage2"], "zero", "-m"),
     "missing nvme_path": (["zero=stage3", "offload=nvme", "offload.nvme_path=/nonexistent/nvme"],
                           "offload.nvme_path", "does not exist"),
