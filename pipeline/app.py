@@ -37,8 +37,7 @@ def run(cfg: DictConfig) -> Dict[str, Any]:
             tags = job_tags(hc)
             if parent:
                 tags["mlflow.parentRunId"] = parent["parent_run_id"]
-            if in_slurm:
-                tags["zerosweep.slurm_job_id"] = launch.slurm_job_id()
+            tags.update({"zerosweep.slurm_job_id": launch.slurm_job_id()} if in_slurm else track.owner_tags())
             run_id = track.start_run(cfg, track.prepare(cfg), name, track.flat_params(cfg, hc.runtime.choices), tags)
             track.save_run_id(out, run_id)
     job = {"cfg": OmegaConf.to_container(cfg, resolve=True), "training_args": the_plan.training_args,

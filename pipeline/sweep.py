@@ -103,7 +103,8 @@ class SweepRun(Callback):
         client = MlflowClient(track.tracking_uri(config))
         name = " ".join(overrides) or "sweep"
         parent = client.create_run(experiment_id, run_name=f"sweep: {name}",
-                                   tags={"zerosweep.sweep_dir": str(sweep_dir), "zerosweep.role": "sweep"})
+                                   tags={"zerosweep.sweep_dir": str(sweep_dir), "zerosweep.role": "sweep",
+                                         **track.owner_tags()})
         client.log_batch(parent.info.run_id, params=[Param("sweep.overrides", name)])
         info = {"parent_run_id": parent.info.run_id, "experiment_id": experiment_id,
                 "tracking_uri": track.tracking_uri(config), "overrides": overrides,

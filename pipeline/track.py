@@ -4,12 +4,14 @@ The job process owns the run: it creates it before any rank starts (so a failed 
 recorded), rank 0 only appends metrics to it by id, and the job closes it with the summary.
 """
 import json
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
 
 import mlflow
+import psutil
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
@@ -46,13 +48,15 @@ def system_metrics(cfg: DictConfig, run_id: Optional[str]) -> Iterator[None]:
 
 def prepare(cfg: DictConfig) -> str:
     """Create the store and the experiment once, before any run (concurrent first opens of one
-    sqlite store break its migration), and return the experiment id."""
+    sqlite store break its migration), and return the experiment id. Runs that a dead process
+    of this host left RUNNING are closed first."""
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
+        close_orphans(client, exp.experiment_id)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
@@ -60,6 +64,41 @@ def prepare(cfg: DictConfig) -> str:
     experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=location)
     mark_training(client, experiment_id)
     return experiment_id
+
+
+def owner_tags() -> Dict[str, str]:
+    """The process that owns a run outside Slurm (Slurm's runs are settled from sacct instead):
+    if it dies without closing the run (SIGKILL, the OOM killer), close_orphans can tell."""
+    me = psutil.Process()
+    return {"zerosweep.host": socket.gethostname(), "zerosweep.pid": str(me.pid),
+            "zerosweep.pid_started": repr(me.create_time())}
+
+
+def _alive(pid: int, started: float) -> bool:
+    """That very process still runs (not a later one that was given the same pid)."""
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0
+    except psutil.Error:
+        return False
+
+
+def close_orphans(client: MlflowClient, experiment_id: str) -> List[str]:
+    """Mark KILLED the runs this host's processes left RUNNING when they died: nothing else would
+    ever close them, and the UI and reports would show them running forever. Returns their ids."""
+    host = socket.gethostname()
+    closed = []
+    for run in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`zerosweep.host` = '{host}'",
+                                  max_results=1000):
+        tags = run.data.tags
+        pid = int(tags["zerosweep.pid"])
+        if _alive(pid, float(tags["zerosweep.pid_started"])):
+            continue
+        client.log_text(run.info.run_id, f"process {pid} on {host} ended without closing this run "
+                        "(killed: SIGKILL, the OOM killer or a lost machine); closed as KILLED by a later "
+                        "pipeline start\n", "error.txt")
+        client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    return closed
 
 
 def flat_params(cfg: DictConfig, choices: Mapping[str, Optional[str]]) -> Dict[str, str]:

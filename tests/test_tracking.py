@@ -1,0 +1,50 @@
+"""A run whose process dies without closing it (SIGKILL, the OOM killer) does not stay RUNNING:
+the next pipeline start on this host closes it as KILLED, and keeps what it had logged."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, mlflow_client, ok, run_pipeline, runs
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_killed_run_is_closed_by_the_next_start(outputs):
+    cmd = [sys.executable, "-m", "pipeline", f"outputs_dir={outputs}", "trainer.max_steps=100000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def logged_loss():
+            found = runs(outputs) if (outputs / "mlflow.db").exists() else []
+            return found and mlflow_client(outputs).get_metric_history(found[0].info.run_id, "loss")
+
+        wait_for(logged_loss, 300, "the first run to log a loss")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # as the OOM killer would: no handler runs
+        proc.wait()
+    (killed,) = runs(outputs)
+    assert killed.info.status == "RUNNING"  # nothing left alive to close it
+    losses = mlflow_client(outputs).get_metric_history(killed.info.run_id, "loss")
+
+    ok(run_pipeline(outputs, "trainer.max_steps=2"))
+
+    first, second = runs(outputs)
+    assert first.info.run_id == killed.info.run_id
+    assert (first.info.status, second.info.status) == ("KILLED", "FINISHED")
+    assert first.info.end_time is not None
+    client = mlflow_client(outputs)
+    assert len(client.get_metric_history(first.info.run_id, "loss")) >= len(losses) > 0  # kept
+    note = client.download_artifacts(first.info.run_id, "error.txt")
+    assert f"process {proc.pid} " in open(note).read()
