@@ -21,11 +21,14 @@ class StepMetrics(TrainerCallback):
         self.step_times: List[float] = []
         self.losses: List[float] = []
         self._t0 = 0.0
+        # The Trainer's step when this process started (a resumed checkpoint's, else 0) and its last.
+        self.first_step = self.last_step = 0
         # Without a GPU: the largest host RSS seen at a step's end during this run (the process's
         # own high-water mark would carry over from earlier points of a local sweep).
         self.peak_host = 0
 
     def on_train_begin(self, args, state, control, **kw):
+        self.first_step = self.last_step = state.global_step
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         self._t0 = time.perf_counter()
@@ -38,6 +41,7 @@ class StepMetrics(TrainerCallback):
         now = time.perf_counter()
         self.step_times.append(now - self._t0)
         self._t0 = now
+        self.last_step = state.global_step
         if not torch.cuda.is_available():
             self.peak_host = max(self.peak_host, psutil.Process().memory_info().rss)
 
@@ -65,5 +69,6 @@ class StepMetrics(TrainerCallback):
             "avg_tokens_per_s": tokens_s,
             "model_tflops": self.flops_per_token * tokens_s / 1e12,
             "peak_memory_gib": self.peak_memory() / 2**30,
-            "steps": len(self.step_times),
+            "steps": self.last_step,  # the run's, across a requeue
+            "resumed_from_step": self.first_step,
         }

@@ -141,8 +141,10 @@ def test_interrupted_job_resumes_into_the_same_run(tmp_path: Path) -> None:
     assert interrupted.data.tags["zerosweep.slurm_job_id"] == job_id
     assert sacct_restarts(job_id) >= 1
     assert loss_steps(tmp_path, interrupted.info.run_id) == list(range(1, 81))  # contiguous, none twice
-    # "steps" counts the steps of the last attempt: fewer, since it resumed from a checkpoint.
-    assert plain.data.metrics["steps"] == 80 and interrupted.data.metrics["steps"] < 80
+    # It resumed from a checkpoint (not from step 0), and "steps" counts the run's steps, not the attempt's.
+    resumed = interrupted.data.metrics["resumed_from_step"]
+    assert plain.data.metrics["resumed_from_step"] == 0 and resumed > 0 and resumed % 10 == 0
+    assert plain.data.metrics["steps"] == interrupted.data.metrics["steps"] == 80
     assert interrupted.data.metrics["final_loss"] == pytest.approx(plain.data.metrics["final_loss"], abs=1e-4)
 
 
