@@ -5,6 +5,7 @@ recorded), rank 0 only appends metrics to it by id, and the job closes it with t
 """
 import json
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,7 +57,8 @@ def prepare(cfg: DictConfig) -> str:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is not None:
-        close_orphans(client, exp.experiment_id)
+        for run_id in close_orphans(client, exp.experiment_id):
+            print(f"MLflow run {run_id} was left RUNNING by a process that was killed: marked KILLED", file=sys.stderr)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):

@@ -38,7 +38,8 @@ def test_killed_run_is_closed_by_the_next_start(outputs):
     assert killed.info.status == "RUNNING"  # nothing left alive to close it
     losses = mlflow_client(outputs).get_metric_history(killed.info.run_id, "loss")
 
-    ok(run_pipeline(outputs, "trainer.max_steps=2"))
+    result = ok(run_pipeline(outputs, "trainer.max_steps=2"))
+    assert f"MLflow run {killed.info.run_id} was left RUNNING by a process that was killed: marked KILLED" in result.stderr
 
     first, second = runs(outputs)
     assert first.info.run_id == killed.info.run_id
