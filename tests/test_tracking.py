@@ -27,8 +27,10 @@ def test_killed_run_is_closed_by_the_next_start(outputs):
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         def logged_loss():
-            found = runs(outputs) if (outputs / "mlflow.db").exists() else []
-            return found and mlflow_client(outputs).get_metric_history(found[0].info.run_id, "loss")
+            # The run id file is written once the store is set up: opening the sqlite store while
+            # the pipeline still creates its tables would race MLflow's schema migration.
+            saved = list(outputs.glob("runs/*/mlflow_run_id"))
+            return saved and mlflow_client(outputs).get_metric_history(saved[0].read_text().strip(), "loss")
 
         wait_for(logged_loss, 300, "the first run to log a loss")
     finally:
