@@ -38,14 +38,13 @@ def check(cfg: DictConfig) -> None:
 def _check_ranges(cfg: DictConfig) -> None:
     if cfg.zero.stage not in (0, 1, 2, 3):
         raise ConfigError("zero.stage", f"ZeRO has stages 0-3, not {cfg.zero.stage}", "use zero=stage0..stage3")
-    for key in ("micro_batch_size", "gradient_accumulation_steps", "max_steps", "nproc_per_node", "nnodes",
-                "logging_steps"):
-        if cfg.trainer[key] < 1:
-            raise ConfigError(f"trainer.{key}", f"must be at least 1, got {cfg.trainer[key]}", f"set trainer.{key}=1 or more")
-    # perf overrides trainer.micro_batch_size later, in plan.make: check its own value here.
-    if cfg.perf.micro_batch_size is not None and cfg.perf.micro_batch_size < 1:
-        raise ConfigError("perf.micro_batch_size", f"must be at least 1, got {cfg.perf.micro_batch_size}",
-                          "set perf.micro_batch_size=1 or more, or perf=none")
+    counts = {f"trainer.{key}": cfg.trainer[key] for key in ("micro_batch_size", "gradient_accumulation_steps",
+                                                             "max_steps", "nproc_per_node", "nnodes", "logging_steps")}
+    # perf overrides trainer.micro_batch_size later, in plan.make: check its own value here too.
+    counts["perf.micro_batch_size"] = cfg.perf.micro_batch_size
+    for key, value in counts.items():
+        if value is not None and value < 1:
+            raise ConfigError(key, f"must be at least 1, got {value}", f"set {key}=1 or more")
     if cfg.scheduler.warmup_steps < 0:
         raise ConfigError("scheduler.warmup_steps", "must not be negative", "set scheduler.warmup_steps=0 or more")
 

@@ -3,9 +3,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -25,6 +26,17 @@ def run_pipeline(outputs: Path, *args: str, module: str = "pipeline", timeout: i
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert result.returncode == 0, f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-6000:]}"
     return result
+
+
+def wait_for(what: str, found: Callable[[], Optional[object]], timeout: float = 240) -> object:
+    """Polls found() until it returns something truthy, and returns that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def mlflow_client(outputs: Path) -> MlflowClient:

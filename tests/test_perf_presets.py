@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mlflow_client, ok, run_pipeline, runs
+from conftest import ROOT, mlflow_client, ok, run_pipeline, runs
 
-ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "perf").glob("*.yaml"))
 
 

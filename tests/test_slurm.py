@@ -7,17 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import pytest
 import submitit
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from conftest import ROOT, wait_for
+
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "launchers" / "local-slurm.sh"
 
 
@@ -49,16 +49,6 @@ def finish(proc: subprocess.Popen, rc: int = 0) -> str:
 def sweep_dir(outputs: Path) -> Path:
     (found,) = (outputs / "sweeps").iterdir()
     return found
-
-
-def wait_for(what: str, found: Callable[[], Optional[object]], timeout: float = 240) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = found()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def parent_and_children(outputs: Path) -> tuple[Run, List[Run]]:

@@ -4,21 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import ROOT, mlflow_client, ok, run_pipeline, runs
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+from conftest import ROOT, mlflow_client, ok, run_pipeline, runs, wait_for
 
 
 @pytest.mark.slow
@@ -32,7 +21,7 @@ def test_killed_run_is_closed_by_the_next_start(outputs):
             saved = list(outputs.glob("runs/*/mlflow_run_id"))
             return saved and mlflow_client(outputs).get_metric_history(saved[0].read_text().strip(), "loss")
 
-        wait_for(logged_loss, 300, "the first run to log a loss")
+        wait_for("the first run to log a loss", logged_loss, timeout=300)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # as the OOM killer would: no handler runs
         proc.wait()
