@@ -2,7 +2,6 @@
 nothing already logged is touched."""
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
