@@ -138,7 +138,8 @@ def main() -> None:
     refs: Dict[str, Optional[Dict]] = {}
 
     def save() -> str:
-        """Rewrites table.md after every row: a call cut off by its time limit keeps what it measured."""
+        """Rewrites table.md after every pair and preset row (each run's row is also printed as it
+        ends): a call cut off by its time limit keeps what it measured."""
         table = "\n".join(lines) + "\n"
         (a.out / "table.md").write_text(table)
         return table
