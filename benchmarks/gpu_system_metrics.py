@@ -5,6 +5,7 @@ the run back through MLflow's API and prints, per system/ metric, its samples an
 Exits 1 if no system/gpu_* metric was logged (e.g. nvidia-ml-py missing: pip install '.[gpu]').
 usage: python benchmarks/gpu_system_metrics.py --out DIR
 """
+
 import argparse
 import subprocess
 import sys
@@ -21,12 +22,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     a = ap.parse_args()
     run_dir, store = a.out / "run", f"sqlite:///{(a.out / 'mlflow.db').resolve()}"
-    cmd = [sys.executable, "-m", "pipeline", "model=llama_small", "data=random_tokens", "precision=bf16",
-           f"trainer.max_steps={a.steps}", f"tracking.uri={store}", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "model=llama_small",
+        "data=random_tokens",
+        "precision=bf16",
+        f"trainer.max_steps={a.steps}",
+        f"tracking.uri={store}",
+        f"hydra.run.dir={run_dir}",
+    ]
     print("$ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     client = MlflowClient(store)
-    run = client.search_runs([client.get_experiment_by_name("zerosweep").experiment_id])[0]  # the store's only run
+    run = client.search_runs([client.get_experiment_by_name("zerosweep").experiment_id])[
+        0
+    ]  # the store's only run
     run_id = run.info.run_id
     system = sorted(k for k in run.data.metrics if k.startswith("system/"))
     print(f"run {run_id}: {run.info.status}, {len(system)} system metrics")

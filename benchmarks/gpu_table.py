@@ -7,6 +7,7 @@ peak GPU memory, final loss and the ratio pipeline / reference. Perf-preset rows
 only and are compared with the reference's same-stage row.
 usage: python benchmarks/gpu_table.py --reference PATH --out DIR [--variants z2,z3 ...] [--presets ...]
 """
+
 import argparse
 import json
 import os
@@ -14,26 +15,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 CEILING_TFLOPS = 798.0  # the H100's measured bf16 matmul ceiling (shared/reference/README.md)
 STEPS, WARM = 30, 8
 
 # Reference variant -> the pipeline's overrides for the same settings.
-SAME: Dict[str, List[str]] = {
+SAME: dict[str, list[str]] = {
     "z0": ["zero=stage0"],
     "z1": ["zero=stage1"],
     "z2": ["zero=stage2"],
     "z3": ["zero=stage3"],
     "z2_off": ["zero=stage2", "offload=cpu"],
     "z3_off": ["zero=stage3", "offload=cpu"],
-    "z3_nvme": ["zero=stage3", "offload=nvme", "offload.nvme_path=/tmp/nvme_offload_pipeline",
-                "offload.aio.block_size=1048576", "offload.aio.thread_count=4",
-                "offload.param_buffer_size=200000000"],
+    "z3_nvme": [
+        "zero=stage3",
+        "offload=nvme",
+        "offload.nvme_path=/tmp/nvme_offload_pipeline",
+        "offload.aio.block_size=1048576",
+        "offload.aio.thread_count=4",
+        "offload.param_buffer_size=200000000",
+    ],
 }
 # name -> (reference variant it is compared with, extra pipeline overrides)
-PRESETS: Dict[str, tuple] = {
+PRESETS: dict[str, tuple] = {
     "z2+compile": ("z2", ["perf=compile"]),
     "z2+compile_mbs16": ("z2", ["perf=compile_mbs16"]),
     "z2+compile_mbs32": ("z2", ["perf=compile_mbs32"]),
@@ -50,18 +55,33 @@ def size(variant: str) -> str:
     return "small" if variant == "z3_nvme" else "1b"
 
 
-def pipeline_cmd(variant: str, extra: List[str], out: Path) -> List[str]:
+def pipeline_cmd(variant: str, extra: list[str], out: Path) -> list[str]:
     """The pipeline's CLI with the reference's settings (model, data, bf16, DS AdamW, lr, warmup, steps)."""
     model = "llama_small" if size(variant) == "small" else "llama_1b"
-    return [sys.executable, "-m", "pipeline", f"model={model}", "data=random_tokens", "precision=bf16",
-            "optimizer=adamw", "optimizer.lr=3e-4", "scheduler=warmup_linear", "scheduler.warmup_steps=2",
-            # The reference averages from the end of step WARM+1 on (its clock's first mark): skip as many.
-            "trainer.micro_batch_size=8", f"trainer.max_steps={STEPS}", f"trainer.timing_warmup_steps={WARM + 1}",
-            "trainer.dataloader_num_workers=2", "tracking.enabled=false", f"hydra.run.dir={out}",
-            *SAME[variant], *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        f"model={model}",
+        "data=random_tokens",
+        "precision=bf16",
+        "optimizer=adamw",
+        "optimizer.lr=3e-4",
+        "scheduler=warmup_linear",
+        "scheduler.warmup_steps=2",
+        # The reference averages from the end of step WARM+1 on (its clock's first mark): skip as many.
+        "trainer.micro_batch_size=8",
+        f"trainer.max_steps={STEPS}",
+        f"trainer.timing_warmup_steps={WARM + 1}",
+        "trainer.dataloader_num_workers=2",
+        "tracking.enabled=false",
+        f"hydra.run.dir={out}",
+        *SAME[variant],
+        *extra,
+    ]
 
 
-def run_pipeline(variant: str, extra: List[str], out: Path, timeout: int) -> Optional[Dict]:
+def run_pipeline(variant: str, extra: list[str], out: Path, timeout: int) -> dict | None:
     """Trains one pipeline job and returns its summary.json (None if it failed)."""
     cmd = pipeline_cmd(variant, extra, out)
     Path("/tmp/nvme_offload_pipeline").mkdir(parents=True, exist_ok=True)
@@ -78,12 +98,19 @@ def run_pipeline(variant: str, extra: List[str], out: Path, timeout: int) -> Opt
     res = json.loads((out / "summary.json").read_text())
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"  ({res['wall_s']:.0f} s)", flush=True)
-    return {"step_s": res["avg_step_time_s"], "tok_s": res["avg_tokens_per_s"], "tflops": res["model_tflops"],
-            "peak_gib": res["peak_memory_gib"], "loss_last": res["final_loss"], "wall_s": res["wall_s"]}
+    return {
+        "step_s": res["avg_step_time_s"],
+        "tok_s": res["avg_tokens_per_s"],
+        "tflops": res["model_tflops"],
+        "peak_gib": res["peak_memory_gib"],
+        "loss_last": res["final_loss"],
+        "wall_s": res["wall_s"],
+    }
 
 
-def run_reference(reference: Path, variant: str, out: Path, timeout: int,
-                  steps: int = STEPS, warm: int = WARM) -> Optional[Dict]:
+def run_reference(
+    reference: Path, variant: str, out: Path, timeout: int, steps: int = STEPS, warm: int = WARM
+) -> dict | None:
     """Runs the hand-written trainer through torchrun and parses its 'RESULT {json}' line."""
     env = {**os.environ, "BENCH_SIZE": size(variant), "BENCH_STEPS": str(steps), "BENCH_WARM": str(warm)}
     cmd = ["torchrun", "--nproc_per_node", "1", str(reference), variant, str(out)]
@@ -97,27 +124,34 @@ def run_reference(reference: Path, variant: str, out: Path, timeout: int,
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
     return None
 
 
-def mean_run(runs: List[Optional[Dict]]) -> Optional[Dict]:
+def mean_run(runs: list[dict | None]) -> dict | None:
     """The runs' mean figures (None if any failed): step time, and tokens/s and TFLOP/s from it."""
     if not runs or any(r is None for r in runs):
         return None
     step_s = sum(r["step_s"] for r in runs) / len(runs)
     first = runs[0]
-    return {**first, "step_s": step_s, "tok_s": first["tok_s"] * first["step_s"] / step_s,
-            "tflops": first["tflops"] * first["step_s"] / step_s, "peak_gib": max(r["peak_gib"] for r in runs)}
+    return {
+        **first,
+        "step_s": step_s,
+        "tok_s": first["tok_s"] * first["step_s"] / step_s,
+        "tflops": first["tflops"] * first["step_s"] / step_s,
+        "peak_gib": max(r["peak_gib"] for r in runs),
+    }
 
 
-def row(name: str, who: str, r: Optional[Dict], base: Optional[Dict]) -> str:
+def row(name: str, who: str, r: dict | None, base: dict | None) -> str:
     if r is None:
         return f"| {name} | {who} | failed | | | | | | |"
     ratio = f"{r['tok_s'] / base['tok_s']:.3f}" if base and who != "reference" else ""
-    return (f"| {name} | {who} | {r['step_s']:.4f} | {r['tok_s']:,.0f} | {r['tflops']:.1f} | "
-            f"{100 * r['tflops'] / CEILING_TFLOPS:.1f}% | {r['peak_gib']:.1f} | {r['loss_last']:.4f} | {ratio} |")
+    return (
+        f"| {name} | {who} | {r['step_s']:.4f} | {r['tok_s']:,.0f} | {r['tflops']:.1f} | "
+        f"{100 * r['tflops'] / CEILING_TFLOPS:.1f}% | {r['peak_gib']:.1f} | {r['loss_last']:.4f} | {ratio} |"
+    )
 
 
 def main() -> None:
@@ -127,15 +161,22 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(SAME))
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--timeout", type=int, default=400)
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="reference/pipeline pairs per variant; one-GPU ZeRO-3 varies ~20%% between runs")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="reference/pipeline pairs per variant; one-GPU ZeRO-3 varies ~20%% between runs",
+    )
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     variants = [v for v in a.variants.split(",") if v]
     presets = [p for p in a.presets.split(",") if p]
-    lines = ["| variant | who | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | last loss | pipeline/reference |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    refs: Dict[str, Optional[Dict]] = {}
+    lines = [
+        "| variant | who | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | last loss "
+        "| pipeline/reference |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    refs: dict[str, dict | None] = {}
 
     def save() -> str:
         """Rewrites table.md after every pair and preset row (each run's row is also printed as it
@@ -152,19 +193,28 @@ def main() -> None:
         for i in range(1, a.repeat + 1):
             name, run_dir = (f"{v} #{i}", f"{v}_{i}") if a.repeat > 1 else (v, v)
             # Alternate who goes first (ABBA): the second run of a pair may find the host warmer or busier.
-            runs: Dict[str, Optional[Dict]] = {}
+            runs: dict[str, dict | None] = {}
             for who in ("reference", "pipeline") if i % 2 else ("pipeline", "reference"):
-                runs[who] = (run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout) if who == "reference"
-                             else run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout))
-                print(row(name, who, runs[who], runs.get("reference")), flush=True)  # kept if the call is cut off
+                runs[who] = (
+                    run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout)
+                    if who == "reference"
+                    else run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout)
+                )
+                print(
+                    row(name, who, runs[who], runs.get("reference")), flush=True
+                )  # kept if the call is cut off
             pairs.append((runs["reference"], runs["pipeline"]))
-            lines += [row(name, "reference", runs["reference"], None),
-                      row(name, "pipeline", runs["pipeline"], runs["reference"])]
+            lines += [
+                row(name, "reference", runs["reference"], None),
+                row(name, "pipeline", runs["pipeline"], runs["reference"]),
+            ]
             save()
         refs[v] = mean_run([r for r, _ in pairs])
         if a.repeat > 1:
-            lines += [row(f"{v} mean", "reference", refs[v], None),
-                      row(f"{v} mean", "pipeline", mean_run([m for _, m in pairs]), refs[v])]
+            lines += [
+                row(f"{v} mean", "reference", refs[v], None),
+                row(f"{v} mean", "pipeline", mean_run([m for _, m in pairs]), refs[v]),
+            ]
             save()
     for p in presets:
         base, extra = PRESETS[p]

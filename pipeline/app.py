@@ -1,77 +1,60 @@
-"""The story of one job: plan it, check this machine, train its ranks, track it, summarise it."""
+"""The story of one job: plan it, check this machine, open its run, train its ranks, finish."""
+
+import functools
 import sys
-import traceback
-from pathlib import Path
-from typing import Any, Dict
+from collections.abc import Callable
 
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipeline import launch, plan, preflight, summary, sweep, track
+from launchers import slurm_job
+from pipeline import config, plan, preflight, summary, track
+from pipeline.config import Config
+from pipeline.job import Job, Outcome
+from pipeline.launch import Placement
+from pipeline.point import Point
+from pipeline.track import RunState
 
 
-def run(cfg: DictConfig) -> Dict[str, Any]:
-    hc = HydraConfig.get()
-    out = Path(hc.runtime.output_dir)
-    on_gpu = torch.cuda.is_available()
-    the_plan = plan.make(cfg, out, use_cpu=not on_gpu)
-    preflight.check(cfg, the_plan.memory["nvme"])
-    files = summary.write_plan(out, the_plan)
+def failure_policy(task: Callable[[Config, Point], Outcome]) -> Callable[[DictConfig], Outcome]:
+    """A point of a multirun that fails is reported and the sweep goes on (its end lists it and
+    exits non-zero); a single run's error, Ctrl-C and SystemExit propagate."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: DictConfig) -> Outcome:
+        point = Point.current(cfg.tracking.run_name)
+        try:
+            return task(config.load(cfg), point)
+        except Exception as e:
+            if not point.multirun:
+                raise
+            print(f"point {point.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+            return Outcome(RunState.FAILED)
+
+    return wrapper
+
+
+@failure_policy
+def run(cfg: Config, point: Point) -> Outcome:
+    the_plan = plan.make(cfg, point.out, use_cpu=not torch.cuda.is_available())
+    preflight.check(cfg, the_plan.memory.nvme)
+    files = summary.write_plan(point.out, the_plan)
     if cfg.dry_run:
         summary.print_plan(the_plan, files)
-        return {}
-    multirun = hc.mode == RunMode.MULTIRUN
-    parent = sweep.sweep_info(hc.sweep.dir) if multirun else None
-    name = cfg.tracking.run_name or (sweep.child_name(list(hc.overrides.task), parent["varying"]) if parent
-                                     else ",".join(hc.overrides.task) or "default")
-    in_slurm = launch.in_slurm_task(cfg)
-    requeued = in_slurm and launch.requeued()
-    run_id, logged_step = None, 0
-    if cfg.tracking.enabled and launch.is_main_task():
-        run_id = track.saved_run_id(out) if requeued else None
-        if run_id:  # a requeued job carries on in the run it started
-            logged_step = track.resume(cfg, run_id)
-        else:
-            tags = job_tags(hc)
-            if parent:
-                tags["mlflow.parentRunId"] = parent["parent_run_id"]
-            tags.update({"zerosweep.slurm_job_id": launch.slurm_job_id()} if in_slurm else track.owner_tags())
-            run_id = track.start_run(cfg, track.prepare(cfg), name, track.flat_params(cfg, hc.runtime.choices), tags)
-            track.save_run_id(out, run_id)
-    job = {"cfg": OmegaConf.to_container(cfg, resolve=True), "training_args": the_plan.training_args,
-           "flops_per_token": the_plan.flops_per_token, "tracking_uri": track.tracking_uri(cfg), "run_id": run_id,
-           "logged_step": logged_step, "resume_from": launch.newest_checkpoint(out) if requeued else None}
-    try:
-        with track.system_metrics(cfg, run_id):
-            result = launch.run_in_slurm(job) if in_slurm else launch.run_local(job, cfg.trainer.nproc_per_node)
-    except SystemExit:
-        raise  # submitit's exit after checkpoint + requeue: the run stays RUNNING and resumes
-    except BaseException as e:
-        if run_id:
-            track.fail(cfg, run_id, traceback.format_exc(), "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        if multirun and isinstance(e, Exception):
-            # One failed point must not stop the others; the sweep's end reports it and exits non-zero.
-            print(f"point {name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
-            return {"state": "FAILED"}
-        raise
-    hydra_config = out / ".hydra" / "config.yaml"
-    if run_id:
-        track.finish(cfg, run_id, result, [files["deepspeed"], files["training_args"], files["memory"], hydra_config])
-    summary.write_result(out, result)
-    summary.print_result(name, result, files, hydra_config, run_id, ui_command(cfg), on_gpu)
-    return {"state": "FINISHED", **result}
+        return Outcome(state=None)
+    where = slurm_job.placement(cfg)
+    with open_run(cfg, point, where) as tracked:
+        result = where.launch(Job.of(cfg, the_plan, tracked.ref, where.checkpoint(point.out)))
+        tracked.finish(result, files.all())
+    summary.write_result(point.out, result)
+    summary.print_result(cfg, point.name, result, files, tracked.run_id)
+    return Outcome(RunState.FINISHED, result)
 
 
-def job_tags(hc) -> Dict[str, str]:
-    tags = {"zerosweep.overrides": " ".join(hc.overrides.task), "zerosweep.output_dir": hc.runtime.output_dir}
-    if hc.mode == RunMode.MULTIRUN:
-        tags.update({"zerosweep.sweep_dir": str(Path(hc.sweep.dir).absolute()), "zerosweep.job_num": str(hc.job.num)})
-    return tags
-
-
-def ui_command(cfg: DictConfig) -> str:
-    if cfg.tracking.uri:
-        return f"python -m pipeline.ui --tracking-uri {cfg.tracking.uri}"
-    return f"python -m pipeline.ui --outputs-dir {Path(cfg.outputs_dir).absolute()}"
+def open_run(cfg: Config, point: Point, where: Placement) -> track.TrackedRun | track.Untracked:
+    """The point's MLflow run, if this process owns one."""
+    if not (cfg.tracking.enabled and where.owns_run):
+        return track.Untracked()
+    params = track.flat_params(cfg, point.choices)
+    tags = {**point.tags, **where.tags()}
+    return track.open_run(cfg, point.out, point.name, params, tags, resume=where.requeued)

@@ -4,9 +4,9 @@ Hydra would find a bad value only when its job starts (for a sweep: after the ea
 have trained). Here each point of the sweep is composed and checked first, and any problem
 becomes one ConfigError line naming the key.
 """
+
 import re
 from pathlib import Path
-from typing import List, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -15,6 +15,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline import config
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 
@@ -22,37 +23,37 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PROJECT_ROOT = CONF_DIR.parent
 
 
-def sweep_points(overrides: List[str], multirun: bool) -> List[List[str]]:
+def sweep_points(overrides: list[str], multirun: bool) -> list[list[str]]:
     """The override list of each job Hydra will start, in its order (BasicSweeper's expansion)."""
     if not multirun:
         return [list(overrides)]
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
-        raise ConfigError("overrides", _first_line(str(e)), "check the command line's key=value syntax") from None
+        raise ConfigError(
+            "overrides", _first_line(str(e)), "check the command line's key=value syntax"
+        ) from None
     return BasicSweeper.split_arguments(parsed, None)[0]
 
 
-def compose_point(overrides: List[str]) -> DictConfig:
-    """Compose one job's config exactly as @hydra.main will, and hold it to the schema."""
+def compose_point(overrides: list[str]) -> Config:
+    """Compose one job's config exactly as @hydra.main will, held to the schema."""
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+            composed = compose("config", overrides=overrides)
         # '+key=value' and recipes may add keys Hydra accepts; the schema does not.
-        OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg))
-        OmegaConf.resolve(cfg)
+        return config.load(OmegaConf.to_container(composed))
     except MissingConfigException as e:
         raise _missing_option(e) from None
     except (HydraException, OmegaConfBaseException) as e:
         raise _explain(e) from None
-    return cfg
 
 
-def compose_all(overrides: List[str], multirun: bool) -> List[Tuple[List[str], DictConfig]]:
+def compose_all(overrides: list[str], multirun: bool) -> list[tuple[list[str], Config]]:
     return [(point, compose_point(point)) for point in sweep_points(overrides, multirun)]
 
 
-def at_point(error: ConfigError, point: List[str], points: int) -> ConfigError:
+def at_point(error: ConfigError, point: list[str], points: int) -> ConfigError:
     """Name the sweep point an error belongs to, when there are several."""
     if points > 1:
         error.args = (f"{error.args[0]} (sweep point: {' '.join(point) or 'defaults'})",)
@@ -84,12 +85,15 @@ def _explain(e: Exception) -> ConfigError:
         return ConfigError(key, problem, f"give {key} a value of the right type (see pipeline/config.py)")
     if "Ambiguous value" in problem:
         arg = re.search(r"'([^']+)'", problem)
-        return ConfigError(arg.group(1).split("=")[0] if arg else "overrides", "several values without -m",
-                           "add -m (--multirun) to sweep over them")
+        return ConfigError(
+            arg.group(1).split("=")[0] if arg else "overrides",
+            "several values without -m",
+            "add -m (--multirun) to sweep over them",
+        )
     return ConfigError("overrides", problem, "check the command line")
 
 
-def _known_keys(parent: str) -> List[str]:
+def _known_keys(parent: str) -> list[str]:
     node = OmegaConf.structured(Config)
     for part in filter(None, parent.split(".")):
         node = node[part]

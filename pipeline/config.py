@@ -1,14 +1,18 @@
 """Typed schema of every config group, registered in Hydra's ConfigStore.
 
-The YAML files in conf/ only set values; these dataclasses decide which keys exist and what
-type each has, so a misspelt key or a wrong type is refused at compose time, by name, before
-anything starts (DeepSpeed itself silently ignores unknown top-level keys).
+These dataclasses decide which keys exist, what type each has and its default; the YAML files
+in conf/ state only what an option changes. A misspelt key or a wrong type is refused at
+compose time, by name, before anything starts (DeepSpeed itself silently ignores unknown
+top-level keys). Past composition the pipeline works on `Config` objects (`load`): typed
+attributes, and they pickle to the ranks and Slurm tasks as they are.
 """
+
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 
 class OffloadDevice(Enum):
@@ -33,31 +37,32 @@ class Tokenizer(Enum):
     byte = "byte"  # 256 byte values: nothing to train or download
 
 
-class CommDtype(Enum):
+class Dtype(Enum):
     fp32 = "fp32"
-    fp16 = "fp16"
     bf16 = "bf16"
+    fp16 = "fp16"
 
 
 @dataclass
 class ZeroConf:
-    stage: int = 2
+    # 0: no ZeRO (DeepSpeed as a plain data-parallel engine); 1-3: what is partitioned.
+    stage: int = 0
     overlap_comm: bool = True
     contiguous_gradients: bool = True
     reduce_scatter: bool = True
     allgather_partitions: bool = True
     allgather_bucket_size: int = 500_000_000
     # None means HF's "auto": derived from the model's hidden size at plan time.
-    reduce_bucket_size: Optional[int] = None
+    reduce_bucket_size: int | None = None
     round_robin_gradients: bool = False
     sub_group_size: int = 1_000_000_000
-    stage3_prefetch_bucket_size: Optional[int] = None
-    stage3_param_persistence_threshold: Optional[int] = None
+    stage3_prefetch_bucket_size: int | None = None
+    stage3_param_persistence_threshold: int | None = None
     stage3_max_live_parameters: int = 1_000_000_000
     stage3_max_reuse_distance: int = 1_000_000_000
     stage3_gather_16bit_weights_on_model_save: bool = True
     # dtype of gradient all-reduce/reduce-scatter (the guide's "NCCL collectives"); None: DeepSpeed's.
-    communication_data_type: Optional[CommDtype] = None
+    communication_data_type: Dtype | None = None
 
 
 @dataclass
@@ -74,11 +79,11 @@ class OffloadConf:
     device: OffloadDevice = OffloadDevice.none
     optimizer: bool = True
     # None: offload parameters exactly when ZeRO-3 allows it (the guide's ZeRO-3 examples do).
-    params: Optional[bool] = None
+    params: bool | None = None
     pin_memory: bool = True
-    nvme_path: Optional[str] = None
+    nvme_path: str | None = None
     # bytes that must be free under nvme_path; None: estimated from the model's size.
-    nvme_min_free: Optional[int] = None
+    nvme_min_free: int | None = None
     optimizer_buffer_count: int = 4
     fast_init: bool = False
     param_buffer_count: int = 5
@@ -89,15 +94,27 @@ class OffloadConf:
 
 @dataclass
 class PrecisionConf:
-    name: str = "fp32"
-    fp16: bool = False
-    bf16: bool = False
-    # fp16 dynamic loss scaling (loss_scale 0 = dynamic), as in the guide's ZeRO-3 example.
+    # One dtype per run: fp32, or mixed precision with bf16 or fp16 (fp16 needs a GPU).
+    dtype: Dtype = Dtype.fp32
+    # fp16 dynamic loss scaling (loss_scale 0 = dynamic), the guide's ZeRO-3 example's values.
     loss_scale: float = 0.0
     loss_scale_window: int = 1000
     initial_scale_power: int = 16
     hysteresis: int = 2
     min_loss_scale: float = 1.0
+
+    @property
+    def fp16(self) -> bool:
+        return self.dtype == Dtype.fp16
+
+    @property
+    def bf16(self) -> bool:
+        return self.dtype == Dtype.bf16
+
+    @property
+    def half(self) -> bool:
+        """Weights, gradients and activations in 16 bits (either kind)."""
+        return self.dtype != Dtype.fp32
 
 
 @dataclass
@@ -127,14 +144,15 @@ class SchedulerConf:
 
 @dataclass
 class ModelConf:
-    name: str = "llama_tiny"
+    """A Llama built from these sizes (the defaults: a 0.4M-parameter model)."""
+
     hidden_size: int = 128
     intermediate_size: int = 344
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
-    num_key_value_heads: Optional[int] = None
+    num_key_value_heads: int | None = None
     # None: the tokenizer's vocabulary size.
-    vocab_size: Optional[int] = None
+    vocab_size: int | None = None
     attn_implementation: str = "sdpa"
     tie_word_embeddings: bool = False
     # ZeRO-3 only: build the model already partitioned (deepspeed.zero.Init), for models one
@@ -145,7 +163,6 @@ class ModelConf:
 
 @dataclass
 class DataConf:
-    name: str = "tiny_corpus"
     # A text file; relative paths are taken from the project root.
     path: str = "data/tiny_corpus.txt"
     tokenizer: Tokenizer = Tokenizer.byte
@@ -178,44 +195,61 @@ class TrainerConf:
 class PerfConf:
     """Speed choices layered over trainer/zero; None keeps the value those groups set."""
 
-    name: str = "none"
-    torch_compile: Optional[bool] = None
-    micro_batch_size: Optional[int] = None
-    gradient_checkpointing: Optional[bool] = None
+    torch_compile: bool | None = None
+    micro_batch_size: int | None = None
+    gradient_checkpointing: bool | None = None
     # DeepSpeed's own compiler (DeepCompile passes for ZeRO-1/3), the config's "compile" section.
     deepcompile: bool = False
-    reduce_bucket_size: Optional[int] = None
-    allgather_bucket_size: Optional[int] = None
-    overlap_comm: Optional[bool] = None
+    reduce_bucket_size: int | None = None
+    allgather_bucket_size: int | None = None
+    overlap_comm: bool | None = None
     # ZeRO-3 only: parameters at or below this size stay whole on every GPU (no gather/release
     # per layer). Above the largest tensor, every parameter does: ZeRO-3 with ZeRO-2's speed.
-    stage3_param_persistence_threshold: Optional[int] = None
+    stage3_param_persistence_threshold: int | None = None
+
+
+# Which trainer/zero key each perf choice stands in for (plan.apply_perf writes them there).
+PERF_TRAINER_KEYS = ("torch_compile", "micro_batch_size", "gradient_checkpointing")
+PERF_ZERO_KEYS = (
+    "reduce_bucket_size",
+    "allgather_bucket_size",
+    "overlap_comm",
+    "stage3_param_persistence_threshold",
+)
 
 
 @dataclass
 class TrackingConf:
     enabled: bool = True
     # None: sqlite:///<outputs_dir>/mlflow.db, created before any run starts.
-    uri: Optional[str] = None
+    uri: str | None = None
     experiment: str = "zerosweep"
-    run_name: Optional[str] = None
+    run_name: str | None = None
+    # Host CPU/memory (and GPU with nvidia-ml-py) sampled into the run every 2 s while it trains.
     system_metrics: bool = True
 
 
 @dataclass
 class LauncherConf:
+    # local: this machine; slurm: with -m, a Slurm job per point (hydra/launcher is submitit_slurm).
     name: str = "local"
-    # Slurm settings: read only when name is slurm (hydra/launcher is then submitit_slurm).
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
+    # The Slurm settings below are read only when name is slurm (docs/slurm.md).
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    # --time; submitit signals the job 120 s before it to checkpoint and requeue
     timeout_min: int = 60
+    # --cpus-per-task (one task per GPU)
     cpus_per_gpu: int = 1
-    mem_gb: Optional[int] = None
-    constraint: Optional[str] = None
+    # --mem per node (None: the cluster's default per CPU)
+    mem_gb: int | None = None
+    constraint: str | None = None
+    # how many points run at once (the sweep is one job array)
     array_parallelism: int = 64
+    # any other sbatch option, e.g. '{mail-type: END, exclusive: true}'
     additional_parameters: Any = field(default_factory=dict)
-    setup: List[str] = field(default_factory=list)
+    # lines run before the job, e.g. '["module load cuda/12.4"]'
+    setup: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -235,6 +269,14 @@ class Config:
     dry_run: bool = False
     # Where runs, sweeps and the MLflow store live; relative to the working directory.
     outputs_dir: str = "outputs"
+
+
+def load(node: DictConfig | dict) -> Config:
+    """A composed config as schema objects, interpolations resolved (Hydra's own node, which
+    callbacks see, is left out). Raises OmegaConf's errors for keys or values it does not take."""
+    if isinstance(node, DictConfig) and "hydra" in node:
+        node = OmegaConf.masked_copy(node, [key for key in node if key != "hydra"])
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), node))
 
 
 def register() -> None:

@@ -1,11 +1,11 @@
 """Training data: the corpus shipped in the repo as byte tokens, or random tokens (benchmarks)."""
+
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from pipeline.config import DataSource, Tokenizer
+from pipeline.config import DataConf, DataSource, Tokenizer
 
 BYTE_VOCAB = 256
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,11 +25,11 @@ class TokenBlocks(Dataset):
         return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
 
 
-def vocab_size(data: DictConfig) -> int:
+def vocab_size(data: DataConf) -> int:
     return {Tokenizer.byte: BYTE_VOCAB}[data.tokenizer]
 
 
-def dataset(data: DictConfig, vocab: int, min_blocks: int) -> TokenBlocks:
+def dataset(data: DataConf, vocab: int, min_blocks: int) -> TokenBlocks:
     """At least min_blocks blocks (the corpus repeats if the run needs more than it holds)."""
     if data.source == DataSource.random:
         g = torch.Generator().manual_seed(0)

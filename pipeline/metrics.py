@@ -1,25 +1,28 @@
 """Per-step measurements inside the Trainer: loss, step time, tokens/s, peak memory."""
+
 import statistics
 import time
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import psutil
 import torch
 from transformers import TrainerCallback
 
-LogFn = Callable[[Dict[str, float], int], None]
+LogFn = Callable[[dict[str, float], int], None]
 
 
 class StepMetrics(TrainerCallback):
     """Times each optimizer step and forwards the Trainer's logs, with throughput, to log_fn."""
 
-    def __init__(self, tokens_per_step: int, flops_per_token: float, warmup: int, log_fn: Optional[LogFn]) -> None:
+    def __init__(
+        self, tokens_per_step: int, flops_per_token: float, warmup: int, log_fn: LogFn | None
+    ) -> None:
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
         self.warmup = warmup
         self.log_fn = log_fn
-        self.step_times: List[float] = []
-        self.losses: List[float] = []
+        self.step_times: list[float] = []
+        self.losses: list[float] = []
         self._t0 = 0.0
         # The Trainer's step when this process started (a resumed checkpoint's, else 0) and its last.
         self.first_step = self.last_step = 0
@@ -52,15 +55,17 @@ class StepMetrics(TrainerCallback):
         if self.log_fn:
             values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
             if self.step_times and "loss" in logs:
-                values.update(step_time_s=self.step_times[-1], tokens_per_s=self.tokens_per_step / self.step_times[-1])
+                values.update(
+                    step_time_s=self.step_times[-1], tokens_per_s=self.tokens_per_step / self.step_times[-1]
+                )
             self.log_fn(values, state.global_step)
 
     def peak_memory(self) -> int:
         """Peak GPU memory allocated on this rank; without a GPU, the peak host RSS seen."""
         return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else self.peak_host
 
-    def summary(self) -> Dict[str, float]:
-        timed = self.step_times[self.warmup:] or self.step_times
+    def summary(self) -> dict[str, float]:
+        timed = self.step_times[self.warmup :] or self.step_times
         step_s = statistics.mean(timed) if timed else float("nan")
         tokens_s = self.tokens_per_step / step_s if timed else float("nan")
         return {

@@ -1,12 +1,12 @@
 """The model: a Llama built from the config (no hub download), and its size without building it."""
-from typing import Tuple
 
 import torch
-from omegaconf import DictConfig
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from pipeline.config import ModelConf
 
-def llama_config(model: DictConfig, vocab_size: int, seq_len: int) -> LlamaConfig:
+
+def llama_config(model: ModelConf, vocab_size: int, seq_len: int) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=model.vocab_size or vocab_size,
         hidden_size=model.hidden_size,
@@ -20,7 +20,7 @@ def llama_config(model: DictConfig, vocab_size: int, seq_len: int) -> LlamaConfi
     )
 
 
-def sizes(config: LlamaConfig) -> Tuple[int, int]:
+def sizes(config: LlamaConfig) -> tuple[int, int]:
     """(total parameters, largest layer's parameters), counted on the meta device: no memory."""
     with torch.device("meta"):
         model = LlamaForCausalLM(config)

@@ -5,28 +5,29 @@ decay, clipping, precision, warmup, total steps) is written once, here, into bot
 HF "auto" is resolved, so the JSON that is logged is the JSON that trains and HF's mismatch
 check has nothing to find.
 """
+
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
-
-from omegaconf import DictConfig
+from typing import Any
 
 from pipeline import data, memory, model
-from pipeline.config import OffloadDevice, Provider
+from pipeline.config import PERF_TRAINER_KEYS, PERF_ZERO_KEYS, Config, OffloadDevice, Provider
+from pipeline.memory import MemoryPlan
 from pipeline.rules import offloads_optimizer, offloads_params
 
 
 @dataclass
 class Plan:
-    deepspeed: Dict[str, Any]
-    training_args: Dict[str, Any]
+    deepspeed: dict[str, Any]
+    training_args: dict[str, Any]
     world_size: int
     params: int
     flops_per_token: float
-    memory: Dict[str, int]
+    memory: MemoryPlan
 
 
-def make(cfg: DictConfig, output_dir: Path, use_cpu: bool) -> Plan:
+def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
     apply_perf(cfg)
     vocab = data.vocab_size(cfg.data)
     llama = model.llama_config(cfg.model, vocab, cfg.data.seq_len)
@@ -43,35 +44,45 @@ def make(cfg: DictConfig, output_dir: Path, use_cpu: bool) -> Plan:
     )
 
 
-def apply_perf(cfg: DictConfig) -> None:
+def apply_perf(cfg: Config) -> None:
     """Writes the perf preset's choices into trainer/zero, so every later reader sees one value."""
-    perf = cfg.perf
-    for key in ("torch_compile", "micro_batch_size", "gradient_checkpointing"):
-        if perf[key] is not None:
-            cfg.trainer[key] = perf[key]
-    for key in ("reduce_bucket_size", "allgather_bucket_size", "overlap_comm", "stage3_param_persistence_threshold"):
-        if perf[key] is not None:
-            cfg.zero[key] = perf[key]
+    for section, keys in ((cfg.trainer, PERF_TRAINER_KEYS), (cfg.zero, PERF_ZERO_KEYS)):
+        for key in keys:
+            value = getattr(cfg.perf, key)
+            if value is not None:
+                setattr(section, key, value)
 
 
-def deepspeed_config(cfg: DictConfig, hidden: int, world: int) -> Dict[str, Any]:
+def deepspeed_config(cfg: Config, hidden: int, world: int) -> dict[str, Any]:
     t, p, opt = cfg.trainer, cfg.precision, cfg.optimizer
-    ds: Dict[str, Any] = {
+    ds: dict[str, Any] = {
         "train_batch_size": t.micro_batch_size * t.gradient_accumulation_steps * world,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "gradient_clipping": t.max_grad_norm,
-        "fp16": {"enabled": p.fp16, "loss_scale": p.loss_scale, "loss_scale_window": p.loss_scale_window,
-                 "initial_scale_power": p.initial_scale_power, "hysteresis": p.hysteresis,
-                 "min_loss_scale": p.min_loss_scale},
+        "fp16": {
+            "enabled": p.fp16,
+            "loss_scale": p.loss_scale,
+            "loss_scale_window": p.loss_scale_window,
+            "initial_scale_power": p.initial_scale_power,
+            "hysteresis": p.hysteresis,
+            "min_loss_scale": p.min_loss_scale,
+        },
         "bf16": {"enabled": p.bf16},
         "zero_optimization": zero_section(cfg, hidden),
         "steps_per_print": 2000,
         "wall_clock_breakdown": False,
     }
     if opt.provider == Provider.deepspeed:
-        ds["optimizer"] = {"type": opt.name, "params": {"lr": opt.lr, "betas": [opt.beta1, opt.beta2],
-                                                        "eps": opt.eps, "weight_decay": opt.weight_decay}}
+        ds["optimizer"] = {
+            "type": opt.name,
+            "params": {
+                "lr": opt.lr,
+                "betas": [opt.beta1, opt.beta2],
+                "eps": opt.eps,
+                "weight_decay": opt.weight_decay,
+            },
+        }
     else:
         ds["zero_allow_untested_optimizer"] = True
         if offloads_optimizer(cfg):
@@ -85,20 +96,27 @@ def deepspeed_config(cfg: DictConfig, hidden: int, world: int) -> Dict[str, Any]
         ds["communication_data_type"] = cfg.zero.communication_data_type.value
     if cfg.offload.device == OffloadDevice.nvme:
         # Top level: DeepSpeed rejects "aio" inside zero_optimization, where the guide's example has it.
-        ds["aio"] = dict(cfg.offload.aio)
+        ds["aio"] = dataclasses.asdict(cfg.offload.aio)
     return ds
 
 
-def zero_section(cfg: DictConfig, hidden: int) -> Dict[str, Any]:
+def zero_section(cfg: Config, hidden: int) -> dict[str, Any]:
     z, stage = cfg.zero, cfg.zero.stage
-    section: Dict[str, Any] = {"stage": stage}
+    section: dict[str, Any] = {"stage": stage}
     if stage == 0:
         return section
-    section.update(overlap_comm=z.overlap_comm, contiguous_gradients=z.contiguous_gradients,
-                   reduce_bucket_size=_auto(z.reduce_bucket_size, hidden * hidden))
+    section.update(
+        overlap_comm=z.overlap_comm,
+        contiguous_gradients=z.contiguous_gradients,
+        reduce_bucket_size=_auto(z.reduce_bucket_size, hidden * hidden),
+    )
     if stage in (1, 2):
-        section.update(allgather_partitions=z.allgather_partitions, allgather_bucket_size=z.allgather_bucket_size,
-                       reduce_scatter=z.reduce_scatter, round_robin_gradients=z.round_robin_gradients)
+        section.update(
+            allgather_partitions=z.allgather_partitions,
+            allgather_bucket_size=z.allgather_bucket_size,
+            reduce_scatter=z.reduce_scatter,
+            round_robin_gradients=z.round_robin_gradients,
+        )
     else:
         section.update(
             sub_group_size=z.sub_group_size,
@@ -114,21 +132,26 @@ def zero_section(cfg: DictConfig, hidden: int) -> Dict[str, Any]:
     if offloads_optimizer(cfg):
         section["offload_optimizer"] = {"device": off.device.value, **nvme_path, "pin_memory": off.pin_memory}
         if nvme:
-            section["offload_optimizer"].update(buffer_count=off.optimizer_buffer_count, fast_init=off.fast_init)
+            section["offload_optimizer"].update(
+                buffer_count=off.optimizer_buffer_count, fast_init=off.fast_init
+            )
     if offloads_params(cfg):
         section["offload_param"] = {"device": off.device.value, **nvme_path, "pin_memory": off.pin_memory}
         if nvme:
-            section["offload_param"].update(buffer_count=off.param_buffer_count, buffer_size=off.param_buffer_size,
-                                            max_in_cpu=off.max_in_cpu)
+            section["offload_param"].update(
+                buffer_count=off.param_buffer_count,
+                buffer_size=off.param_buffer_size,
+                max_in_cpu=off.max_in_cpu,
+            )
     return section
 
 
-def scheduler_section(cfg: DictConfig) -> Dict[str, Any]:
+def scheduler_section(cfg: Config) -> dict[str, Any]:
     s, lr = cfg.scheduler, cfg.optimizer.lr
     # HF passes at least one warmup step to DeepSpeed (which refuses 0); match it, or HF objects.
     warmup = max(1, s.warmup_steps)
     total = cfg.trainer.max_steps
-    params: Dict[str, Any] = {"warmup_num_steps": warmup, "warmup_type": s.warmup_type}
+    params: dict[str, Any] = {"warmup_num_steps": warmup, "warmup_type": s.warmup_type}
     if s.name in ("WarmupLR", "WarmupDecayLR"):
         params.update(warmup_min_lr=0, warmup_max_lr=lr)
     if s.name in ("WarmupDecayLR", "WarmupCosineLR"):
@@ -138,10 +161,10 @@ def scheduler_section(cfg: DictConfig) -> Dict[str, Any]:
     return {"type": s.name, "params": params}
 
 
-def training_args(cfg: DictConfig, ds: Dict[str, Any], output_dir: Path, use_cpu: bool) -> Dict[str, Any]:
+def training_args(cfg: Config, ds: dict[str, Any], output_dir: Path, use_cpu: bool) -> dict[str, Any]:
     """Keyword arguments of transformers.TrainingArguments, drawn from the same values as ds."""
     t, opt, sch = cfg.trainer, cfg.optimizer, cfg.scheduler
-    args: Dict[str, Any] = dict(
+    args: dict[str, Any] = dict(
         output_dir=str(output_dir / "checkpoints"),
         per_device_train_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,

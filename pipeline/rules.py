@@ -3,9 +3,8 @@
 Pure checks on a composed config: no environment, no imports of heavy libraries, so a whole
 sweep is checked in well under a second before any point starts.
 """
-from omegaconf import DictConfig
 
-from pipeline.config import OffloadDevice, Provider
+from pipeline.config import Config, OffloadDevice, Provider
 from pipeline.errors import ConfigError
 
 # DeepSpeed 0.19's built-in optimizer and scheduler types (deepspeed.runtime.config, lr_schedules).
@@ -13,7 +12,7 @@ DS_OPTIMIZERS = {"Adam", "AdamW", "Lamb", "OneBitAdam", "OneBitLamb", "ZeroOneAd
 DS_SCHEDULERS = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"}
 
 
-def offloads_params(cfg: DictConfig) -> bool:
+def offloads_params(cfg: Config) -> bool:
     """Parameter offload is on when asked for, or by default whenever ZeRO-3 offloads at all."""
     off = cfg.offload
     if off.device == OffloadDevice.none:
@@ -21,90 +20,124 @@ def offloads_params(cfg: DictConfig) -> bool:
     return off.params if off.params is not None else cfg.zero.stage == 3
 
 
-def offloads_optimizer(cfg: DictConfig) -> bool:
+def offloads_optimizer(cfg: Config) -> bool:
     return cfg.offload.device != OffloadDevice.none and cfg.offload.optimizer
 
 
-def check(cfg: DictConfig) -> None:
+def check(cfg: Config) -> None:
     """Raise ConfigError for the first rule the config breaks."""
     _check_ranges(cfg)
-    _check_precision(cfg)
     _check_offload(cfg)
     _check_optimizer(cfg)
     _check_scheduler(cfg)
     _check_perf(cfg)
 
 
-def _check_ranges(cfg: DictConfig) -> None:
+def _check_ranges(cfg: Config) -> None:
     if cfg.zero.stage not in (0, 1, 2, 3):
-        raise ConfigError("zero.stage", f"ZeRO has stages 0-3, not {cfg.zero.stage}", "use zero=stage0..stage3")
-    counts = {f"trainer.{key}": cfg.trainer[key] for key in ("micro_batch_size", "gradient_accumulation_steps",
-                                                             "max_steps", "nproc_per_node", "nnodes", "logging_steps")}
+        raise ConfigError(
+            "zero.stage", f"ZeRO has stages 0-3, not {cfg.zero.stage}", "use zero=stage0..stage3"
+        )
+    counted = (
+        "micro_batch_size",
+        "gradient_accumulation_steps",
+        "max_steps",
+        "nproc_per_node",
+        "nnodes",
+        "logging_steps",
+    )
+    counts = {f"trainer.{key}": getattr(cfg.trainer, key) for key in counted}
     # perf overrides trainer.micro_batch_size later, in plan.make: check its own value here too.
     counts["perf.micro_batch_size"] = cfg.perf.micro_batch_size
     for key, value in counts.items():
         if value is not None and value < 1:
             raise ConfigError(key, f"must be at least 1, got {value}", f"set {key}=1 or more")
     if cfg.scheduler.warmup_steps < 0:
-        raise ConfigError("scheduler.warmup_steps", "must not be negative", "set scheduler.warmup_steps=0 or more")
+        raise ConfigError(
+            "scheduler.warmup_steps", "must not be negative", "set scheduler.warmup_steps=0 or more"
+        )
 
 
-def _check_precision(cfg: DictConfig) -> None:
-    if cfg.precision.fp16 and cfg.precision.bf16:
-        raise ConfigError("precision", "fp16 and bf16 are exclusive", "choose precision=fp16 or precision=bf16")
-
-
-def _check_offload(cfg: DictConfig) -> None:
+def _check_offload(cfg: Config) -> None:
     off, stage = cfg.offload, cfg.zero.stage
     if off.device == OffloadDevice.none:
         if off.params:
-            raise ConfigError("offload.params", "parameter offload needs an offload device",
-                              "use offload=cpu or offload=nvme with zero=stage3")
+            raise ConfigError(
+                "offload.params",
+                "parameter offload needs an offload device",
+                "use offload=cpu or offload=nvme with zero=stage3",
+            )
         return
     if stage == 0:
-        raise ConfigError("offload.device", f"offload to {off.device.value} needs ZeRO (stage 1-3)",
-                          "use zero=stage2 (optimizer offload) or zero=stage3")
+        raise ConfigError(
+            "offload.device",
+            f"offload to {off.device.value} needs ZeRO (stage 1-3)",
+            "use zero=stage2 (optimizer offload) or zero=stage3",
+        )
     if off.device == OffloadDevice.nvme and stage != 3:
-        raise ConfigError("offload.device", "NVMe offload (ZeRO-Infinity) needs ZeRO-3",
-                          "use zero=stage3, or offload=cpu with this stage")
+        raise ConfigError(
+            "offload.device",
+            "NVMe offload (ZeRO-Infinity) needs ZeRO-3",
+            "use zero=stage3, or offload=cpu with this stage",
+        )
     if off.params and stage != 3:
-        raise ConfigError("offload.params", "parameter offload needs ZeRO-3",
-                          "use zero=stage3, or offload.params=false")
+        raise ConfigError(
+            "offload.params", "parameter offload needs ZeRO-3", "use zero=stage3, or offload.params=false"
+        )
     if off.device == OffloadDevice.nvme and not off.nvme_path:
-        raise ConfigError("offload.nvme_path", "NVMe offload needs a path", "set offload.nvme_path=/local_nvme")
+        raise ConfigError(
+            "offload.nvme_path", "NVMe offload needs a path", "set offload.nvme_path=/local_nvme"
+        )
     if not (off.optimizer or offloads_params(cfg)):
-        raise ConfigError("offload", "offload is on but nothing is offloaded",
-                          "use offload=none, or offload.optimizer=true")
+        raise ConfigError(
+            "offload", "offload is on but nothing is offloaded", "use offload=none, or offload.optimizer=true"
+        )
 
 
-def _check_optimizer(cfg: DictConfig) -> None:
+def _check_optimizer(cfg: Config) -> None:
     opt = cfg.optimizer
     if opt.provider == Provider.deepspeed and opt.name not in DS_OPTIMIZERS:
-        raise ConfigError("optimizer.name", f"DeepSpeed has no optimizer '{opt.name}'",
-                          f"use one of {', '.join(sorted(DS_OPTIMIZERS))}, or optimizer.provider=hf")
+        raise ConfigError(
+            "optimizer.name",
+            f"DeepSpeed has no optimizer '{opt.name}'",
+            f"use one of {', '.join(sorted(DS_OPTIMIZERS))}, or optimizer.provider=hf",
+        )
     if not offloads_optimizer(cfg):
         return
     if opt.name.lower() == "lamb":
-        raise ConfigError("optimizer", "LAMB cannot be used with optimizer offload",
-                          "use optimizer=adamw, or offload=none")
+        raise ConfigError(
+            "optimizer", "LAMB cannot be used with optimizer offload", "use optimizer=adamw, or offload=none"
+        )
     if opt.provider == Provider.hf and not opt.cpu_impl:
-        raise ConfigError("optimizer", f"'{opt.name}' has no CPU implementation, which optimizer offload needs",
-                          "use optimizer=adamw (DeepSpeedCPUAdam), or offload=none")
+        raise ConfigError(
+            "optimizer",
+            f"'{opt.name}' has no CPU implementation, which optimizer offload needs",
+            "use optimizer=adamw (DeepSpeedCPUAdam), or offload=none",
+        )
 
 
-def _check_scheduler(cfg: DictConfig) -> None:
+def _check_scheduler(cfg: Config) -> None:
     sch = cfg.scheduler
     if sch.provider == Provider.deepspeed and sch.name not in DS_SCHEDULERS:
-        raise ConfigError("scheduler.name", f"DeepSpeed has no scheduler '{sch.name}'",
-                          f"use one of {', '.join(sorted(DS_SCHEDULERS))}, or scheduler.provider=hf")
+        raise ConfigError(
+            "scheduler.name",
+            f"DeepSpeed has no scheduler '{sch.name}'",
+            f"use one of {', '.join(sorted(DS_SCHEDULERS))}, or scheduler.provider=hf",
+        )
 
 
-def _check_perf(cfg: DictConfig) -> None:
+def _check_perf(cfg: Config) -> None:
     if cfg.perf.stage3_param_persistence_threshold is None:
         return
     if cfg.zero.stage != 3:
-        raise ConfigError("perf.stage3_param_persistence_threshold", f"keeps ZeRO-3 parameters whole, but zero.stage is {cfg.zero.stage}",
-                          "use it with zero=stage3, or perf=none")
+        raise ConfigError(
+            "perf.stage3_param_persistence_threshold",
+            f"keeps ZeRO-3 parameters whole, but zero.stage is {cfg.zero.stage}",
+            "use it with zero=stage3, or perf=none",
+        )
     if offloads_params(cfg):
-        raise ConfigError("perf.stage3_param_persistence_threshold", "parameters cannot stay on the GPU and be offloaded",
-                          "use offload=none, or offload.params=false")
+        raise ConfigError(
+            "perf.stage3_param_persistence_threshold",
+            "parameters cannot stay on the GPU and be offloaded",
+            "use offload=none, or offload.params=false",
+        )

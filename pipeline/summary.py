@@ -1,26 +1,53 @@
 """What one job prints: the plan (dry run) and the closing summary, and the plan's files."""
-import json
-from pathlib import Path
-from typing import Dict, Optional
 
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.config import Config
 from pipeline.plan import Plan
 
 GIB = 2**30
 
 
-def write_plan(out: Path, plan: Plan) -> Dict[str, Path]:
+@dataclass
+class PlanFiles:
+    """The plan as written in the run dir, beside Hydra's own config.yaml."""
+
+    deepspeed: Path
+    training_args: Path
+    memory: Path
+    hydra_config: Path
+
+    def all(self) -> list[Path]:
+        """What the run keeps as artifacts."""
+        return [self.deepspeed, self.training_args, self.memory, self.hydra_config]
+
+
+def write_plan(out: Path, plan: Plan) -> PlanFiles:
     """deepspeed.json (as DeepSpeed receives it), training_args.json and memory.json in the run dir."""
     out.mkdir(parents=True, exist_ok=True)
-    args = {k: v for k, v in plan.training_args.items() if k != "deepspeed"}
-    files = {"deepspeed": out / "deepspeed.json", "training_args": out / "training_args.json",
-             "memory": out / "memory.json"}
-    files["deepspeed"].write_text(json.dumps(plan.deepspeed, indent=2) + "\n")
-    files["training_args"].write_text(json.dumps(args, indent=2) + "\n")
-    files["memory"].write_text(json.dumps(plan.memory, indent=2) + "\n")
+    files = PlanFiles(
+        out / "deepspeed.json",
+        out / "training_args.json",
+        out / "memory.json",
+        out / ".hydra" / "config.yaml",
+    )
+    files.deepspeed.write_text(json.dumps(plan.deepspeed, indent=2) + "\n")
+    files.training_args.write_text(json.dumps(_arguments(plan), indent=2) + "\n")
+    files.memory.write_text(json.dumps(dataclasses.asdict(plan.memory), indent=2) + "\n")
     return files
 
 
-def write_result(out: Path, result: Dict[str, float]) -> Path:
+def _arguments(plan: Plan) -> dict:
+    """TrainingArguments without the DeepSpeed dict, which has a file of its own."""
+    return {k: v for k, v in plan.training_args.items() if k != "deepspeed"}
+
+
+def write_result(out: Path, result: dict[str, float]) -> Path:
     """summary.json: the job's closing figures, for scripts (the GPU benchmark reads it)."""
     path = out / "summary.json"
     path.write_text(json.dumps(result) + "\n")
@@ -29,36 +56,46 @@ def write_result(out: Path, result: Dict[str, float]) -> Path:
 
 def memory_lines(plan: Plan) -> str:
     m = plan.memory
-    rows = [f"  model: {plan.params / 1e6:.2f}M parameters, world size {plan.world_size}",
-            f"  per GPU: {m['gpu_model_states'] / GIB:.2f} GiB model states + ~{m['gpu_activations'] / GIB:.2f} GiB activations",
-            f"  host (per node): {m['host_model_states'] / GIB:.2f} GiB model states"]
-    if m["nvme"]:
-        rows.append(f"  NVMe (per node): {m['nvme'] / GIB:.2f} GiB")
+    rows = [
+        f"  model: {plan.params / 1e6:.2f}M parameters, world size {plan.world_size}",
+        f"  per GPU: {m.gpu_model_states / GIB:.2f} GiB model states"
+        f" + ~{m.gpu_activations / GIB:.2f} GiB activations",
+        f"  host (per node): {m.host_model_states / GIB:.2f} GiB model states",
+    ]
+    if m.nvme:
+        rows.append(f"  NVMe (per node): {m.nvme / GIB:.2f} GiB")
     return "\n".join(rows)
 
 
-def print_plan(plan: Plan, files: Dict[str, Path]) -> None:
-    args = {k: v for k, v in plan.training_args.items() if k != "deepspeed"}
+def print_plan(plan: Plan, files: PlanFiles) -> None:
     print("DeepSpeed config (resolved):")
     print(json.dumps(plan.deepspeed, indent=2))
     print("TrainingArguments:")
-    print(json.dumps(args, indent=2))
+    print(json.dumps(_arguments(plan), indent=2))
     print("Expected memory (DeepSpeed's estimators):")
     print(memory_lines(plan))
-    print(f"Written: {files['deepspeed']}  {files['training_args']}  {files['memory']}")
+    print(f"Written: {files.deepspeed}  {files.training_args}  {files.memory}")
     print("dry run: nothing trained")
 
 
-def print_result(name: str, result: Dict[str, float], files: Dict[str, Path], hydra_config: Path,
-                 run_id: Optional[str], ui_command: Optional[str], on_gpu: bool) -> None:
-    where = "GPU" if on_gpu else "host"
+def print_result(
+    cfg: Config, name: str, result: dict[str, float], files: PlanFiles, run_id: str | None
+) -> None:
+    where = "GPU" if torch.cuda.is_available() else "host"
     print(f"\n== {name}: done ==")
     print(f"  final loss      {result['final_loss']:.4f}")
     print(f"  tokens/s        {result['avg_tokens_per_s']:,.0f}")
     print(f"  step time       {result['avg_step_time_s'] * 1000:.1f} ms")
     print(f"  peak {where} mem   {result['peak_memory_gib']:.2f} GiB")
-    print(f"  DeepSpeed JSON  {files['deepspeed']}")
-    print(f"  Hydra config    {hydra_config}")
+    print(f"  DeepSpeed JSON  {files.deepspeed}")
+    print(f"  Hydra config    {files.hydra_config}")
     if run_id:
         print(f"  MLflow run      {run_id}")
-        print(f"  open the UI     {ui_command}")
+        print(f"  open the UI     {ui_command(cfg)}")
+
+
+def ui_command(cfg: Config) -> str:
+    """How to open the UI on this run's store."""
+    if cfg.tracking.uri:
+        return f"python -m pipeline.ui --tracking-uri {cfg.tracking.uri}"
+    return f"python -m pipeline.ui --outputs-dir {Path(cfg.outputs_dir).absolute()}"

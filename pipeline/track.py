@@ -1,79 +1,234 @@
-"""MLflow: the store, one run per point, flat params, metrics from rank 0, artifacts, status.
+"""MLflow, through one door: the store, a point's run over its life, params, metrics from rank
+0, artifacts, and the runs read back for the sweep table, the report and the UI.
 
-The job process owns the run: it creates it before any rank starts (so a failed start is still
-recorded), rank 0 only appends metrics to it by id, and the job closes it with the summary.
+The job process owns a point's run: it opens it before any rank starts (so a failed start is
+still recorded), rank 0 only appends metrics to it by id (`RunRef`), and the job closes it with
+the summary (`TrackedRun`). No other module talks to MLflow.
 """
+
 import json
 import socket
 import sys
 import time
-from contextlib import contextmanager
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
+from typing import Any
 
 import mlflow
 import psutil
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
+
+from pipeline.config import Config
+
+RUN_ID_FILE = "mlflow_run_id"
+# Tags a sweep's runs are found by.
+PARENT = "mlflow.parentRunId"
+SLURM_JOB = "zerosweep.slurm_job_id"
+ROLE = "zerosweep.role"
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    return store_uri(cfg.outputs_dir, cfg.tracking.uri)
+class RunState(str, Enum):
+    """MLflow's run states, as the pipeline sets and reads them."""
+
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+    def __str__(self) -> str:
+        return self.value
 
 
-def store_uri(outputs_dir: str, uri: Optional[str] = None) -> str:
+def store_uri(outputs_dir: str | Path, uri: str | None = None) -> str:
     """The one URI rule, shared with the UI and report commands that have no composed config."""
     return uri or f"sqlite:///{Path(outputs_dir).absolute() / 'mlflow.db'}"
 
 
-def mark_training(client: MlflowClient, experiment_id: str) -> None:
-    """MLflow 3's UI opens an experiment on its GenAI (traces) page unless it is tagged as model training."""
-    client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+def tracking_uri(cfg: Config) -> str:
+    return store_uri(cfg.outputs_dir, cfg.tracking.uri)
 
 
-@contextmanager
-def system_metrics(cfg: DictConfig, run_id: Optional[str]) -> Iterator[None]:
-    """Host CPU/memory/disk (and GPU where nvidia-ml-py is installed) sampled into the run while it trains."""
-    if not (run_id and cfg.tracking.system_metrics):
-        yield
-        return
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=2, tracking_uri=tracking_uri(cfg))
-    monitor.start()
-    try:
-        yield
-    finally:
-        monitor.finish()
+@dataclass
+class RunRef:
+    """What a training rank needs to append metrics to its job's run; pickles to every rank."""
+
+    uri: str
+    run_id: str
+    # Steps up to this one were logged by an earlier attempt of the job (before a requeue).
+    after_step: int = 0
 
 
-def prepare(cfg: DictConfig) -> str:
+@dataclass
+class RunRecord:
+    """A run as the table, the report and the UI read it."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    state: RunState
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, run: Run) -> "RunRecord":
+        info, data = run.info, run.data
+        return cls(
+            info.run_id,
+            info.run_name,
+            info.experiment_id,
+            RunState(info.status),
+            data.params,
+            data.metrics,
+            data.tags,
+        )
+
+
+class Store:
+    """One MLflow store (sqlite file or server), as the pipeline uses it."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(uri)
+
+    def experiment_id(self, name: str) -> str | None:
+        exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id if exp else None
+
+    def create_experiment(self, name: str, artifact_location: str | None) -> str:
+        experiment_id = self.client.create_experiment(name, artifact_location=artifact_location)
+        self.mark_training(experiment_id)
+        return experiment_id
+
+    def mark_training(self, experiment_id: str) -> None:
+        """MLflow 3's UI opens an experiment on its GenAI (traces) page unless it is tagged as
+        model training."""
+        self.client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
+
+    def create_run(self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, str]) -> str:
+        run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # a REST store takes at most 100 params a call
+            self.client.log_batch(run_id, params=items[i : i + 100])
+        return run_id
+
+    def reopen(self, run_id: str) -> int:
+        """A requeued job's run, RUNNING again; returns the last step it logged, so that the steps
+        trained again after the checkpoint are not logged twice."""
+        self.client.update_run(run_id, status=RunState.RUNNING.value)
+        return max((step for step, _ in self.history(run_id, "loss")), default=0)
+
+    def end(self, run_id: str, state: RunState, error: str | None = None) -> None:
+        """Close a run; an error's last lines are kept beside it (error.txt)."""
+        if error is not None:
+            self.log_text(run_id, "\n".join(error.splitlines()[-50:]) + "\n", "error.txt")
+        self.client.set_terminated(run_id, state.value)
+
+    def log_metrics(
+        self, run_id: str, values: Mapping[str, float], step: int, synchronous: bool = True
+    ) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        self.client.log_batch(run_id, metrics=metrics, synchronous=synchronous)
+
+    def tag(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_dict(self, run_id: str, value: Any, path: str) -> None:
+        self.client.log_dict(run_id, value, path)
+
+    def log_files(self, run_id: str, paths: Iterable[Path], folder: str | None = None) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), folder)
+
+    def get(self, run_id: str) -> RunRecord:
+        return RunRecord.of(self.client.get_run(run_id))
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of one metric, by step."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
+
+    def search(
+        self, experiment_id: str, where: str, newest_first: bool = False, limit: int = 10000
+    ) -> list[RunRecord]:
+        order = "DESC" if newest_first else "ASC"
+        runs = self.client.search_runs(
+            [experiment_id], where, order_by=[f"attributes.start_time {order}"], max_results=limit
+        )
+        return [RunRecord.of(r) for r in runs]
+
+    def children(self, experiment_id: str, parent_run_id: str) -> list[RunRecord]:
+        """A sweep's point runs, in the order they started."""
+        return self.search(experiment_id, f"tags.{PARENT} = '{parent_run_id}'")
+
+    def child_of_slurm_job(self, experiment_id: str, parent_run_id: str, job_id: str) -> str | None:
+        """The run of the point that Slurm job ran, if it got as far as creating one."""
+        where = f"tags.{PARENT} = '{parent_run_id}' and tags.{SLURM_JOB} = '{job_id}'"
+        found = self.search(experiment_id, where)
+        return found[0].run_id if found else None
+
+    def latest_sweep(self, experiment_id: str) -> RunRecord | None:
+        found = self.search(experiment_id, f"tags.`{ROLE}` = 'sweep'", newest_first=True, limit=1)
+        return found[0] if found else None
+
+    def close_orphans(self, experiment_id: str) -> list[str]:
+        """Mark KILLED the runs this host's processes left RUNNING when they died: nothing else would
+        ever close them, and the UI and reports would show them running forever. Returns their ids."""
+        host = socket.gethostname()
+        where = f"attributes.status = 'RUNNING' and tags.`zerosweep.host` = '{host}'"
+        closed = []
+        for run in self.search(experiment_id, where, limit=1000):
+            pid = int(run.tags["zerosweep.pid"])
+            if _alive(pid, float(run.tags["zerosweep.pid_started"])):
+                continue
+            note = (
+                f"process {pid} on {host} ended without closing this run (killed: SIGKILL, the OOM "
+                "killer or a lost machine); closed as KILLED by a later pipeline start"
+            )
+            self.end(run.run_id, RunState.KILLED, note)
+            closed.append(run.run_id)
+        return closed
+
+
+def prepare(cfg: Config) -> str:
     """Create the store and the experiment once, before any run (concurrent first opens of one
     sqlite store break its migration), and return the experiment id. Runs that a dead process
     of this host left RUNNING are closed first."""
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    if exp is not None:
-        for run_id in close_orphans(client, exp.experiment_id):
-            print(f"MLflow run {run_id} was left RUNNING by a process that was killed: marked KILLED", file=sys.stderr)
-        return exp.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = (Path(cfg.outputs_dir).absolute() / "mlartifacts").as_uri()
-    experiment_id = client.create_experiment(cfg.tracking.experiment, artifact_location=location)
-    mark_training(client, experiment_id)
+    sqlite = uri.startswith("sqlite:///")
+    if sqlite:
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    store = Store(uri)
+    experiment_id = store.experiment_id(cfg.tracking.experiment)
+    if experiment_id is None:
+        artifacts = (Path(cfg.outputs_dir).absolute() / "mlartifacts").as_uri() if sqlite else None
+        return store.create_experiment(cfg.tracking.experiment, artifacts)
+    for run_id in store.close_orphans(experiment_id):
+        print(
+            f"MLflow run {run_id} was left RUNNING by a process that was killed: marked KILLED",
+            file=sys.stderr,
+        )
     return experiment_id
 
 
-def owner_tags() -> Dict[str, str]:
+def owner_tags() -> dict[str, str]:
     """The process that owns a run outside Slurm (Slurm's runs are settled from sacct instead):
     if it dies without closing the run (SIGKILL, the OOM killer), close_orphans can tell."""
     me = psutil.Process()
-    return {"zerosweep.host": socket.gethostname(), "zerosweep.pid": str(me.pid),
-            "zerosweep.pid_started": repr(me.create_time())}
+    return {
+        "zerosweep.host": socket.gethostname(),
+        "zerosweep.pid": str(me.pid),
+        "zerosweep.pid_started": repr(me.create_time()),
+    }
 
 
 def _alive(pid: int, started: float) -> bool:
@@ -84,29 +239,10 @@ def _alive(pid: int, started: float) -> bool:
         return False
 
 
-def close_orphans(client: MlflowClient, experiment_id: str) -> List[str]:
-    """Mark KILLED the runs this host's processes left RUNNING when they died: nothing else would
-    ever close them, and the UI and reports would show them running forever. Returns their ids."""
-    host = socket.gethostname()
-    closed = []
-    for run in client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and tags.`zerosweep.host` = '{host}'",
-                                  max_results=1000):
-        tags = run.data.tags
-        pid = int(tags["zerosweep.pid"])
-        if _alive(pid, float(tags["zerosweep.pid_started"])):
-            continue
-        client.log_text(run.info.run_id, f"process {pid} on {host} ended without closing this run "
-                        "(killed: SIGKILL, the OOM killer or a lost machine); closed as KILLED by a later "
-                        "pipeline start\n", "error.txt")
-        client.set_terminated(run.info.run_id, "KILLED")
-        closed.append(run.info.run_id)
-    return closed
-
-
-def flat_params(cfg: DictConfig, choices: Mapping[str, Optional[str]]) -> Dict[str, str]:
+def flat_params(cfg: Config, choices: Mapping[str, str | None]) -> dict[str, str]:
     """Every leaf of the composed config as 'group.key', plus each group's choice and lr."""
-    tree = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    flat: Dict[str, str] = {}
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    flat: dict[str, str] = {}
 
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict) and node:
@@ -121,74 +257,88 @@ def flat_params(cfg: DictConfig, choices: Mapping[str, Optional[str]]) -> Dict[s
     return flat
 
 
-def start_run(cfg: DictConfig, experiment_id: str, name: str, params: Dict[str, str], tags: Dict[str, str]) -> str:
-    client = MlflowClient(tracking_uri(cfg))
-    run = client.create_run(experiment_id, run_name=name, tags=tags)
-    items = [Param(k, v) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i:i + 100])
-    return run.info.run_id
+class TrackedRun:
+    """A point's MLflow run over its life, as a context manager: system metrics are sampled into
+    it while the ranks train; `finish` logs the summary and artifacts; anything that escapes
+    fails it with the traceback (KILLED on Ctrl-C). SystemExit leaves it RUNNING: that is
+    submitit's exit after a checkpoint and requeue, and the requeued job reopens it."""
+
+    def __init__(self, store: Store, run_id: str, after_step: int, system_metrics: bool) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.ref = RunRef(store.uri, run_id, after_step)
+        self._monitor = None
+        if system_metrics:
+            self._monitor = SystemMetricsMonitor(run_id, sampling_interval=2, tracking_uri=store.uri)
+
+    def __enter__(self) -> "TrackedRun":
+        if self._monitor:
+            self._monitor.start()
+        return self
+
+    def finish(self, summary: Mapping[str, float], artifacts: Iterable[Path]) -> None:
+        self._stop_sampling()
+        self.store.log_metrics(self.run_id, summary, int(summary.get("steps", 0)))
+        self.store.log_files(self.run_id, artifacts)
+        self.store.end(self.run_id, RunState.FINISHED)
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:
+        self._stop_sampling()
+        if error is not None and not isinstance(error, SystemExit):
+            state = RunState.KILLED if isinstance(error, KeyboardInterrupt) else RunState.FAILED
+            self.store.end(self.run_id, state, "".join(traceback.format_exception(kind, error, tb)))
+        return False
+
+    def _stop_sampling(self) -> None:
+        if self._monitor:
+            self._monitor.finish()
+            self._monitor = None
 
 
-RUN_ID_FILE = "mlflow_run_id"
+class Untracked:
+    """TrackedRun's stand-in where this process logs nothing (tracking off, or a Slurm task that
+    is not rank 0)."""
+
+    run_id = None
+    ref = None
+
+    def __enter__(self) -> "Untracked":
+        return self
+
+    def finish(self, summary: Mapping[str, float], artifacts: Iterable[Path]) -> None:
+        pass
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:
+        return False
 
 
-def save_run_id(out: Path, run_id: str) -> None:
-    """Beside the job's checkpoints, so that a requeued job finds the run it started."""
-    (out / RUN_ID_FILE).write_text(run_id + "\n")
-
-
-def saved_run_id(out: Path) -> Optional[str]:
-    path = out / RUN_ID_FILE
-    return path.read_text().strip() if path.exists() else None
-
-
-def resume(cfg: DictConfig, run_id: str) -> int:
-    """Reopen a run for its requeued job; returns the last step it logged, so that the steps
-    trained again after the checkpoint are not logged twice."""
-    client = MlflowClient(tracking_uri(cfg))
-    client.update_run(run_id, status="RUNNING")
-    history = client.get_metric_history(run_id, "loss")
-    return max((m.step for m in history), default=0)
+def open_run(
+    cfg: Config, out: Path, name: str, params: dict[str, str], tags: dict[str, str], resume: bool
+) -> TrackedRun:
+    """The job's run: a requeued job (resume) reopens the run whose id it saved in its output
+    dir, beside its checkpoints; any other job creates one and saves its id there."""
+    store = Store(tracking_uri(cfg))
+    saved = out / RUN_ID_FILE
+    if resume and saved.exists():
+        run_id = saved.read_text().strip()
+        return TrackedRun(store, run_id, store.reopen(run_id), cfg.tracking.system_metrics)
+    run_id = store.create_run(prepare(cfg), name, tags, params)
+    saved.write_text(run_id + "\n")
+    return TrackedRun(store, run_id, 0, cfg.tracking.system_metrics)
 
 
 class MetricLogger:
     """Appends metrics to a run from training rank 0, asynchronously so steps never wait on I/O;
-    flush() before the process ends. Steps up to after_step were logged by an earlier attempt."""
+    flush() before the process ends."""
 
-    def __init__(self, uri: str, run_id: str, after_step: int = 0) -> None:
-        mlflow.set_tracking_uri(uri)
-        self.client = MlflowClient(uri)
-        self.run_id = run_id
-        self.after_step = after_step
+    def __init__(self, ref: RunRef) -> None:
+        mlflow.set_tracking_uri(ref.uri)
+        self.store = Store(ref.uri)
+        self.ref = ref
 
-    def __call__(self, values: Dict[str, float], step: int) -> None:
-        if step <= self.after_step:
-            return
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in values.items()]
-        self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+    def __call__(self, values: dict[str, float], step: int) -> None:
+        if step > self.ref.after_step:
+            self.store.log_metrics(self.ref.run_id, values, step, synchronous=False)
 
     def flush(self) -> None:
         mlflow.flush_async_logging()
-
-
-def finish(cfg: DictConfig, run_id: str, summary: Dict[str, float], artifacts: Iterable[Path]) -> None:
-    client = MlflowClient(tracking_uri(cfg))
-    now = int(time.time() * 1000)
-    step = int(summary.get("steps", 0))
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in summary.items()])
-    for path in artifacts:
-        client.log_artifact(run_id, str(path))
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-
-
-def fail(cfg: DictConfig, run_id: str, error: str, status: str = "FAILED") -> None:
-    """Mark the run FAILED (or KILLED) and keep the error's last lines beside it."""
-    client = MlflowClient(tracking_uri(cfg))
-    client.log_text(run_id, "\n".join(error.splitlines()[-50:]) + "\n", "error.txt")
-    client.set_terminated(run_id, status)
-
-
-def set_tags(cfg: DictConfig, run_id: str, tags: Dict[str, str]) -> None:
-    MlflowClient(tracking_uri(cfg)).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])

@@ -1,51 +1,47 @@
 """One training rank: model + data + HF Trainer with the planned DeepSpeed config.
 
 Runs in the job process (one rank), in a process started by torch's elastic launcher (N
-ranks), or in a Slurm task; takes and returns plain containers so it can cross processes.
+ranks), or in a Slurm task; takes a pickled Job and returns a plain summary.
 """
+
 import gc
 import os
 import warnings
-from typing import Any, Dict
 
-from omegaconf import OmegaConf
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from pipeline import data, model, track
-from pipeline.config import Config
+from pipeline.job import Job
 from pipeline.metrics import StepMetrics
 
 
-def worker(job: Dict[str, Any]) -> Dict[str, float]:
+def worker(job: Job) -> dict[str, float]:
     """Train one rank; rank 0 appends metrics to the job's MLflow run. Returns this rank's summary."""
     # DeepSpeed calls torch.distributed's deprecated names on every step: keep the progress readable.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), job["cfg"])
-    t = cfg.trainer
+    cfg, t = job.cfg, job.cfg.trainer
     llama = model.llama_config(cfg.model, data.vocab_size(cfg.data), cfg.data.seq_len)
     if cfg.model.zero3_init:
         # Arguments first: their live DeepSpeed config makes HF build the model partitioned (zero.Init).
-        args = TrainingArguments(**job["training_args"])
+        args = TrainingArguments(**job.training_args)
         net = model.build(llama, t.seed)
     else:
         unset_hf_deepspeed_config()  # a previous point of a local sweep may have left one live
         net = model.build(llama, t.seed)
-        args = TrainingArguments(**job["training_args"])
+        args = TrainingArguments(**job.training_args)
     if t.gradient_checkpointing:
         net.config.use_cache = False
     world = int(os.environ.get("WORLD_SIZE", "1"))
     samples = t.max_steps * t.micro_batch_size * t.gradient_accumulation_steps * world
     train_set = data.dataset(cfg.data, llama.vocab_size, min_blocks=samples)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    logger = None
-    if is_main and job.get("run_id"):
-        logger = track.MetricLogger(job["tracking_uri"], job["run_id"], job.get("logged_step", 0))
+    logger = track.MetricLogger(job.run) if is_main and job.run else None
     tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
-    clock = StepMetrics(tokens_per_step, job["flops_per_token"], t.timing_warmup_steps, logger)
+    clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger)
     trainer = Trainer(model=net, args=args, train_dataset=train_set, callbacks=[FreezeHeap(), clock])
     try:
-        trainer.train(resume_from_checkpoint=job.get("resume_from"))
+        trainer.train(resume_from_checkpoint=job.resume_from)
     finally:
         gc.unfreeze()  # the next point of a local sweep must be able to collect this one's cycles
         if logger:

@@ -5,6 +5,7 @@
 Serves on 127.0.0.1 until Ctrl-C and prints the latest sweep's runs table and comparison view.
 With --tracking-uri http(s)://... the server is already there: only the links are printed.
 """
+
 import argparse
 import json
 import os
@@ -14,10 +15,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import List, Optional
 from urllib.parse import quote
-
-from mlflow.tracking import MlflowClient
 
 from pipeline import track
 
@@ -27,32 +25,41 @@ EXPERIMENT = "zerosweep"
 TRAINING = "workflowType=machine_learning"
 
 
-def server_command(uri: str, outputs_dir: str, port: int) -> List[str]:
+def server_command(uri: str, outputs_dir: str, port: int) -> list[str]:
     """mlflow server with one worker: the full default (job runners, 4 workers) costs ~2 GiB."""
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", uri, "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        uri,
+        "--workers",
+        "1",
+    ]
     if uri.startswith("sqlite:///"):
         cmd += ["--default-artifact-root", (Path(outputs_dir).absolute() / "mlartifacts").as_uri()]
     return cmd
 
 
-def links(uri: str, base: str, experiment: str = EXPERIMENT) -> List[str]:
+def links(uri: str, base: str, experiment: str = EXPERIMENT) -> list[str]:
     """URLs of the experiment's runs table and of the latest sweep's comparison view."""
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    store = track.Store(uri)
+    eid = store.experiment_id(experiment)
+    if eid is None:
         return [f"{base}/  (no '{experiment}' experiment yet: run a sweep first)"]
-    track.mark_training(client, exp.experiment_id)
-    eid = exp.experiment_id
+    store.mark_training(eid)
     out = [f"runs:    {base}/#/experiments/{eid}/runs?{TRAINING}"]
-    parents = client.search_runs([eid], "tags.`zerosweep.role` = 'sweep'", order_by=["attributes.start_time DESC"],
-                                 max_results=1)
-    if parents:
-        parent = parents[0]
-        children = client.search_runs([eid], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1000)
-        ids = json.dumps([r.info.run_id for r in children], separators=(",", ":"))
-        out.append(f"sweep:   {base}/#/experiments/{eid}/runs/{parent.info.run_id}?{TRAINING}  ({parent.info.run_name})")
-        out.append(f"compare: {base}/#/compare-runs?runs={quote(ids)}&experiments={quote(json.dumps([eid]))}&{TRAINING}")
+    parent = store.latest_sweep(eid)
+    if parent:
+        ids = json.dumps([r.run_id for r in store.children(eid, parent.run_id)], separators=(",", ":"))
+        out.append(f"sweep:   {base}/#/experiments/{eid}/runs/{parent.run_id}?{TRAINING}  ({parent.name})")
+        experiments = quote(json.dumps([eid]))
+        out.append(f"compare: {base}/#/compare-runs?runs={quote(ids)}&experiments={experiments}&{TRAINING}")
     return out
 
 
@@ -70,7 +77,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 120) -> Non
     raise SystemExit(f"mlflow server not ready after {timeout_s:.0f} s")
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pipeline.ui", description=__doc__.split("\n")[0])
     ap.add_argument("--port", type=int, default=5000)
     ap.add_argument("--outputs-dir", default="outputs", help="where the default sqlite store lives")
@@ -83,11 +90,20 @@ def main(argv: Optional[List[str]] = None) -> None:
         return
     base = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill stops the server as Ctrl-C does
+    # Ctrl-C and a kill stop the server. SIGINT explicitly too: a process started from a background
+    # job (or under nohup) inherits it ignored, and Python then installs no handler of its own.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     proc = subprocess.Popen(server_command(uri, args.outputs_dir, args.port), env=env)
     try:
         wait_ready(base, proc)
-        print(f"MLflow UI for {uri}", *links(uri, base, args.experiment), "Ctrl-C stops it.", sep="\n", flush=True)
+        print(
+            f"MLflow UI for {uri}",
+            *links(uri, base, args.experiment),
+            "Ctrl-C stops it.",
+            sep="\n",
+            flush=True,
+        )
         proc.wait()
     except KeyboardInterrupt:
         pass

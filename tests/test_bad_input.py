@@ -1,11 +1,12 @@
 """Bad input: one line naming the key and the fix, exit 2, no traceback, no MLflow run, and
 nothing already logged is touched."""
+
 import shutil
 import subprocess
 
 import pytest
 
-from conftest import ok, run_pipeline, runs
+from helpers import ok, run_pipeline, runs
 
 CASES = {
     "misspelt key": (["zero.stag=3"], "zero.stag", "no such key"),
@@ -15,25 +16,52 @@ CASES = {
     "wrong type": (["trainer.max_steps=abc"], "trainer.max_steps", "could not be converted"),
     "wrong enum": (["offload.device=gpu"], "offload.device", "expected one of"),
     "nvme without ZeRO-3": (["zero=stage2", "offload=nvme"], "offload.device", "needs ZeRO-3"),
-    "param offload without ZeRO-3": (["zero=stage2", "offload=cpu", "offload.params=true"], "offload.params", "needs ZeRO-3"),
+    "param offload without ZeRO-3": (
+        ["zero=stage2", "offload=cpu", "offload.params=true"],
+        "offload.params",
+        "needs ZeRO-3",
+    ),
     "offload without ZeRO": (["zero=stage0", "offload=cpu"], "offload.device", "needs ZeRO"),
     "LAMB with optimizer offload": (["optimizer=lamb", "offload=cpu"], "optimizer", "LAMB"),
-    "offloaded optimizer without CPU code": (["optimizer=adamw_torch", "optimizer.cpu_impl=false", "offload=cpu"],
-                                             "optimizer", "no CPU implementation"),
-    "fp16 and bf16": (["precision=fp16", "precision.bf16=true"], "precision", "exclusive"),
+    "offloaded optimizer without CPU code": (
+        ["optimizer=adamw_torch", "optimizer.cpu_impl=false", "offload=cpu"],
+        "optimizer",
+        "no CPU implementation",
+    ),
+    "fp16 and bf16": (["precision=fp16", "precision.bf16=true"], "precision.bf16", "use one of dtype"),
     "fp16 on CPU": (["precision=fp16"], "precision", "needs a GPU"),
-    "unknown HF optim": (["optimizer=adamw_torch", "optimizer.name=adamw_turbo"], "optimizer.name", "adamw_turbo"),
+    "unknown HF optim": (
+        ["optimizer=adamw_torch", "optimizer.name=adamw_turbo"],
+        "optimizer.name",
+        "adamw_turbo",
+    ),
     "zero steps": (["trainer.max_steps=0"], "trainer.max_steps", "at least 1"),
-    "zero micro batch from a perf preset": (["perf=compile_mbs16", "perf.micro_batch_size=0"],
-                                            "perf.micro_batch_size", "at least 1"),
+    "zero micro batch from a perf preset": (
+        ["perf=compile_mbs16", "perf.micro_batch_size=0"],
+        "perf.micro_batch_size",
+        "at least 1",
+    ),
     "sweep without -m": (["zero=stage1,stage2"], "zero", "-m"),
-    "missing nvme_path": (["zero=stage3", "offload=nvme", "offload.nvme_path=/nonexistent/nvme"],
-                          "offload.nvme_path", "does not exist"),
-    "resident parameters without ZeRO-3": (["perf=resident"], "perf.stage3_param_persistence_threshold",
-                                           "zero.stage is 2"),
-    "resident and offloaded parameters": (["zero=stage3", "offload=cpu", "perf=resident"],
-                                          "perf.stage3_param_persistence_threshold", "offloaded"),
-    "bad point of a sweep": (["-m", "zero=stage2,stage3", "offload=nvme"], "offload.device", "zero=stage2 offload=nvme"),
+    "missing nvme_path": (
+        ["zero=stage3", "offload=nvme", "offload.nvme_path=/nonexistent/nvme"],
+        "offload.nvme_path",
+        "does not exist",
+    ),
+    "resident parameters without ZeRO-3": (
+        ["perf=resident"],
+        "perf.stage3_param_persistence_threshold",
+        "zero.stage is 2",
+    ),
+    "resident and offloaded parameters": (
+        ["zero=stage3", "offload=cpu", "perf=resident"],
+        "perf.stage3_param_persistence_threshold",
+        "offloaded",
+    ),
+    "bad point of a sweep": (
+        ["-m", "zero=stage2,stage3", "offload=nvme"],
+        "offload.device",
+        "zero=stage2 offload=nvme",
+    ),
 }
 
 
@@ -75,6 +103,11 @@ def test_read_only_nvme_path_refused_and_earlier_runs_kept(outputs, tmp_path):
 
 def test_no_room_on_nvme_path(outputs, tmp_path):
     free = shutil.disk_usage(tmp_path).free
-    result = run_pipeline(outputs, "zero=stage3", "offload=nvme", f"offload.nvme_path={tmp_path}",
-                          f"offload.nvme_min_free={free * 2}")
+    result = run_pipeline(
+        outputs,
+        "zero=stage3",
+        "offload=nvme",
+        f"offload.nvme_path={tmp_path}",
+        f"offload.nvme_min_free={free * 2}",
+    )
     assert_refused(result, "offload.nvme_path", "GiB free")

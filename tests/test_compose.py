@@ -1,7 +1,9 @@
 """Every combination of the groups composes; the guide's rules accept and refuse the right ones;
 the DeepSpeed dict is one DeepSpeed accepts and HF's mismatch check passes; golden checks
 against the guide's two example configs."""
+
 import copy
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -11,19 +13,27 @@ import deepspeed.runtime.constants as ds_constants
 import deepspeed.runtime.swap_tensor.constants as ds_swap_constants
 import deepspeed.runtime.zero.config as ds_zero_config
 import pytest
+import yaml
 from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
-from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from transformers import TrainingArguments
 from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-from conftest import ROOT, ok, run_pipeline
 from pipeline import plan, rules
+from pipeline.compose import compose_point
+from pipeline.config import Config
 from pipeline.errors import ConfigError
+
+from helpers import ROOT, ok, run_pipeline
 
 GROUPS = ["zero", "offload", "precision", "optimizer", "scheduler"]
 OPTIONS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in GROUPS}
-DS_TOP_LEVEL = {v for m in (ds_constants, ds_zero_config, ds_swap_constants)
-                for k, v in vars(m).items() if k.isupper() and isinstance(v, str)}
+DS_TOP_LEVEL = {
+    v
+    for m in (ds_constants, ds_zero_config, ds_swap_constants)
+    for k, v in vars(m).items()
+    if k.isupper() and isinstance(v, str)
+}
 GOLDEN = Path(__file__).parent / "golden"
 
 
@@ -42,23 +52,21 @@ def expected_error(zero: str, offload: str, optimizer: str) -> str:
 def all_points():
     """Each group option composed by Hydra once, then every combination assembled from them
     (the groups are independent; test_assembly_equals_hydras_own_composition checks that)."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        base = compose("config")
-        nodes = {(g, o): compose("config", overrides=[f"{g}={o}"])[g] for g in GROUPS for o in OPTIONS[g]}
+    base = compose_point([])
+    nodes = {(g, o): getattr(compose_point([f"{g}={o}"]), g) for g in GROUPS for o in OPTIONS[g]}
     for combo in itertools.product(*(OPTIONS[g] for g in GROUPS)):
-        cfg = base.copy()
-        for g, o in zip(GROUPS, combo):
-            cfg[g] = nodes[(g, o)]
-        yield combo, cfg
+        yield (
+            combo,
+            dataclasses.replace(base, **{g: nodes[(g, o)] for g, o in zip(GROUPS, combo, strict=True)}),
+        )
 
 
 def test_assembly_equals_hydras_own_composition():
     combos = dict(all_points())
     picked = list(combos)[::97]
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        for combo in picked:
-            real = compose("config", overrides=[f"{g}={o}" for g, o in zip(GROUPS, combo)])
-            assert real == combos[combo], combo
+    for combo in picked:
+        real = compose_point([f"{g}={o}" for g, o in zip(GROUPS, combo, strict=True)])
+        assert real == combos[combo], combo
     assert len(combos) == len(list(itertools.product(*OPTIONS.values()))) and len(picked) >= 15
 
 
@@ -70,6 +78,20 @@ def test_groups_have_the_guides_options():
     assert {"warmup_linear", "warmup_cosine", "warmup_decay", "constant"} <= set(OPTIONS["scheduler"])
 
 
+def test_options_state_only_what_differs_from_the_schema():
+    """Defaults live once, in pipeline/config.py: an option that restates one would silently keep
+    the old value when the schema's default changes."""
+    restated = []
+    for path in sorted((ROOT / "conf").glob("*/*.yaml")):
+        group = path.parent.name
+        if group in ("experiment", "launcher"):  # recipes; slurm.yaml sets Hydra's launcher node
+            continue
+        values = yaml.safe_load(path.read_text()) or {}
+        defaults = OmegaConf.to_container(OmegaConf.structured(getattr(Config(), group)), enum_to_str=True)
+        restated += [f"{group}/{path.stem}: {k}" for k, v in values.items() if defaults[k] == v]
+    assert restated == []
+
+
 def test_every_combination_composes_and_only_the_guides_rules_refuse():
     seen_valid = seen_invalid = 0
     for (zero, offload, precision, optimizer, scheduler), cfg in all_points():
@@ -79,7 +101,9 @@ def test_every_combination_composes_and_only_the_guides_rules_refuse():
             got = ""
         except ConfigError as e:
             got = e.key
-        assert got == want, f"{zero} {offload} {precision} {optimizer} {scheduler}: refused by {got!r}, expected {want!r}"
+        assert got == want, (
+            f"{zero} {offload} {precision} {optimizer} {scheduler}: refused by {got!r}, expected {want!r}"
+        )
         if want:
             seen_invalid += 1
             continue
@@ -88,33 +112,36 @@ def test_every_combination_composes_and_only_the_guides_rules_refuse():
         # DeepSpeed ignores unknown top-level keys silently: every key we write must be one it reads.
         assert set(ds) <= DS_TOP_LEVEL, set(ds) - DS_TOP_LEVEL
         DeepSpeedZeroConfig(**ds["zero_optimization"])  # its pydantic model forbids unknown keys
-        assert ds["fp16"]["enabled"] == (precision == "fp16") and ds["bf16"]["enabled"] == (precision == "bf16")
+        assert ds["fp16"]["enabled"] == (precision == "fp16") and ds["bf16"]["enabled"] == (
+            precision == "bf16"
+        )
         assert ("optimizer" in ds) == (cfg.optimizer.provider.value == "deepspeed")
         assert ("scheduler" in ds) == (cfg.scheduler.provider.value == "deepspeed")
         assert ("offload_param" in ds["zero_optimization"]) == (offload != "none" and zero == "stage3")
     assert seen_valid > 500 and seen_invalid > 100
 
 
-
 def test_zero1_is_the_guides_zero1_as_deepspeed_reads_it():
     """The guide writes ZeRO-1 as {"stage": 1}: whatever else we spell out must be DeepSpeed's own
     default for it (ZeRO-2/3's overlap and hidden^2 reduce bucket cost ZeRO-1 ~20% of a 1B step)."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["zero=stage1"])
+    cfg = compose_point(["zero=stage1"])
     ds = plan.deepspeed_config(cfg, hidden=2048, world=1)
     assert DeepSpeedZeroConfig(**ds["zero_optimization"]) == DeepSpeedZeroConfig(stage=1)
 
-@pytest.mark.parametrize("overrides", [
-    ["zero=stage2", "offload=cpu", "optimizer=adamw_torch", "scheduler=warmup_linear", "precision=bf16"],
-    ["zero=stage3", "offload=nvme", "scheduler=warmup_cosine", "trainer.gradient_accumulation_steps=4"],
-    ["zero=stage1", "scheduler=warmup", "optimizer.weight_decay=0.1", "trainer.max_grad_norm=0.5"],
-    ["zero=stage3", "precision=fp16", "optimizer=adam", "trainer.micro_batch_size=3"],
-])
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["zero=stage2", "offload=cpu", "optimizer=adamw_torch", "scheduler=warmup_linear", "precision=bf16"],
+        ["zero=stage3", "offload=nvme", "scheduler=warmup_cosine", "trainer.gradient_accumulation_steps=4"],
+        ["zero=stage1", "scheduler=warmup", "optimizer.weight_decay=0.1", "trainer.max_grad_norm=0.5"],
+        ["zero=stage3", "precision=fp16", "optimizer=adam", "trainer.micro_batch_size=3"],
+    ],
+)
 def test_hf_finds_nothing_to_correct(overrides):
     """HF's own check ('Please correct the following DeepSpeed config values that mismatch
     TrainingArguments') over our dict and our TrainingArguments: one source, so no mismatch."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_point(overrides)
     ds = plan.deepspeed_config(cfg, hidden=cfg.model.hidden_size, world=1)
     kwargs = plan.training_args(cfg, ds, Path("/tmp/unused"), use_cpu=True)
     kwargs.update(deepspeed=None, fp16=False)  # TrainingArguments refuses fp16 on CPU; compare the flag below
@@ -142,8 +169,16 @@ def _resolve_guide(guide: dict, ours: dict) -> dict:
     """The guide's example with HF's "auto" filled as the Trainer would for our settings."""
     hidden = 128
     guide = copy.deepcopy(guide)
-    args = TrainingArguments(output_dir="/tmp/unused", use_cpu=True, per_device_train_batch_size=8, max_steps=30,
-                             learning_rate=3e-4, warmup_steps=2, max_grad_norm=1.0, report_to=[])
+    args = TrainingArguments(
+        output_dir="/tmp/unused",
+        use_cpu=True,
+        per_device_train_batch_size=8,
+        max_steps=30,
+        learning_rate=3e-4,
+        warmup_steps=2,
+        max_grad_norm=1.0,
+        report_to=[],
+    )
     hf = HfTrainerDeepSpeedConfig(guide)
     hf.trainer_config_process(args)
     hf.mismatches.clear()
@@ -181,4 +216,6 @@ def test_zero3_nvme_carries_the_guides_infinity_example_resolved(outputs, tmp_pa
     assert "auto" not in json.dumps(ds)
     _assert_carries(resolved, ds)
     with pytest.raises(Exception, match="aio"):
-        DeepSpeedZeroConfig(**json.loads((GOLDEN / "guide_zero3_infinity.json").read_text())["zero_optimization"])
+        DeepSpeedZeroConfig(
+            **json.loads((GOLDEN / "guide_zero3_infinity.json").read_text())["zero_optimization"]
+        )

@@ -1,4 +1,5 @@
 """Each perf preset composes and its choices reach the planned DeepSpeed JSON and TrainingArguments."""
+
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, mlflow_client, ok, run_pipeline, runs
+from helpers import ROOT, mlflow_client, ok, run_pipeline, runs
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "perf").glob("*.yaml"))
 
@@ -14,18 +15,34 @@ PRESETS = sorted(p.stem for p in (ROOT / "conf" / "perf").glob("*.yaml"))
 def dry_run(tmp_path: Path, *overrides: str) -> tuple:
     """Plans one job (dry_run) and returns its deepspeed.json and training_args.json."""
     out = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "pipeline", "dry_run=true", "tracking.enabled=false",
-                    f"hydra.run.dir={out}", *overrides], cwd=ROOT, check=True, capture_output=True)
-    return json.loads((out / "deepspeed.json").read_text()), json.loads((out / "training_args.json").read_text())
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "dry_run=true",
+            "tracking.enabled=false",
+            f"hydra.run.dir={out}",
+            *overrides,
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return json.loads((out / "deepspeed.json").read_text()), json.loads(
+        (out / "training_args.json").read_text()
+    )
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_plans(tmp_path: Path, preset: str) -> None:
     import yaml
 
-    want = yaml.safe_load((ROOT / "conf" / "perf" / f"{preset}.yaml").read_text())
+    want = yaml.safe_load((ROOT / "conf" / "perf" / f"{preset}.yaml").read_text()) or {}
     resident = want.get("stage3_param_persistence_threshold")
-    ds, args = dry_run(tmp_path, f"perf={preset}", "zero=stage3" if resident else "zero=stage2", "precision=bf16")
+    ds, args = dry_run(
+        tmp_path, f"perf={preset}", "zero=stage3" if resident else "zero=stage2", "precision=bf16"
+    )
     mbs = want.get("micro_batch_size", 8)
     assert ds["train_micro_batch_size_per_gpu"] == mbs == args["per_device_train_batch_size"]
     assert args["torch_compile"] is want.get("torch_compile", False)
@@ -52,7 +69,9 @@ def test_resident_keeps_the_loss_curve(tmp_path: Path) -> None:
         ok(run_pipeline(out, "zero=stage3", "trainer.max_steps=6", *overrides))
         (run,) = runs(out)
         ds = json.loads(next(out.glob("runs/*/deepspeed.json")).read_text())
-        assert (ds["zero_optimization"]["stage3_param_persistence_threshold"] == 10**12) is (name == "resident")
+        assert (ds["zero_optimization"]["stage3_param_persistence_threshold"] == 10**12) is (
+            name == "resident"
+        )
         assert ds["train_micro_batch_size_per_gpu"] == 16
         planned_gpu.append(json.loads(next(out.glob("runs/*/memory.json")).read_text())["gpu_model_states"])
         losses.append([m.value for m in mlflow_client(out).get_metric_history(run.info.run_id, "loss")])

@@ -1,19 +1,20 @@
 """The sweep report: written at the end of a real multirun, equal to what the runs logged,
 rebuildable from the sweep dir or the parent run id, tolerant of unfinished points."""
+
 import html
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import pytest
 from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline import report, sweep as sweep_mod
-from conftest import ROOT, Sweep, ok
+from pipeline import points, report
+from pipeline.sweep_info import SweepInfo
+
+from helpers import ROOT, Sweep, ok
 
 PNGS = ["throughput_vs_memory.png", "loss.png", "step_time.png"]
 METRICS = ["avg_tokens_per_s", "avg_step_time_s", "peak_memory_gib", "final_loss"]
@@ -21,15 +22,22 @@ METRICS = ["avg_tokens_per_s", "avg_step_time_s", "peak_memory_gib", "final_loss
 
 def report_cli(target: str, s: Sweep) -> subprocess.CompletedProcess:
     """`python -m pipeline.report TARGET --outputs-dir DIR` as a user would run it."""
-    return ok(subprocess.run([sys.executable, "-m", "pipeline.report", target, "--outputs-dir", str(s.outputs_dir)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120))
+    return ok(
+        subprocess.run(
+            [sys.executable, "-m", "pipeline.report", target, "--outputs-dir", str(s.outputs_dir)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    )
 
 
-def table_rows(text: str) -> Dict[str, Dict[str, str]]:
+def table_rows(text: str) -> dict[str, dict[str, str]]:
     """report.txt -> {run name: {column: cell}} (names hold no spaces in these tests)."""
     header, *lines = text.strip().splitlines()
     cols = header.split()
-    return {cells[0]: dict(zip(cols, cells)) for cells in (line.split() for line in lines)}
+    return {cells[0]: dict(zip(cols, cells, strict=True)) for cells in (line.split() for line in lines)}
 
 
 def assert_valid_png(path: Path) -> None:
@@ -41,9 +49,11 @@ def assert_valid_png(path: Path) -> None:
         assert len(im.convert("RGB").getcolors(1 << 20)) > 50, f"{path} looks blank"
 
 
-def assert_report_matches_runs(s: Sweep, expected_names: List[str]) -> None:
-    client = MlflowClient(s.uri)
-    runs = client.search_runs([s.info["experiment_id"]], f"tags.mlflow.parentRunId = '{s.info['parent_run_id']}'")
+def assert_report_matches_runs(s: Sweep, expected_names: list[str]) -> None:
+    client = s.client
+    runs = client.search_runs(
+        [s.info["experiment_id"]], f"tags.mlflow.parentRunId = '{s.info['parent_run_id']}'"
+    )
     assert sorted(r.info.run_name for r in runs) == sorted(expected_names)
     rows = table_rows((s.sweep_dir / "report.txt").read_text())
     page = (s.sweep_dir / "report.html").read_text()
@@ -54,7 +64,7 @@ def assert_report_matches_runs(s: Sweep, expected_names: List[str]) -> None:
             assert row[key] == r.data.params[key]
         for key in METRICS:
             logged = r.data.metrics.get(key)
-            assert row[key] == ("-" if logged is None else sweep_mod.fmt(logged)), (key, row, logged)
+            assert row[key] == ("-" if logged is None else points.fmt(logged)), (key, row, logged)
             assert f"<td>{html.escape(row[key])}</td>" in page
     assert page.count("data:image/png;base64,") == len(PNGS)
     for name in PNGS:
@@ -64,10 +74,12 @@ def assert_report_matches_runs(s: Sweep, expected_names: List[str]) -> None:
 
 
 def test_pareto_front() -> None:
-    rows = [{"name": "fast", "avg_tokens_per_s": 900.0, "peak_memory_gib": 8.0},
-            {"name": "lean", "avg_tokens_per_s": 300.0, "peak_memory_gib": 2.0},
-            {"name": "worse", "avg_tokens_per_s": 250.0, "peak_memory_gib": 3.0},
-            {"name": "failed", "avg_tokens_per_s": None, "peak_memory_gib": None}]
+    rows = [
+        {"name": "fast", "avg_tokens_per_s": 900.0, "peak_memory_gib": 8.0},
+        {"name": "lean", "avg_tokens_per_s": 300.0, "peak_memory_gib": 2.0},
+        {"name": "worse", "avg_tokens_per_s": 250.0, "peak_memory_gib": 3.0},
+        {"name": "failed", "avg_tokens_per_s": None, "peak_memory_gib": None},
+    ]
     assert [r["name"] for r in report.pareto(rows)] == ["lean", "fast"]
 
 
@@ -75,8 +87,12 @@ def test_pareto_front() -> None:
 def test_multirun_end_writes_report(sweep: Sweep) -> None:
     assert f"report: {sweep.sweep_dir / 'report.html'}" in sweep.stdout
     assert_report_matches_runs(sweep, ["zero=stage1", "zero=stage2"])
-    metrics = MlflowClient(sweep.uri).search_runs([sweep.info["experiment_id"]], "params.zero = 'stage1'")[0].data.metrics
-    assert "system/system_memory_usage_megabytes" in metrics and "system/cpu_utilization_percentage" in metrics
+    metrics = sweep.client.search_runs([sweep.info["experiment_id"]], "params.zero = 'stage1'")[
+        0
+    ].data.metrics
+    assert (
+        "system/system_memory_usage_megabytes" in metrics and "system/cpu_utilization_percentage" in metrics
+    )
 
 
 @pytest.mark.slow
@@ -96,11 +112,15 @@ def test_rebuild(sweep: Sweep, by: str) -> None:
 @pytest.mark.slow
 def test_unfinished_points(sweep: Sweep, tmp_path: Path) -> None:
     """A point still running (loss so far, no summary) and one that failed before logging anything."""
-    client = MlflowClient(sweep.uri)
+    client = sweep.client
     eid = sweep.info["experiment_id"]
-    parent = client.create_run(eid, run_name="partial", tags={"zerosweep.sweep_dir": str(tmp_path)}).info.run_id
+    parent = client.create_run(
+        eid, run_name="partial", tags={"zerosweep.sweep_dir": str(tmp_path)}
+    ).info.run_id
     running = client.create_run(eid, run_name="zero=stage3", tags={"mlflow.parentRunId": parent}).info.run_id
-    failed = client.create_run(eid, run_name="zero=stage1,offload=nvme", tags={"mlflow.parentRunId": parent}).info.run_id
+    failed = client.create_run(
+        eid, run_name="zero=stage1,offload=nvme", tags={"mlflow.parentRunId": parent}
+    ).info.run_id
     client.log_param(running, "zero", "stage3")
     now = int(time.time() * 1000)
     client.log_batch(running, metrics=[Metric("loss", 5.0 - 0.1 * i, now, i) for i in range(1, 4)])
@@ -111,4 +131,4 @@ def test_unfinished_points(sweep: Sweep, tmp_path: Path) -> None:
     assert rows["zero=stage1,offload=nvme"]["state"] == "FAILED"
     assert all(rows[n][k] == "-" for n in rows for k in METRICS)
     assert_valid_png(tmp_path / "loss.png")
-    assert report.pareto(sweep_mod.child_rows(sweep.uri, eid, parent)) == []
+    assert report.pareto(points.rows(SweepInfo(parent, eid, sweep.client.tracking_uri, [], []))) == []

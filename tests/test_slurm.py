@@ -3,19 +3,18 @@
 Drives the CLI as a user does (`python -m pipeline -m launcher=slurm ...`) and asserts on what
 Slurm (sacct) and MLflow recorded.
 """
+
 import os
 import shutil
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Dict, Iterator, List
 
 import pytest
 import submitit
 from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, wait_for
+from helpers import ROOT, artifact_text, cli_env, loss_steps, mlflow_client, pipeline_cmd, wait_for
 
 pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "launchers" / "local-slurm.sh"
@@ -35,9 +34,10 @@ def local_slurm() -> Iterator[None]:
 
 def start(outputs: Path, *overrides: str) -> subprocess.Popen:
     """`python -m pipeline -m launcher=slurm OVERRIDES outputs_dir=<outputs>` from the project root."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    cmd = [sys.executable, "-m", "pipeline", "-m", "launcher=slurm", *overrides, f"outputs_dir={outputs}"]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = pipeline_cmd(outputs, "-m", "launcher=slurm", *overrides)
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def finish(proc: subprocess.Popen, rc: int = 0) -> str:
@@ -51,8 +51,8 @@ def sweep_dir(outputs: Path) -> Path:
     return found
 
 
-def parent_and_children(outputs: Path) -> tuple[Run, List[Run]]:
-    client = MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
+def parent_and_children(outputs: Path) -> tuple[Run, list[Run]]:
+    client = mlflow_client(outputs)
     exp = client.get_experiment_by_name("zerosweep")
     all_runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
     (parent,) = [r for r in all_runs if r.data.tags.get("zerosweep.role") == "sweep"]
@@ -61,15 +61,14 @@ def parent_and_children(outputs: Path) -> tuple[Run, List[Run]]:
     return parent, children
 
 
-def sacct_states(job_ids: List[str]) -> Dict[str, str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, check=True).stdout
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return dict(line.split("|")[:2] for line in out.splitlines())
-
-
-def loss_steps(outputs: Path, run_id: str) -> List[int]:
-    client = MlflowClient(f"sqlite:///{outputs / 'mlflow.db'}")
-    return [m.step for m in client.get_metric_history(run_id, "loss")]
 
 
 def test_four_point_sweep_is_four_jobs_and_nested_runs(tmp_path: Path) -> None:
@@ -95,8 +94,15 @@ def test_four_point_sweep_is_four_jobs_and_nested_runs(tmp_path: Path) -> None:
 def test_two_task_job_is_two_ranks_with_zero_partitions(tmp_path: Path) -> None:
     """trainer.nproc_per_node=2: one job of 2 tasks = 2 ranks; each rank saves its own RNG state and
     its own ZeRO partition of the optimizer (files named by rank), which needs WORLD_SIZE=2."""
-    finish(start(tmp_path, "trainer.nproc_per_node=2", "zero=stage2,stage3", "trainer.max_steps=6",
-                 "trainer.save_steps=6"))
+    finish(
+        start(
+            tmp_path,
+            "trainer.nproc_per_node=2",
+            "zero=stage2,stage3",
+            "trainer.max_steps=6",
+            "trainer.save_steps=6",
+        )
+    )
     parent, children = parent_and_children(tmp_path)
     assert parent.info.status == "FINISHED" and len(children) == 2
     for num in ("0", "1"):
@@ -116,8 +122,10 @@ def test_interrupted_job_resumes_into_the_same_run(tmp_path: Path) -> None:
     proc = start(tmp_path, "trainer.max_steps=80", "trainer.save_steps=10,11")
     # A checkpoint is complete once the Trainer wrote its trainer_state.json (the last file it saves):
     # interrupting before that would leave nothing to resume from.
-    wait_for("point 0's first complete checkpoint",
-             lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")))
+    wait_for(
+        "point 0's first complete checkpoint",
+        lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")),
+    )
     sweep = sweep_dir(tmp_path)
     job_id = wait_for("point 0's job", lambda: sorted(p.name for p in (sweep / ".submitit").glob("*_0")))[0]
     submitit.SlurmJob(sweep / ".submitit" / "%j", job_id)._interrupt(timeout=True)
@@ -140,7 +148,9 @@ def test_interrupted_job_resumes_into_the_same_run(tmp_path: Path) -> None:
 
 def _release_if_held(job_id: str) -> bool:
     """True once the job has been requeued (pending or running again after it)."""
-    state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
+    state = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True
+    ).stdout
     if state.startswith("PENDING"):
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
     return sacct_restarts(job_id) >= 1
@@ -148,8 +158,12 @@ def _release_if_held(job_id: str) -> bool:
 
 def sacct_restarts(job_id: str) -> int:
     """How many times Slurm requeued the job (sacct lists each attempt as a REQUEUED record)."""
-    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return sum(line.startswith("REQUEUED") for line in out.splitlines())
 
 
@@ -165,11 +179,9 @@ def test_scancel_of_one_point_leaves_the_others_and_the_parent_consistent(tmp_pa
     states = {r.data.params["zero"]: r for r in children}
     assert states["stage2"].info.status == "FINISHED" and states["stage3"].info.status == "KILLED"
     assert states["stage3"].data.tags["zerosweep.slurm_job_id"] == job_id
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    error = Path(client.download_artifacts(states["stage3"].info.run_id, "error.txt", str(tmp_path)))
-    assert "CANCELLED" in error.read_text()
-    table = Path(client.download_artifacts(parent.info.run_id, "sweep_table.txt", str(tmp_path)))
-    assert "KILLED" in table.read_text() and "KILLED" in out
+    assert "CANCELLED" in artifact_text(tmp_path, states["stage3"].info.run_id, "error.txt", tmp_path)
+    table = artifact_text(tmp_path, parent.info.run_id, "sweep_table.txt", tmp_path)
+    assert "KILLED" in table and "KILLED" in out
     assert sacct_states([job_id])[job_id].startswith("CANCELLED")
 
 
@@ -187,14 +199,13 @@ def test_crashed_point_is_failed_and_the_others_finish(tmp_path: Path) -> None:
     states = {r.data.params["zero"]: r for r in children}
     assert states["stage2"].info.status == "FINISHED" and states["stage3"].info.status == "FAILED"
     assert sacct_states([job_id])[job_id] == "FAILED"
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    error = Path(client.download_artifacts(states["stage3"].info.run_id, "error.txt", str(tmp_path)))
-    assert f"Slurm job {job_id} ended FAILED" in error.read_text()
-    table = Path(client.download_artifacts(parent.info.run_id, "sweep_table.txt", str(tmp_path)))
-    assert "FAILED" in table.read_text() and "FAILED" in out
+    error = artifact_text(tmp_path, states["stage3"].info.run_id, "error.txt", tmp_path)
+    assert f"Slurm job {job_id} ended FAILED" in error
+    table = artifact_text(tmp_path, parent.info.run_id, "sweep_table.txt", tmp_path)
+    assert "FAILED" in table and "FAILED" in out
 
 
-def _logged_steps(outputs: Path, point: Path) -> List[int]:
+def _logged_steps(outputs: Path, point: Path) -> list[int]:
     run_file = point / "mlflow_run_id"
     return loss_steps(outputs, run_file.read_text().strip()) if run_file.exists() else []
 
@@ -208,7 +219,9 @@ def _task_pid(job_id: str) -> int:
             argv = (proc / "cmdline").read_text().split("\0")
         except OSError:
             continue
-        is_task = "python" in Path(argv[0]).name and "submitit.core._submit" in argv  # not srun, not the batch shell
+        is_task = (
+            "python" in Path(argv[0]).name and "submitit.core._submit" in argv
+        )  # not srun, not the batch shell
         if is_task and (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")) == (array_id, task):
             return int(proc.name)
     raise AssertionError(f"no task process for Slurm job {job_id}")

@@ -1,20 +1,23 @@
 """A run whose process dies without closing it (SIGKILL, the OOM killer) does not stay RUNNING:
 the next pipeline start on this host closes it as KILLED, and keeps what it had logged."""
+
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, mlflow_client, ok, run_pipeline, runs, wait_for
+from helpers import ROOT, mlflow_client, ok, pipeline_cmd, run_pipeline, runs, wait_for
 
 
 @pytest.mark.slow
 def test_killed_run_is_closed_by_the_next_start(outputs):
-    cmd = [sys.executable, "-m", "pipeline", f"outputs_dir={outputs}", "trainer.max_steps=100000"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = pipeline_cmd(outputs, "trainer.max_steps=100000")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
+
         def logged_loss():
             # The run id file is written once the store is set up: opening the sqlite store while
             # the pipeline still creates its tables would race MLflow's schema migration.
@@ -30,7 +33,10 @@ def test_killed_run_is_closed_by_the_next_start(outputs):
     losses = mlflow_client(outputs).get_metric_history(killed.info.run_id, "loss")
 
     result = ok(run_pipeline(outputs, "trainer.max_steps=2"))
-    assert f"MLflow run {killed.info.run_id} was left RUNNING by a process that was killed: marked KILLED" in result.stderr
+    assert (
+        f"MLflow run {killed.info.run_id} was left RUNNING by a process that was killed: marked KILLED"
+        in result.stderr
+    )
 
     first, second = runs(outputs)
     assert first.info.run_id == killed.info.run_id

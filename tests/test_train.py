@@ -1,4 +1,5 @@
 """Real DeepSpeed training on CPU through the real CLI, asserted on what landed in MLflow."""
+
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, mlflow_client, ok, run_pipeline, runs
+from helpers import ROOT, mlflow_client, ok, run_pipeline, runs
 
 pytestmark = pytest.mark.slow
 STEPS = 6
@@ -26,8 +27,11 @@ def loss_history(outputs: Path, run_id: str):
 def six_point_sweep(tmp_path_factory):
     """The README's sweep: zero=stage1,stage2,stage3 x offload=none,cpu, one run after another."""
     outputs = tmp_path_factory.mktemp("sweep") / "outputs"
-    result = ok(run_pipeline(outputs, "-m", "zero=stage1,stage2,stage3", "offload=none,cpu",
-                             f"trainer.max_steps={STEPS}"))
+    result = ok(
+        run_pipeline(
+            outputs, "-m", "zero=stage1,stage2,stage3", "offload=none,cpu", f"trainer.max_steps={STEPS}"
+        )
+    )
     return outputs, result
 
 
@@ -83,8 +87,17 @@ def test_offload_json_matches_the_point(six_point_sweep):
 
 def test_zero3_nvme_bf16_with_cosine_schedule(outputs):
     """The README's ZeRO-Infinity command; builds DeepSpeed's async_io op the first time."""
-    result = ok(run_pipeline(outputs, "zero=stage3", "offload=nvme", "precision=bf16", "optimizer=adamw",
-                             "scheduler=warmup_cosine", f"trainer.max_steps={STEPS}"))
+    result = ok(
+        run_pipeline(
+            outputs,
+            "zero=stage3",
+            "offload=nvme",
+            "precision=bf16",
+            "optimizer=adamw",
+            "scheduler=warmup_cosine",
+            f"trainer.max_steps={STEPS}",
+        )
+    )
     (run,) = runs(outputs)
     assert run.info.status == "FINISHED"
     assert run.data.params["offload.device"] == "nvme" and run.data.params["precision"] == "bf16"
@@ -97,7 +110,11 @@ def test_zero3_nvme_bf16_with_cosine_schedule(outputs):
 
 
 def test_two_ranks_zero2_and_zero3_agree(outputs):
-    ok(run_pipeline(outputs, "-m", "zero=stage2,stage3", "trainer.nproc_per_node=2", f"trainer.max_steps={STEPS}"))
+    ok(
+        run_pipeline(
+            outputs, "-m", "zero=stage2,stage3", "trainer.nproc_per_node=2", f"trainer.max_steps={STEPS}"
+        )
+    )
     children = finished_children(outputs)
     assert len(children) == 2
     assert all(r.data.params["trainer.nproc_per_node"] == "2" for r in children)
@@ -108,31 +125,18 @@ def test_two_ranks_zero2_and_zero3_agree(outputs):
     assert len(h2) == STEPS and h2 == h3
 
 
-# One rank trained in-process, as a local run or sweep point does, recording the frozen heap per step.
-FREEZE_PROBE = """
-import gc, sys
-from pathlib import Path
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-from transformers import Trainer
-from pipeline import launch, plan
-
-frozen, step = [], Trainer.training_step
-Trainer.training_step = lambda self, *a, **k: frozen.append(gc.get_freeze_count()) or step(self, *a, **k)
-with initialize_config_dir(str(Path("conf").resolve()), version_base=None):
-    cfg = compose("config", overrides=["trainer.max_steps=3", "tracking.enabled=false"])
-the_plan = plan.make(cfg, Path(sys.argv[1]), use_cpu=True)
-launch.run_local({"cfg": OmegaConf.to_container(cfg, resolve=True), "training_args": the_plan.training_args,
-                  "flops_per_token": the_plan.flops_per_token, "run_id": None}, 1)
-print("FROZEN", min(frozen), len(frozen), gc.get_freeze_count())
-"""
-
-
 def test_heap_is_frozen_while_training_and_collectable_after(tmp_path):
     """Steps run with the long-lived heap out of the collector's full passes (benchmarks/RESULTS.md:
     ~35 ms a step on the 1B ZeRO-3 offload forward); the next point of a local sweep gets it back."""
-    result = ok(subprocess.run([sys.executable, "-c", FREEZE_PROBE, str(tmp_path)], cwd=ROOT,
-                               capture_output=True, text=True, timeout=600))
+    result = ok(
+        subprocess.run(
+            [sys.executable, str(ROOT / "tests" / "heap_probe.py"), str(tmp_path)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    )
     least_frozen, steps, frozen_after = map(int, result.stdout.split("FROZEN")[1].split())
     assert steps == 3 and least_frozen > 10_000, result.stdout[-2000:]
     assert frozen_after == 0

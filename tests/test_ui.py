@@ -1,5 +1,6 @@
 """The MLflow UI as users open it: `python -m pipeline.ui` on loopback, pages rendered by headless
 Chromium (Debian's), and the same runs and params through MLflow's REST API."""
+
 import html
 import json
 import re
@@ -10,19 +11,28 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, Sweep
+from helpers import ROOT, Sweep
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--virtual-time-budget=10000", "--window-size=1400,1200"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=10000",
+    "--window-size=1400,1200",
+]
 KEPT = ROOT / "outputs" / "test-artifacts"
 
 
@@ -33,12 +43,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ui(sweep: Sweep) -> Iterator[Dict[str, str]]:
-    """The UI command's printed links, while it serves; stopped with Ctrl-C as a user would."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.ui", "--port", str(free_port()),
-                             "--outputs-dir", str(sweep.outputs_dir)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    links: Dict[str, str] = {}
+def ui(sweep: Sweep) -> Iterator[dict[str, str]]:
+    """The UI command's printed links, while it serves; stopped with Ctrl-C as a user would. It is
+    started as from a background job (or nohup), with SIGINT inherited ignored: Ctrl-C must still
+    stop it and its mlflow server."""
+    port, store = str(free_port()), str(sweep.outputs_dir)
+    cmd = [sys.executable, "-m", "pipeline.ui", "--port", port, "--outputs-dir", store]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    links: dict[str, str] = {}
     deadline = time.monotonic() + 120
     while "compare" not in links and time.monotonic() < deadline and proc.poll() is None:
         m = re.match(r"(\w+):\s+(http\S+)", proc.stdout.readline())
@@ -51,21 +70,33 @@ def ui(sweep: Sweep) -> Iterator[Dict[str, str]]:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) is not None
+        if "base" in links:
+            with pytest.raises(OSError):  # its mlflow server is gone too
+                urllib.request.urlopen(f"{links['base']}/health", timeout=5)
 
 
-def api(base: str, path: str, body: Dict[str, Any] | None = None) -> Dict[str, Any]:
-    req = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", method="POST" if body else "GET",
-                                 data=json.dumps(body).encode() if body else None,
-                                 headers={"Content-Type": "application/json"})
+def api(base: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"{base}/api/2.0/mlflow/{path}",
+        method="POST" if body else "GET",
+        data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
 
 
 def browse(url: str, tmp_path: Path, name: str) -> str:
     """The rendered DOM of a page; its screenshot kept under tmp_path and outputs/test-artifacts/."""
+
     def chromium(*args: str, profile: str) -> str:
-        return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / profile}", *args, url],
-                              capture_output=True, text=True, timeout=120, check=True).stdout
+        return subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / profile}", *args, url],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
 
     dom = chromium("--dump-dom", profile=f"{name}-dom")
     shot = tmp_path / f"{name}.png"
@@ -76,22 +107,28 @@ def browse(url: str, tmp_path: Path, name: str) -> str:
     return dom
 
 
-def test_rest_api_shows_sweep(sweep: Sweep, ui: Dict[str, str]) -> None:
+def test_rest_api_shows_sweep(sweep: Sweep, ui: dict[str, str]) -> None:
     exp = api(ui["base"], "experiments/get-by-name?experiment_name=zerosweep")["experiment"]
     assert exp["experiment_id"] == sweep.info["experiment_id"]
     assert {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
-    runs = api(ui["base"], "runs/search", {"experiment_ids": [exp["experiment_id"]],
-               "filter": f"tags.mlflow.parentRunId = '{sweep.info['parent_run_id']}'"})["runs"]
+    runs = api(
+        ui["base"],
+        "runs/search",
+        {
+            "experiment_ids": [exp["experiment_id"]],
+            "filter": f"tags.mlflow.parentRunId = '{sweep.info['parent_run_id']}'",
+        },
+    )["runs"]
     params = {r["info"]["run_name"]: {p["key"]: p["value"] for p in r["data"]["params"]} for r in runs}
     assert params["zero=stage1"]["zero"] == "stage1" and params["zero=stage2"]["zero"] == "stage2"
     assert all(r["info"]["status"] == "FINISHED" for r in runs)
     assert all(run["info"]["run_id"] in ui["compare"] for run in runs)
 
 
-def test_browser_shows_runs_and_params(sweep: Sweep, ui: Dict[str, str], tmp_path: Path) -> None:
+def test_browser_shows_runs_and_params(sweep: Sweep, ui: dict[str, str], tmp_path: Path) -> None:
     assert f"/#/experiments/{sweep.info['experiment_id']}/runs?" in ui["runs"]
     runs_page = browse(ui["runs"], tmp_path, "ui-runs")
-    parent = MlflowClient(sweep.uri).get_run(sweep.info["parent_run_id"]).info.run_name
+    parent = sweep.client.get_run(sweep.info["parent_run_id"]).info.run_name
     assert html.escape(parent, quote=False) in runs_page, parent
     shown = re.search(r"<strong>(\d+)</strong> matching runs", runs_page)
     assert shown and int(shown.group(1)) >= 3, "the sweep and its 2 points are not all listed"

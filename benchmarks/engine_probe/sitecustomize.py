@@ -6,6 +6,7 @@ forward, backward and step (CUDA-synced), the CPU seconds and the garbage-collec
 each, and writes DIR/probe-PID.json at exit, averaged over the calls after the first ten.
 benchmarks/RESULTS.md (fifth session) shows what it found.
 """
+
 import os
 
 if os.environ.get("ZS_PROBE"):
@@ -39,6 +40,7 @@ if os.environ.get("ZS_PROBE"):
 
         def timed(self, *args, **kwargs):
             import torch
+
             sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
             sync()
             t0, c0, g0 = time.perf_counter(), _cpu_s(), _gc["s"]
@@ -46,6 +48,7 @@ if os.environ.get("ZS_PROBE"):
             sync()
             _calls[name].append((time.perf_counter() - t0, _cpu_s() - c0, _gc["s"] - g0))
             return out
+
         setattr(cls, name, timed)
 
     def _patch_when_imported():
@@ -63,12 +66,21 @@ if os.environ.get("ZS_PROBE"):
         if not timed:  # a launcher or data-loader process: it trained nothing
             return
         torch = sys.modules["torch"]
-        out = {"argv": sys.argv, "gc_total_s": _gc["s"], "gc_passes": _gc["n"],
-               "torch_threads": torch.get_num_threads(), "affinity": len(os.sched_getaffinity(0)),
-               "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+        out = {
+            "argv": sys.argv,
+            "gc_total_s": _gc["s"],
+            "gc_passes": _gc["n"],
+            "torch_threads": torch.get_num_threads(),
+            "affinity": len(os.sched_getaffinity(0)),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        }
         for name, xs in timed.items():
-            out[name] = {"calls": len(xs), "wall_s": sum(x[0] for x in xs) / len(xs),
-                         "cpu_s": sum(x[1] for x in xs) / len(xs), "gc_s": sum(x[2] for x in xs) / len(xs)}
+            out[name] = {
+                "calls": len(xs),
+                "wall_s": sum(x[0] for x in xs) / len(xs),
+                "cpu_s": sum(x[1] for x in xs) / len(xs),
+                "gc_s": sum(x[2] for x in xs) / len(xs),
+            }
         with open(os.path.join(os.environ["ZS_PROBE"], f"probe-{os.getpid()}.json"), "w") as f:
             json.dump(out, f, indent=1)
 

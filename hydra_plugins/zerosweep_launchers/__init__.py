@@ -1,4 +1,5 @@
 """Registers launchers/slurm.py with Hydra, which takes launcher classes only from hydra_plugins."""
+
 from launchers import slurm
 
 

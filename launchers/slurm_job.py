@@ -1,0 +1,48 @@
+"""The job side of launcher=slurm: each task of a point's Slurm job is one rank.
+
+torch's variables come from Slurm's (submitit's TorchDistributedEnvironment); the task of rank 0
+owns the point's MLflow run; a requeued job (preemption, time limit) reopens that run and
+resumes from its newest checkpoint.
+"""
+
+import os
+from pathlib import Path
+
+import submitit
+import torch
+
+from pipeline import launch, track
+from pipeline.config import Config
+from pipeline.job import Job
+
+
+class SlurmTask:
+    """This process: one task of a Slurm job that launcher=slurm submitted."""
+
+    def __init__(self) -> None:
+        self.owns_run = os.environ["SLURM_PROCID"] == "0"
+        self.requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+
+    def tags(self) -> dict[str, str]:
+        """The job as submitit and sacct name it (123, or 123_4 in an array): a run this job leaves
+        RUNNING is settled from the job's state (launchers/slurm.py)."""
+        return {track.SLURM_JOB: submitit.JobEnvironment().job_id}
+
+    def checkpoint(self, out: Path) -> str | None:
+        return launch.newest_checkpoint(out) if self.requeued else None
+
+    def launch(self, job: Job) -> dict[str, float]:
+        """CPU threads match the task's CPUs (else accelerate sizes them to the whole node's cores)."""
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if "SLURM_CPUS_PER_TASK" in os.environ:
+            os.environ.setdefault("OMP_NUM_THREADS", os.environ["SLURM_CPUS_PER_TASK"])
+            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        return launch.rank_main(job)
+
+
+def placement(cfg: Config) -> launch.Placement:
+    """Where this job's ranks run: as the tasks of a Slurm job that launcher=slurm submitted (not a
+    plain run inside an allocation), or here."""
+    if cfg.launcher.name == "slurm" and "SLURM_PROCID" in os.environ:
+        return SlurmTask()
+    return launch.Local(cfg.trainer.nproc_per_node)

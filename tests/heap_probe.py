@@ -1,0 +1,24 @@
+"""Trains one rank in-process, as a local run or sweep point does, and prints how much of the heap
+was frozen at each step and after: `python tests/heap_probe.py OUT_DIR` (test_train.py runs it)."""
+
+import gc
+import sys
+from pathlib import Path
+
+from transformers import Trainer
+
+from pipeline import compose, launch, plan
+from pipeline.job import Job
+
+frozen, step = [], Trainer.training_step
+
+
+def counting_step(self, *args, **kwargs):
+    frozen.append(gc.get_freeze_count())
+    return step(self, *args, **kwargs)
+
+
+Trainer.training_step = counting_step
+cfg = compose.compose_point(["trainer.max_steps=3", "tracking.enabled=false"])
+launch.Local(nproc=1).launch(Job.of(cfg, plan.make(cfg, Path(sys.argv[1]), use_cpu=True)))
+print("FROZEN", min(frozen), len(frozen), gc.get_freeze_count())
