@@ -55,14 +55,17 @@ def size(variant: str) -> str:
     return "small" if variant == "z3_nvme" else "1b"
 
 
-def pipeline_cmd(variant: str, extra: list[str], out: Path) -> list[str]:
-    """The pipeline's CLI with the reference's settings (model, data, bf16, DS AdamW, lr, warmup, steps)."""
-    model = "llama_small" if size(variant) == "small" else "llama_1b"
+def pipeline_cmd(
+    variant: str, extra: list[str], out: Path, model: list[str] | None = None, tracking: bool = False
+) -> list[str]:
+    """The pipeline's CLI with the reference's settings (model, data, bf16, DS AdamW, lr, warmup,
+    steps); the trained model is not saved (the reference saves none)."""
+    model = model or [f"model={'llama_small' if size(variant) == 'small' else 'llama_1b'}"]
     return [
         sys.executable,
         "-m",
         "pipeline",
-        f"model={model}",
+        *model,
         "data=random_tokens",
         "precision=bf16",
         "optimizer=adamw",
@@ -74,16 +77,18 @@ def pipeline_cmd(variant: str, extra: list[str], out: Path) -> list[str]:
         f"trainer.max_steps={STEPS}",
         f"trainer.timing_warmup_steps={WARM + 1}",
         "trainer.dataloader_num_workers=2",
-        "tracking.enabled=false",
+        "trainer.save_model=false",
+        f"tracking.enabled={str(tracking).lower()}",
         f"hydra.run.dir={out}",
         *SAME[variant],
         *extra,
     ]
 
 
-def run_pipeline(variant: str, extra: list[str], out: Path, timeout: int) -> dict | None:
-    """Trains one pipeline job and returns its summary.json (None if it failed)."""
-    cmd = pipeline_cmd(variant, extra, out)
+def run_pipeline(variant: str, extra: list[str], out: Path, timeout: int, **how) -> dict | None:
+    """Trains one pipeline job (pipeline_cmd's keywords in how) and returns its summary.json
+    (None if it failed)."""
+    cmd = pipeline_cmd(variant, extra, out, **how)
     Path("/tmp/nvme_offload_pipeline").mkdir(parents=True, exist_ok=True)
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()

@@ -52,12 +52,11 @@ def _refuse(error: ConfigError) -> None:
 
 
 def _preflight(cfg: Config, runs_here: bool) -> None:
-    """Machine checks with the point's expected NVMe need (a plan is cheap: meta-device sizes)."""
+    """The user's model and data, then this machine with the point's plan (cheap: meta-device sizes)."""
     from pipeline import plan, preflight
 
     with preflight.quiet():  # DeepSpeed's estimators announce the accelerator on import
-        nvme = plan.make(cfg, Path(cfg.outputs_dir), use_cpu=True).memory.nvme
-    preflight.check(cfg, nvme, runs_here)
+        plan.checked(cfg, Path(cfg.outputs_dir), use_cpu=True, runs_here=runs_here)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from launchers import slurm_job
-from pipeline import config, plan, preflight, summary, track
+from pipeline import config, data, plan, summary, track
 from pipeline.config import Config
 from pipeline.job import Job, Outcome
 from pipeline.launch import Placement
@@ -36,18 +36,18 @@ def failure_policy(task: Callable[[Config, Point], Outcome]) -> Callable[[DictCo
 
 @failure_policy
 def run(cfg: Config, point: Point) -> Outcome:
-    the_plan = plan.make(cfg, point.out, use_cpu=not torch.cuda.is_available())
-    preflight.check(cfg, the_plan.memory.nvme)
+    the_plan = plan.checked(cfg, point.out, use_cpu=not torch.cuda.is_available())
     files = summary.write_plan(point.out, the_plan)
     if cfg.dry_run:
         summary.print_plan(the_plan, files)
         return Outcome(state=None)
     where = slurm_job.placement(cfg)
     with open_run(cfg, point, where) as tracked:
-        result = where.launch(Job.of(cfg, the_plan, tracked.ref, where.checkpoint(point.out)))
-        tracked.finish(result, files.all())
+        job = Job.of(cfg, the_plan, point.out, tracked.ref, where.checkpoint(point.out), data.prepare(cfg))
+        result = where.launch(job)
+        tracked.finish(result, files.all(), job.saved_models())
     summary.write_result(point.out, result)
-    summary.print_result(cfg, point.name, result, files, tracked.run_id)
+    summary.print_result(cfg, point.name, result, files, job.saved_models(), tracked.run_id)
     return Outcome(RunState.FINISHED, result)
 
 

@@ -31,9 +31,21 @@ class Provider(Enum):
 class DataSource(Enum):
     text = "text"  # the corpus file, byte tokens
     random = "random"  # uniform random tokens, like the reference benchmark
+    files = "files"  # the user's files (or saved dataset) through the datasets library
+
+
+class ModelSource(Enum):
+    built = "built"  # a Llama built from the sizes in the config (no weights to load)
+    pretrained = "pretrained"  # model.name_or_path, loaded with from_pretrained
+
+
+class DataFormat(Enum):
+    text = "text"  # documents, tokenized and packed into seq_len blocks
+    prompt_completion = "prompt_completion"  # pairs; the loss is on the completion only
 
 
 class Tokenizer(Enum):
+    auto = "auto"  # the pretrained model's own tokenizer; bytes for a model built from sizes
     byte = "byte"  # 256 byte values: nothing to train or download
 
 
@@ -144,8 +156,13 @@ class SchedulerConf:
 
 @dataclass
 class ModelConf:
-    """A Llama built from these sizes (the defaults: a 0.4M-parameter model)."""
+    """A pretrained causal LM (name_or_path), or a Llama built from the sizes below (the
+    defaults: a 0.4M-parameter model)."""
 
+    source: ModelSource = ModelSource.built
+    # source=pretrained: a directory that AutoModelForCausalLM and AutoTokenizer load (or a hub id
+    # where the hub is reachable). Its config decides the sizes: the keys below are then not set.
+    name_or_path: str | None = None
     hidden_size: int = 128
     intermediate_size: int = 344
     num_hidden_layers: int = 2
@@ -163,11 +180,21 @@ class ModelConf:
 
 @dataclass
 class DataConf:
-    # A text file; relative paths are taken from the project root.
-    path: str = "data/tiny_corpus.txt"
-    tokenizer: Tokenizer = Tokenizer.byte
-    seq_len: int = 128
     source: DataSource = DataSource.text
+    # source=text: a text file; relative paths are taken from the project root.
+    path: str = "data/tiny_corpus.txt"
+    # source=files: jsonl/json/csv/parquet/txt files or a dataset saved with save_to_disk; one
+    # path or a list [a,b]. Eval: eval_files, or this fraction of the train set held out.
+    train_files: Any = None
+    eval_files: Any = None
+    eval_fraction: float = 0.0
+    format: DataFormat = DataFormat.text
+    # The columns that hold the text (format=text) or the pairs (format=prompt_completion).
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    tokenizer: Tokenizer = Tokenizer.auto
+    seq_len: int = 128
 
 
 @dataclass
@@ -189,6 +216,13 @@ class TrainerConf:
     dataloader_num_workers: int = 0
     # Steps left out of the step-time and tokens/s averages (compilation, allocator warm-up).
     timing_warmup_steps: int = 2
+    # Steps between evaluations when there is an eval set (0: only at the end).
+    eval_steps: int = 0
+    # Save the trained model (16-bit weights consolidated under ZeRO-3, and the tokenizer) as a
+    # Hugging Face model directory, <run dir>/model/, also logged to the MLflow run.
+    save_model: bool = True
+    # Also write fp32 weights, from a ZeRO checkpoint (DeepSpeed's zero_to_fp32), to <run dir>/model_fp32/.
+    export_fp32: bool = False
 
 
 @dataclass

@@ -1,13 +1,13 @@
-"""Training data: the corpus shipped in the repo as byte tokens, or random tokens (benchmarks)."""
+"""Training data: the corpus shipped in the repo as byte tokens, random tokens (benchmarks), or
+the user's own files (corpus.py), tokenized once before any rank starts."""
 
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.config import DataConf, DataSource, Tokenizer
+from pipeline.config import Config, DataConf, DataSource
 
-BYTE_VOCAB = 256
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,11 +25,26 @@ class TokenBlocks(Dataset):
         return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
 
 
-def vocab_size(data: DataConf) -> int:
-    return {Tokenizer.byte: BYTE_VOCAB}[data.tokenizer]
+def prepare(cfg: Config) -> str | None:
+    """The user's files tokenized (cached on disk: once per dataset and tokenizer); the built-in
+    sources need nothing before the ranks start."""
+    if cfg.data.source != DataSource.files:
+        return None
+    from pipeline import corpus, tokenizer
+
+    return str(corpus.prepare(cfg, tokenizer.load(cfg)))
 
 
-def dataset(data: DataConf, vocab: int, min_blocks: int) -> TokenBlocks:
+def splits(cfg: Config, vocab: int, min_blocks: int, prepared: str | None) -> tuple[Dataset, Dataset | None]:
+    """(train, eval) for a rank: the prepared files, or a built-in source (no eval set)."""
+    if prepared is not None:
+        from pipeline import corpus
+
+        return corpus.load(prepared)
+    return builtin(cfg.data, vocab, min_blocks), None
+
+
+def builtin(data: DataConf, vocab: int, min_blocks: int) -> TokenBlocks:
     """At least min_blocks blocks (the corpus repeats if the run needs more than it holds)."""
     if data.source == DataSource.random:
         g = torch.Generator().manual_seed(0)

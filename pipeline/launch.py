@@ -72,21 +72,26 @@ class Local:
 
 
 def _in_process(job: Job) -> dict[str, float]:
-    """A world of one in this process; it stays up across the points of a local sweep."""
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
-        )
-        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    world_of_one()
     try:
         return train.worker(job)
     finally:  # the next point of a local sweep runs in this process: hand its memory back
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def world_of_one() -> None:
+    """A world of one rank in this process; it stays up across the points of a local sweep."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
+    )
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 
 
 def rank_main(job: Job) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """Per-step measurements inside the Trainer: loss, step time, tokens/s, peak memory."""
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +30,9 @@ class StepMetrics(TrainerCallback):
         # Without a GPU: the largest host RSS seen at a step's end during this run (the process's
         # own high-water mark would carry over from earlier points of a local sweep).
         self.peak_host = 0
+        # The latest evaluation's loss and perplexity, and its step, when the point has an eval set.
+        self.evaluation: dict[str, float] = {}
+        self.evaluated_at: int | None = None
 
     def on_train_begin(self, args, state, control, **kw):
         self.first_step = self.last_step = state.global_step
@@ -48,10 +52,20 @@ class StepMetrics(TrainerCallback):
         if not torch.cuda.is_available():
             self.peak_host = max(self.peak_host, psutil.Process().memory_info().rss)
 
+    def on_evaluate(self, args, state, control, **kw):
+        # An evaluation runs between two steps: keep its time out of the next step's.
+        self._t0 = time.perf_counter()
+
     def on_log(self, args, state, control, logs=None, **kw):
-        logs = logs or {}
+        logs = dict(logs or {})
         if "loss" in logs:
             self.losses.append(float(logs["loss"]))
+        if "eval_loss" in logs:
+            logs["eval_perplexity"] = math.exp(
+                min(float(logs["eval_loss"]), 700.0)
+            )  # exp overflows past ~709
+            self.evaluation = {k: float(logs[k]) for k in ("eval_loss", "eval_perplexity")}
+            self.evaluated_at = state.global_step
         if self.log_fn:
             values = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and k != "epoch"}
             if self.step_times and "loss" in logs:
@@ -76,4 +90,5 @@ class StepMetrics(TrainerCallback):
             "peak_memory_gib": self.peak_memory() / 2**30,
             "steps": self.last_step,  # the run's, across a requeue
             "resumed_from_step": self.first_step,
+            **{f"final_{k}": v for k, v in self.evaluation.items()},  # the last one: at the end
         }

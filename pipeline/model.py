@@ -1,40 +1,58 @@
-"""The model: a Llama built from the config (no hub download), and its size without building it."""
+"""The model: a pretrained causal LM (model=hf), or a Llama built from the config (no download);
+its size and FLOPs from its config alone, without loading weights."""
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
-from pipeline.config import ModelConf
+from pipeline.config import Config, ModelSource
 
 
-def llama_config(model: ModelConf, vocab_size: int, seq_len: int) -> LlamaConfig:
+def model_config(cfg: Config, vocab_size: int) -> PretrainedConfig:
+    """The pretrained model's own config, or a LlamaConfig from the model group's sizes."""
+    m = cfg.model
+    if m.source == ModelSource.pretrained:
+        return AutoConfig.from_pretrained(m.name_or_path)
     return LlamaConfig(
-        vocab_size=model.vocab_size or vocab_size,
-        hidden_size=model.hidden_size,
-        intermediate_size=model.intermediate_size,
-        num_hidden_layers=model.num_hidden_layers,
-        num_attention_heads=model.num_attention_heads,
-        num_key_value_heads=model.num_key_value_heads or model.num_attention_heads,
-        max_position_embeddings=seq_len,
-        tie_word_embeddings=model.tie_word_embeddings,
-        attn_implementation=model.attn_implementation,
+        vocab_size=m.vocab_size or vocab_size,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.intermediate_size,
+        num_hidden_layers=m.num_hidden_layers,
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.num_key_value_heads or m.num_attention_heads,
+        max_position_embeddings=cfg.data.seq_len,
+        tie_word_embeddings=m.tie_word_embeddings,
+        attn_implementation=m.attn_implementation,
     )
 
 
-def sizes(config: LlamaConfig) -> tuple[int, int]:
-    """(total parameters, largest layer's parameters), counted on the meta device: no memory."""
+def sizes(config: PretrainedConfig) -> tuple[int, int]:
+    """(total parameters, largest layer's parameters), counted on the meta device: no memory. The
+    class itself, not from_config: a ZeRO-3 config an earlier point of a local sweep left live
+    would make from_config partition (zero.Init), which meta tensors cannot."""
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
+        model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
     total = sum(p.numel() for p in model.parameters())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return total, largest
 
 
-def build(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
-    """Under ZeRO-3 the Trainer's DeepSpeed config is live here, so HF partitions at init."""
-    torch.manual_seed(seed)
-    return LlamaForCausalLM._from_config(config)
+def build(cfg: Config, config: PretrainedConfig) -> PreTrainedModel:
+    """Under ZeRO-3 the Trainer's DeepSpeed config is live here when its TrainingArguments exist:
+    HF then partitions at init (zero.Init), and from_pretrained loads each rank's share only."""
+    torch.manual_seed(cfg.trainer.seed)
+    if cfg.model.source == ModelSource.pretrained:
+        # fp32 master weights, as for a built model: DeepSpeed casts to bf16/fp16 itself.
+        return AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(config)
 
 
-def flops_per_token(config: LlamaConfig, params: int, seq_len: int) -> float:
+def flops_per_token(config: PretrainedConfig, params: int, seq_len: int) -> float:
     """Model FLOPs per trained token, the reference's formula: 6 N + 12 L h s."""
     return 6 * params + 12 * config.num_hidden_layers * config.hidden_size * seq_len

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import data, memory, model
+from pipeline import inputs, memory, model, preflight, tokenizer
 from pipeline.config import PERF_TRAINER_KEYS, PERF_ZERO_KEYS, Config, OffloadDevice, Provider
 from pipeline.memory import MemoryPlan
-from pipeline.rules import offloads_optimizer, offloads_params
+from pipeline.rules import has_eval, offloads_optimizer, offloads_params
 
 
 @dataclass
@@ -27,20 +27,28 @@ class Plan:
     memory: MemoryPlan
 
 
+def checked(cfg: Config, output_dir: Path, use_cpu: bool, runs_here: bool = True) -> Plan:
+    """The point's plan, once the user's model and data, and this machine, pass their checks
+    (ConfigError otherwise: one line naming the key)."""
+    inputs.check(cfg)
+    the_plan = make(cfg, output_dir, use_cpu)
+    preflight.check(cfg, the_plan.memory.nvme, runs_here)
+    return the_plan
+
+
 def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
     apply_perf(cfg)
-    vocab = data.vocab_size(cfg.data)
-    llama = model.llama_config(cfg.model, vocab, cfg.data.seq_len)
-    params, largest = model.sizes(llama)
+    model_cfg = model.model_config(cfg, tokenizer.BYTE_VOCAB)
+    params, largest = model.sizes(model_cfg)
     world = cfg.trainer.nproc_per_node * cfg.trainer.nnodes
-    ds = deepspeed_config(cfg, llama.hidden_size, world)
+    ds = deepspeed_config(cfg, model_cfg.hidden_size, world)
     return Plan(
         deepspeed=ds,
         training_args=training_args(cfg, ds, output_dir, use_cpu),
         world_size=world,
         params=params,
-        flops_per_token=model.flops_per_token(llama, params, cfg.data.seq_len),
-        memory=memory.estimate(cfg, params, largest, llama.hidden_size, llama.num_hidden_layers),
+        flops_per_token=model.flops_per_token(model_cfg, params, cfg.data.seq_len),
+        memory=memory.estimate(cfg, params, largest, model_cfg.hidden_size, model_cfg.num_hidden_layers),
     )
 
 
@@ -192,6 +200,10 @@ def training_args(cfg: Config, ds: dict[str, Any], output_dir: Path, use_cpu: bo
     )
     if t.gradient_checkpointing:  # named only when on: transformers 5.2x renames it, 5.17 has the old name
         args["gradient_checkpointing"] = True
+    if has_eval(cfg):  # and at the end, always (train.py)
+        args["per_device_eval_batch_size"] = t.micro_batch_size
+        if t.eval_steps:
+            args.update(eval_strategy="steps", eval_steps=t.eval_steps)
     if opt.provider == Provider.hf:
         args["optim"] = opt.name
     if sch.provider == Provider.hf:

@@ -4,7 +4,9 @@ Pure checks on a composed config: no environment, no imports of heavy libraries,
 sweep is checked in well under a second before any point starts.
 """
 
-from pipeline.config import Config, OffloadDevice, Provider
+import dataclasses
+
+from pipeline.config import Config, DataSource, ModelConf, ModelSource, OffloadDevice, Provider, Tokenizer
 from pipeline.errors import ConfigError
 
 # DeepSpeed 0.19's built-in optimizer and scheduler types (deepspeed.runtime.config, lr_schedules).
@@ -31,6 +33,15 @@ def check(cfg: Config) -> None:
     _check_optimizer(cfg)
     _check_scheduler(cfg)
     _check_perf(cfg)
+    _check_model(cfg)
+    _check_data(cfg)
+    _check_saving(cfg)
+
+
+def has_eval(cfg: Config) -> bool:
+    """The point has an eval set: eval files, or a held-out fraction of the train files."""
+    d = cfg.data
+    return d.source == DataSource.files and (d.eval_files is not None or d.eval_fraction > 0)
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -52,10 +63,12 @@ def _check_ranges(cfg: Config) -> None:
     for key, value in counts.items():
         if value is not None and value < 1:
             raise ConfigError(key, f"must be at least 1, got {value}", f"set {key}=1 or more")
-    if cfg.scheduler.warmup_steps < 0:
-        raise ConfigError(
-            "scheduler.warmup_steps", "must not be negative", "set scheduler.warmup_steps=0 or more"
-        )
+    for key, value in {
+        "scheduler.warmup_steps": cfg.scheduler.warmup_steps,
+        "trainer.eval_steps": cfg.trainer.eval_steps,
+    }.items():
+        if value < 0:
+            raise ConfigError(key, "must not be negative", f"set {key}=0 or more")
 
 
 def _check_offload(cfg: Config) -> None:
@@ -140,4 +153,66 @@ def _check_perf(cfg: Config) -> None:
             "perf.stage3_param_persistence_threshold",
             "parameters cannot stay on the GPU and be offloaded",
             "use offload=none, or offload.params=false",
+        )
+
+
+def _check_model(cfg: Config) -> None:
+    m = cfg.model
+    if m.source != ModelSource.pretrained:
+        return
+    if not m.name_or_path:
+        raise ConfigError(
+            "model.name_or_path",
+            "model=hf needs the pretrained model",
+            "set model.name_or_path=/path/to/model",
+        )
+    if cfg.data.source == DataSource.text and cfg.data.tokenizer == Tokenizer.auto:
+        raise ConfigError(
+            "data",
+            "the shipped corpus is byte tokens, not the pretrained model's tokenizer",
+            f"use data=files data.train_files={cfg.data.path} (the model's tokens), or data.tokenizer=byte",
+        )
+    sizes = {
+        f.name: f.default for f in dataclasses.fields(ModelConf) if f.name not in ("source", "name_or_path")
+    }
+    for key, default in sizes.items():
+        if getattr(m, key) != default:
+            raise ConfigError(
+                f"model.{key}", "the pretrained model's own config decides it", f"remove model.{key}=..."
+            )
+
+
+def _check_data(cfg: Config) -> None:
+    d = cfg.data
+    if d.source != DataSource.files:
+        return
+    if d.train_files is None:
+        raise ConfigError(
+            "data.train_files", "data=files needs the training data", "set data.train_files=/data/train.jsonl"
+        )
+    if not 0 <= d.eval_fraction < 1:
+        raise ConfigError(
+            "data.eval_fraction", f"{d.eval_fraction} is not in [0, 1)", "set e.g. data.eval_fraction=0.05"
+        )
+    if d.eval_files is not None and d.eval_fraction > 0:
+        raise ConfigError(
+            "data.eval_fraction",
+            "there are eval files already",
+            "give data.eval_files or data.eval_fraction, not both",
+        )
+
+
+def _check_saving(cfg: Config) -> None:
+    t, z = cfg.trainer, cfg.zero
+    if t.export_fp32 and z.stage == 0:
+        raise ConfigError(
+            "trainer.export_fp32",
+            "zero_to_fp32 reads ZeRO checkpoints (stages 1-3)",
+            "use zero=stage1..stage3, or trainer.export_fp32=false (ZeRO-0 saves the whole weights)",
+        )
+    if t.save_model and z.stage == 3 and not z.stage3_gather_16bit_weights_on_model_save:
+        raise ConfigError(
+            "zero.stage3_gather_16bit_weights_on_model_save",
+            "ZeRO-3 cannot save the trained model whole without it",
+            "set it true, or trainer.save_model=false (with trainer.export_fp32=true for fp32 weights)",
         )

@@ -79,7 +79,7 @@ def print_plan(plan: Plan, files: PlanFiles) -> None:
 
 
 def print_result(
-    cfg: Config, name: str, result: dict[str, float], files: PlanFiles, run_id: str | None
+    cfg: Config, name: str, result: dict[str, float], files: PlanFiles, models: list[Path], run_id: str | None
 ) -> None:
     where = "GPU" if torch.cuda.is_available() else "host"
     print(f"\n== {name}: done ==")
@@ -87,6 +87,11 @@ def print_result(
     print(f"  tokens/s        {result['avg_tokens_per_s']:,.0f}")
     print(f"  step time       {result['avg_step_time_s'] * 1000:.1f} ms")
     print(f"  peak {where} mem   {result['peak_memory_gib']:.2f} GiB")
+    if "final_eval_loss" in result:
+        loss, perplexity = result["final_eval_loss"], result["final_eval_perplexity"]
+        print(f"  eval loss       {loss:.4f} (perplexity {perplexity:.2f})")
+    for model in models:
+        print(f"  trained model   {model}")
     print(f"  DeepSpeed JSON  {files.deepspeed}")
     print(f"  Hydra config    {files.hydra_config}")
     if run_id:

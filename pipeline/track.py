@@ -20,6 +20,7 @@ from typing import Any
 import mlflow
 import psutil
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
@@ -150,8 +151,22 @@ class Store:
         for path in paths:
             self.client.log_artifact(run_id, str(path), folder)
 
+    def log_folder(self, run_id: str, folder: Path) -> None:
+        """A whole directory (a saved model), as an artifact folder of the same name."""
+        self.client.log_artifacts(run_id, str(folder), folder.name)
+
+    def download(self, run_id: str, path: str, into: Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, path, str(into)))
+
     def get(self, run_id: str) -> RunRecord:
         return RunRecord.of(self.client.get_run(run_id))
+
+    def find(self, run_id: str) -> RunRecord | None:
+        """The run, or None where the store has no run of that id."""
+        try:
+            return self.get(run_id)
+        except MlflowException:
+            return None
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         """(step, value) of one metric, by step."""
@@ -276,10 +291,15 @@ class TrackedRun:
             self._monitor.start()
         return self
 
-    def finish(self, summary: Mapping[str, float], artifacts: Iterable[Path]) -> None:
+    def finish(
+        self, summary: Mapping[str, float], artifacts: Iterable[Path], folders: Iterable[Path] = ()
+    ) -> None:
+        """The closing figures, the plan's files, and whole folders (the trained model) by their name."""
         self._stop_sampling()
         self.store.log_metrics(self.run_id, summary, int(summary.get("steps", 0)))
         self.store.log_files(self.run_id, artifacts)
+        for folder in folders:
+            self.store.log_folder(self.run_id, folder)
         self.store.end(self.run_id, RunState.FINISHED)
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:
@@ -305,7 +325,9 @@ class Untracked:
     def __enter__(self) -> "Untracked":
         return self
 
-    def finish(self, summary: Mapping[str, float], artifacts: Iterable[Path]) -> None:
+    def finish(
+        self, summary: Mapping[str, float], artifacts: Iterable[Path], folders: Iterable[Path] = ()
+    ) -> None:
         pass
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:

@@ -1,4 +1,5 @@
-"""One training rank: model + data + HF Trainer with the planned DeepSpeed config.
+"""One training rank: model + data + HF Trainer with the planned DeepSpeed config, then the
+trained model saved as a Hugging Face model directory.
 
 Runs in the job process (one rank), in a process started by torch's elastic launcher (N
 ranks), or in a Slurm task; takes a pickled Job and returns a plain summary.
@@ -8,10 +9,12 @@ import gc
 import os
 import warnings
 
+import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from pipeline import data, model, track
+from pipeline import data, model, tokenizer, track
+from pipeline.config import ModelSource
 from pipeline.job import Job
 from pipeline.metrics import StepMetrics
 
@@ -21,32 +24,60 @@ def worker(job: Job) -> dict[str, float]:
     # DeepSpeed calls torch.distributed's deprecated names on every step: keep the progress readable.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     cfg, t = job.cfg, job.cfg.trainer
-    llama = model.llama_config(cfg.model, data.vocab_size(cfg.data), cfg.data.seq_len)
-    if cfg.model.zero3_init:
-        # Arguments first: their live DeepSpeed config makes HF build the model partitioned (zero.Init).
+    arch = model.model_config(cfg, tokenizer.BYTE_VOCAB)
+    if cfg.model.zero3_init or cfg.model.source == ModelSource.pretrained:
+        # Arguments first: their live DeepSpeed config makes HF build or load the model already
+        # partitioned under ZeRO-3 (zero.Init), so each rank holds its share only.
         args = TrainingArguments(**job.training_args)
-        net = model.build(llama, t.seed)
+        net = model.build(cfg, arch)
     else:
         unset_hf_deepspeed_config()  # a previous point of a local sweep may have left one live
-        net = model.build(llama, t.seed)
+        net = model.build(cfg, arch)
         args = TrainingArguments(**job.training_args)
     if t.gradient_checkpointing:
         net.config.use_cache = False
     world = int(os.environ.get("WORLD_SIZE", "1"))
     samples = t.max_steps * t.micro_batch_size * t.gradient_accumulation_steps * world
-    train_set = data.dataset(cfg.data, llama.vocab_size, min_blocks=samples)
+    train_set, eval_set = data.splits(cfg, arch.vocab_size, samples, job.data)
     is_main = int(os.environ.get("RANK", "0")) == 0
     logger = track.MetricLogger(job.run) if is_main and job.run else None
     tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
     clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger)
-    trainer = Trainer(model=net, args=args, train_dataset=train_set, callbacks=[FreezeHeap(), clock])
+    trainer = Trainer(
+        model=net, args=args, train_dataset=train_set, eval_dataset=eval_set, callbacks=[FreezeHeap(), clock]
+    )
     try:
         trainer.train(resume_from_checkpoint=job.resume_from)
+        if eval_set is not None and clock.evaluated_at != trainer.state.global_step:
+            trainer.evaluate()  # at the end, unless eval_steps just did
+        save(trainer, job, is_main)
     finally:
         gc.unfreeze()  # the next point of a local sweep must be able to collect this one's cycles
         if logger:
             logger.flush()
     return clock.summary()
+
+
+def save(trainer: Trainer, job: Job, is_main: bool) -> None:
+    """The trained model and its tokenizer as a Hugging Face model directory (every rank takes part:
+    ZeRO-3 gathers the 16-bit weights); with export_fp32, fp32 weights from a ZeRO checkpoint."""
+    t = job.cfg.trainer
+    if t.save_model:
+        trainer.save_model(str(job.model_dir))
+        if is_main:
+            tokenizer.load(job.cfg).save_pretrained(str(job.model_dir))
+    if t.export_fp32:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        final = job.out / "checkpoints" / "final"
+        trainer.model_wrapped.save_checkpoint(str(final))
+        if is_main:
+            # save_pretrained, not zero_to_fp32's own writer: it knows the model's tied weights.
+            fp32 = get_fp32_state_dict_from_zero_checkpoint(str(final))
+            trainer.model.save_pretrained(str(job.fp32_dir), state_dict=fp32)
+            tokenizer.load(job.cfg).save_pretrained(str(job.fp32_dir))
+    if dist.is_initialized():
+        dist.barrier()  # the files are complete before any rank returns
 
 
 class FreezeHeap(TrainerCallback):

@@ -20,5 +20,6 @@ def counting_step(self, *args, **kwargs):
 
 Trainer.training_step = counting_step
 cfg = compose.compose_point(["trainer.max_steps=3", "tracking.enabled=false"])
-launch.Local(nproc=1).launch(Job.of(cfg, plan.make(cfg, Path(sys.argv[1]), use_cpu=True)))
+out = Path(sys.argv[1])
+launch.Local(nproc=1).launch(Job.of(cfg, plan.make(cfg, out, use_cpu=True), out))
 print("FROZEN", min(frozen), len(frozen), gc.get_freeze_count())

@@ -96,3 +96,90 @@ class Sweep:
     @property
     def client(self) -> MlflowClient:
         return mlflow_client(self.outputs_dir)
+
+
+@dataclass
+class Own:
+    """A user's own model and data, made offline: a small Llama and GPT-2 saved with their
+    tokenizer (a BPE trained on the shipped corpus), jsonl files cut from the corpus, and the
+    wrong kinds of each for the refusals."""
+
+    llama: Path
+    gpt2: Path
+    not_causal: Path  # a vision model's config
+    no_tokenizer: Path  # weights, no tokenizer files
+    train: Path  # {"text": ...} rows
+    eval: Path
+    chat: Path  # {"prompt": ..., "completion": ...} rows
+    empty: Path
+
+
+def make_own(root: Path) -> Own:
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        ViTConfig,
+    )
+
+    corpus = (ROOT / "data" / "tiny_corpus.txt").read_text()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<eos>"], initial_alphabet=alphabet, show_progress=False
+    )
+    bpe.train_from_iterator([corpus], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
+    own = Own(
+        *(
+            root / name
+            for name in (
+                "llama",
+                "gpt2",
+                "vit",
+                "no_tokenizer",
+                "train.jsonl",
+                "eval.jsonl",
+                "chat.jsonl",
+                "empty.jsonl",
+            )
+        )
+    )
+    torch.manual_seed(0)
+    llama = LlamaConfig(
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+    )
+    for path, net in (
+        (own.llama, LlamaForCausalLM(llama)),
+        (
+            own.gpt2,
+            GPT2LMHeadModel(GPT2Config(vocab_size=512, n_embd=64, n_layer=2, n_head=4, n_positions=256)),
+        ),
+    ):
+        net.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    LlamaForCausalLM(llama).save_pretrained(own.no_tokenizer)
+    ViTConfig().save_pretrained(own.not_causal)
+    pieces = [corpus[i : i + 400] for i in range(0, len(corpus), 400)]
+
+    def write(path: Path, rows: list[dict]) -> None:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write(own.train, [{"text": p} for p in pieces[:800]])
+    write(own.eval, [{"text": p} for p in pieces[800:]])
+    write(own.chat, [{"prompt": f"Continue: {p[:60]}", "completion": p[60:120]} for p in pieces[:400]])
+    own.empty.write_text("")
+    return own

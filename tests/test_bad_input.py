@@ -65,6 +65,79 @@ CASES = {
 }
 
 
+# Your own model and data (model=hf, data=files): refused before any process starts, too.
+HF = ("model=hf", "data=files")
+OWN_CASES = {
+    "model=hf without a model": (lambda o: ["model=hf", "data=random_tokens"], "model.name_or_path", "needs"),
+    "data=files without files": (lambda o: ["data=files"], "data.train_files", "needs the training data"),
+    "no model at the path": (
+        lambda o: [*HF, "model.name_or_path=/nonexistent/m", f"data.train_files={o.train}"],
+        "model.name_or_path",
+        "no model at /nonexistent/m",
+    ),
+    "not a causal LM": (
+        lambda o: [*HF, f"model.name_or_path={o.not_causal}", f"data.train_files={o.train}"],
+        "model.name_or_path",
+        "not a causal LM",
+    ),
+    "no tokenizer": (
+        lambda o: [*HF, f"model.name_or_path={o.no_tokenizer}", f"data.train_files={o.train}"],
+        "model.name_or_path",
+        "no tokenizer",
+    ),
+    "missing train file": (
+        lambda o: [*HF, f"model.name_or_path={o.llama}", "data.train_files=/nonexistent.jsonl"],
+        "data.train_files",
+        "does not exist",
+    ),
+    "empty train file": (
+        lambda o: [*HF, f"model.name_or_path={o.llama}", f"data.train_files={o.empty}"],
+        "data.train_files",
+        "is empty",
+    ),
+    "text_field not a column": (
+        lambda o: [
+            *HF,
+            f"model.name_or_path={o.llama}",
+            f"data.train_files={o.train}",
+            "data.text_field=body",
+        ],
+        "data.text_field",
+        "'body' is not a column",
+    ),
+    "seq_len above the model's": (
+        lambda o: [*HF, f"model.name_or_path={o.llama}", f"data.train_files={o.train}", "data.seq_len=4096"],
+        "data.seq_len",
+        "max_position_embeddings (256)",
+    ),
+    "no prompt/completion fields": (
+        lambda o: [
+            *HF,
+            f"model.name_or_path={o.llama}",
+            f"data.train_files={o.train}",
+            "data.format=prompt_completion",
+        ],
+        "data.prompt_field",
+        "'prompt'",
+    ),
+    "sizes of a pretrained model": (
+        lambda o: [
+            *HF,
+            f"model.name_or_path={o.llama}",
+            f"data.train_files={o.train}",
+            "model.hidden_size=256",
+        ],
+        "model.hidden_size",
+        "own config",
+    ),
+    "byte corpus with the model's tokenizer": (
+        lambda o: ["model=hf", f"model.name_or_path={o.llama}"],
+        "data",
+        "data=files data.train_files=data/tiny_corpus.txt",
+    ),
+}
+
+
 def assert_refused(result: subprocess.CompletedProcess, key: str, words: str) -> None:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, result.stderr
@@ -111,3 +184,11 @@ def test_no_room_on_nvme_path(outputs, tmp_path):
         f"offload.nvme_min_free={free * 2}",
     )
     assert_refused(result, "offload.nvme_path", "GiB free")
+
+
+@pytest.mark.parametrize("name", OWN_CASES)
+def test_own_model_and_data_refused_before_anything_starts(name, outputs, own):
+    overrides, key, words = OWN_CASES[name]
+    result = run_pipeline(outputs, *overrides(own))
+    assert_refused(result, key, words)
+    assert not (outputs / "mlflow.db").exists() and not (outputs / "runs").exists()
