@@ -56,7 +56,12 @@ def size(variant: str) -> str:
 
 
 def pipeline_cmd(
-    variant: str, extra: list[str], out: Path, model: list[str] | None = None, tracking: bool = False
+    variant: str,
+    extra: list[str],
+    out: Path,
+    model: list[str] | None = None,
+    tracking: bool = True,
+    gpus: int = 1,
 ) -> list[str]:
     """The pipeline's CLI with the reference's settings (model, data, bf16, DS AdamW, lr, warmup,
     steps); the trained model is not saved (the reference saves none)."""
@@ -76,8 +81,10 @@ def pipeline_cmd(
         "trainer.micro_batch_size=8",
         f"trainer.max_steps={STEPS}",
         f"trainer.timing_warmup_steps={WARM + 1}",
-        "trainer.dataloader_num_workers=2",
+        # No data-loader workers (the pipeline's default): with 2 per rank, as the reference has,
+        # the 2-GPU batch fetch cost the pipeline 54-100 ms a step (RESULTS.md, sixth session).
         "trainer.save_model=false",
+        f"trainer.nproc_per_node={gpus}",
         f"tracking.enabled={str(tracking).lower()}",
         f"hydra.run.dir={out}",
         *SAME[variant],
@@ -85,15 +92,19 @@ def pipeline_cmd(
     ]
 
 
-def run_pipeline(variant: str, extra: list[str], out: Path, timeout: int, **how) -> dict | None:
-    """Trains one pipeline job (pipeline_cmd's keywords in how) and returns its summary.json
-    (None if it failed)."""
+def run_pipeline(
+    variant: str, extra: list[str], out: Path, timeout: int, env: dict | None = None, **how
+) -> dict | None:
+    """Trains one pipeline job (pipeline_cmd's keywords in how; env added to this process's) and
+    returns its summary.json (None if it failed)."""
     cmd = pipeline_cmd(variant, extra, out, **how)
     Path("/tmp/nvme_offload_pipeline").mkdir(parents=True, exist_ok=True)
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        )
     except subprocess.TimeoutExpired:
         print(f"timed out after {timeout} s", flush=True)
         return None
@@ -114,11 +125,18 @@ def run_pipeline(variant: str, extra: list[str], out: Path, timeout: int, **how)
 
 
 def run_reference(
-    reference: Path, variant: str, out: Path, timeout: int, steps: int = STEPS, warm: int = WARM
+    reference: Path,
+    variant: str,
+    out: Path,
+    timeout: int,
+    steps: int = STEPS,
+    warm: int = WARM,
+    gpus: int = 1,
 ) -> dict | None:
-    """Runs the hand-written trainer through torchrun and parses its 'RESULT {json}' line."""
+    """Runs the hand-written trainer through torchrun and parses its 'RESULT {json}' line (rank 0's:
+    its tokens/s and TFLOP/s are one rank's, scaled here to all ranks as the pipeline counts them)."""
     env = {**os.environ, "BENCH_SIZE": size(variant), "BENCH_STEPS": str(steps), "BENCH_WARM": str(warm)}
-    cmd = ["torchrun", "--nproc_per_node", "1", str(reference), variant, str(out)]
+    cmd = ["torchrun", "--nproc_per_node", str(gpus), str(reference), variant, str(out)]
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     try:
@@ -129,7 +147,8 @@ def run_reference(
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
+            res = json.loads(line[len("RESULT ") :])
+            return {**res, "tok_s": res["tok_s"] * gpus, "tflops": res["tflops"] * gpus}
     print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
     return None
 
@@ -166,6 +185,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(SAME))
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--timeout", type=int, default=400)
+    ap.add_argument("--gpus", type=int, default=1, help="ranks, one GPU each, on both sides")
+    ap.add_argument("--tracking", choices=["on", "off"], default="on", help="the pipeline's MLflow tracking")
     ap.add_argument(
         "--repeat",
         type=int,
@@ -176,7 +197,10 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     variants = [v for v in a.variants.split(",") if v]
     presets = [p for p in a.presets.split(",") if p]
+    how = {"gpus": a.gpus, "tracking": a.tracking == "on"}
     lines = [
+        f"{a.gpus} GPU(s), pipeline tracking {a.tracking}; tokens/s and TFLOP/s for all GPUs together",
+        "",
         "| variant | who | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | last loss "
         "| pipeline/reference |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -193,7 +217,7 @@ def main() -> None:
     for v in variants:
         # Warm-up: the reference builds the ops this variant needs (fused_adam, cpu_adam, async_io).
         # Short (4 steps): only the op builds and caches matter here, not its timing.
-        run_reference(a.reference, v, a.out / "warm" / v, a.timeout, steps=4, warm=1)
+        run_reference(a.reference, v, a.out / "warm" / v, a.timeout, steps=4, warm=1, gpus=a.gpus)
         pairs = []
         for i in range(1, a.repeat + 1):
             name, run_dir = (f"{v} #{i}", f"{v}_{i}") if a.repeat > 1 else (v, v)
@@ -201,9 +225,9 @@ def main() -> None:
             runs: dict[str, dict | None] = {}
             for who in ("reference", "pipeline") if i % 2 else ("pipeline", "reference"):
                 runs[who] = (
-                    run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout)
+                    run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout, gpus=a.gpus)
                     if who == "reference"
-                    else run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout)
+                    else run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout, **how)
                 )
                 print(
                     row(name, who, runs[who], runs.get("reference")), flush=True
@@ -223,7 +247,7 @@ def main() -> None:
             save()
     for p in presets:
         base, extra = PRESETS[p]
-        mine = run_pipeline(base, extra, a.out / "preset" / p, a.timeout)
+        mine = run_pipeline(base, extra, a.out / "preset" / p, a.timeout, **how)
         lines.append(row(p, "pipeline", mine, refs.get(base)))
         print(lines[-1], flush=True)
         save()

@@ -2,9 +2,11 @@
 
 Put this folder first on PYTHONPATH and set ZS_PROBE=DIR: every Python process that then trains
 with a DeepSpeedEngine (the pipeline and the hand-written reference alike) times the engine's
-forward, backward and step (CUDA-synced), the CPU seconds and the garbage-collector pauses inside
-each, and writes DIR/probe-PID.json at exit, averaged over the calls after the first ten.
-benchmarks/RESULTS.md (fifth session) shows what it found.
+forward, backward and step, and around them the Trainer's batch fetch, its training_step, its
+logging (_maybe_log_save_evaluate) and the step-end callbacks (all CUDA-synced), the CPU seconds
+and the garbage-collector pauses inside each, and the whole step (step end to step end); it
+writes DIR/probe-PID.json at exit, averaged over the calls after the first ten.
+benchmarks/RESULTS.md (fifth and sixth sessions) shows what it found.
 """
 
 import os
@@ -18,7 +20,17 @@ if os.environ.get("ZS_PROBE"):
     import threading
     import time
 
-    CALLS = ("forward", "backward", "step")
+    # module -> class -> the methods timed
+    PATCHES = {
+        "deepspeed.runtime.engine": ("DeepSpeedEngine", ("forward", "backward", "step")),
+        "transformers.trainer": (
+            "Trainer",
+            ("get_batch_samples", "training_step", "_maybe_log_save_evaluate"),
+        ),
+        "transformers.trainer_callback": ("CallbackHandler", ("on_step_end",)),
+    }
+    CALLS = tuple(name for _, names in PATCHES.values() for name in names) + ("whole_step",)
+    _last_end = [None]
     SKIP = 10  # warm-up calls left out
     _calls = {name: [] for name in CALLS}
     _gc = {"s": 0.0, "n": 0, "t0": None}
@@ -46,19 +58,28 @@ if os.environ.get("ZS_PROBE"):
             t0, c0, g0 = time.perf_counter(), _cpu_s(), _gc["s"]
             out = call(self, *args, **kwargs)
             sync()
-            _calls[name].append((time.perf_counter() - t0, _cpu_s() - c0, _gc["s"] - g0))
+            t1 = time.perf_counter()
+            _calls[name].append((t1 - t0, _cpu_s() - c0, _gc["s"] - g0))
+            if name == "on_step_end":  # the step's whole wall time, from the previous step's end
+                if _last_end[0] is not None:
+                    _calls["whole_step"].append(
+                        (t1 - _last_end[0][0], _cpu_s() - _last_end[0][1], _gc["s"] - _last_end[0][2])
+                    )
+                _last_end[0] = (t1, _cpu_s(), _gc["s"])
             return out
 
         setattr(cls, name, timed)
 
     def _patch_when_imported():
-        """DeepSpeed is imported late (by the Trainer): patch its engine class once it is there."""
-        while True:
-            engine = sys.modules.get("deepspeed.runtime.engine")
-            if engine is not None and hasattr(engine, "DeepSpeedEngine"):
-                for name in CALLS:
-                    _timed(engine.DeepSpeedEngine, name)
-                return
+        """DeepSpeed is imported late (by the Trainer): patch each class once its module is there."""
+        waiting = dict(PATCHES)
+        while waiting:
+            for module, (cls, names) in list(waiting.items()):
+                found = sys.modules.get(module)
+                if found is not None and hasattr(found, cls):
+                    for name in names:
+                        _timed(getattr(found, cls), name)
+                    del waiting[module]
             time.sleep(0.2)
 
     def _dump():
