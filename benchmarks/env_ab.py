@@ -35,8 +35,9 @@ def main() -> None:
     lines = [
         f"{a.gpus} GPU(s), variant {a.variant}, pipeline tracking on",
         "",
-        "| run | environment | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | last loss | pipe/ref |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | environment | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | plan GiB | last loss "
+        "| pipe/ref |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def add(name: str, who: str, r: dict | None, base: dict | None) -> None:

@@ -112,6 +112,7 @@ def run_pipeline(
         print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
         return None
     res = json.loads((out / "summary.json").read_text())
+    plan = json.loads((out / "memory.json").read_text())
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     print(f"  ({res['wall_s']:.0f} s)", flush=True)
     return {
@@ -119,6 +120,8 @@ def run_pipeline(
         "tok_s": res["avg_tokens_per_s"],
         "tflops": res["model_tflops"],
         "peak_gib": res["peak_memory_gib"],
+        # The memory plan's figure per GPU (memory.json), beside the measured peak.
+        "plan_gib": (plan["gpu_model_states"] + plan["gpu_activations"]) / 2**30,
         "loss_last": res["final_loss"],
         "wall_s": res["wall_s"],
     }
@@ -170,12 +173,14 @@ def mean_run(runs: list[dict | None]) -> dict | None:
 
 def row(name: str, who: str, r: dict | None, base: dict | None) -> str:
     if r is None:
-        return f"| {name} | {who} | failed | | | | | | |"
+        return f"| {name} | {who} | failed | | | | | | | |"
     ratio = f"{r['tok_s'] / base['tok_s']:.3f}" if base and who != "reference" else ""
-    return (
-        f"| {name} | {who} | {r['step_s']:.4f} | {r['tok_s']:,.0f} | {r['tflops']:.1f} | "
-        f"{100 * r['tflops'] / CEILING_TFLOPS:.1f}% | {r['peak_gib']:.1f} | {r['loss_last']:.4f} | {ratio} |"
+    plan = (
+        f"{r['plan_gib']:.1f} ({100 * (r['plan_gib'] / r['peak_gib'] - 1):+.0f}%)" if "plan_gib" in r else ""
     )
+    mfu = 100 * r["tflops"] / CEILING_TFLOPS
+    speed = f"{r['step_s']:.4f} | {r['tok_s']:,.0f} | {r['tflops']:.1f} | {mfu:.1f}%"
+    return f"| {name} | {who} | {speed} | {r['peak_gib']:.1f} | {plan} | {r['loss_last']:.4f} | {ratio} |"
 
 
 def main() -> None:
@@ -201,9 +206,9 @@ def main() -> None:
     lines = [
         f"{a.gpus} GPU(s), pipeline tracking {a.tracking}; tokens/s and TFLOP/s for all GPUs together",
         "",
-        "| variant | who | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | last loss "
+        "| variant | who | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | plan GiB (error) | last loss "
         "| pipeline/reference |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     refs: dict[str, dict | None] = {}
 

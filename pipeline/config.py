@@ -213,6 +213,8 @@ class TrainerConf:
     save_steps: int = 0
     save_total_limit: int = 2
     torch_compile: bool = False
+    # Data-loader worker processes per rank. 0: each rank cuts its batches itself, from tensors in
+    # memory or memory-mapped Arrow files; on 2 GPUs, 2 workers a rank cost ZeRO-2 54-101 ms a step.
     dataloader_num_workers: int = 0
     # Steps left out of the step-time and tokens/s averages (compilation, allocator warm-up).
     timing_warmup_steps: int = 2

@@ -10,7 +10,10 @@ from pipeline.config import Config, DataSource, ModelConf, ModelSource, OffloadD
 from pipeline.errors import ConfigError
 
 # DeepSpeed 0.19's built-in optimizer and scheduler types (deepspeed.runtime.config, lr_schedules).
-DS_OPTIMIZERS = {"Adam", "AdamW", "Lamb", "OneBitAdam", "OneBitLamb", "ZeroOneAdam", "Adagrad", "Lion"}
+DS_OPTIMIZERS = {"Adam", "AdamW", "Lamb", "Adagrad", "Lion"}
+# The guide's 1-bit optimizers: DeepSpeed 0.19 no longer ships them (its engine would look them up
+# in torch.optim and fail only once the ranks have started).
+ONE_BIT = {"onebitadam", "onebitlamb", "zerooneadam"}
 DS_SCHEDULERS = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"}
 
 
@@ -109,6 +112,12 @@ def _check_offload(cfg: Config) -> None:
 
 def _check_optimizer(cfg: Config) -> None:
     opt = cfg.optimizer
+    if opt.provider == Provider.deepspeed and opt.name.lower() in ONE_BIT:
+        raise ConfigError(
+            "optimizer.name",
+            f"DeepSpeed 0.19 has no {opt.name} (its 1-bit optimizers were removed)",
+            "use optimizer=adamw; for less gradient traffic, zero.communication_data_type=bf16",
+        )
     if opt.provider == Provider.deepspeed and opt.name not in DS_OPTIMIZERS:
         raise ConfigError(
             "optimizer.name",

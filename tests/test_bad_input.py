@@ -30,6 +30,11 @@ CASES = {
     ),
     "fp16 and bf16": (["precision=fp16", "precision.bf16=true"], "precision.bf16", "use one of dtype"),
     "fp16 on CPU": (["precision=fp16"], "precision", "needs a GPU"),
+    "1-bit Adam, gone from DeepSpeed 0.19": (
+        ["optimizer.name=OneBitAdam"],
+        "optimizer.name",
+        "no OneBitAdam (its 1-bit optimizers were removed)",
+    ),
     "unknown HF optim": (
         ["optimizer=adamw_torch", "optimizer.name=adamw_turbo"],
         "optimizer.name",

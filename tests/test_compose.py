@@ -78,6 +78,17 @@ def test_groups_have_the_guides_options():
     assert {"warmup_linear", "warmup_cosine", "warmup_decay", "constant"} <= set(OPTIONS["scheduler"])
 
 
+def test_deepspeed_names_are_the_ones_deepspeed_knows():
+    """rules.py keeps its own lists (no DeepSpeed import while a sweep is checked): they must stay
+    within DeepSpeed's, or a name would pass the check and fail once the ranks have started."""
+    from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
+    from deepspeed.runtime.lr_schedules import VALID_LR_SCHEDULES
+
+    assert {name.lower() for name in rules.DS_OPTIMIZERS} <= set(DEEPSPEED_OPTIMIZERS)
+    assert not rules.ONE_BIT & set(DEEPSPEED_OPTIMIZERS)
+    assert rules.DS_SCHEDULERS <= set(VALID_LR_SCHEDULES)
+
+
 def test_options_state_only_what_differs_from_the_schema():
     """Defaults live once, in pipeline/config.py: an option that restates one would silently keep
     the old value when the schema's default changes."""

@@ -109,20 +109,34 @@ def test_zero3_nvme_bf16_with_cosine_schedule(outputs):
     assert len(loss_history(outputs, run.info.run_id)) == STEPS and "final loss" in result.stdout
 
 
-def test_two_ranks_zero2_and_zero3_agree(outputs):
-    ok(
-        run_pipeline(
-            outputs, "-m", "zero=stage2,stage3", "trainer.nproc_per_node=2", f"trainer.max_steps={STEPS}"
+def test_two_ranks_give_one_ranks_losses_at_the_same_global_batch(tmp_path):
+    """Each ZeRO stage on 2 ranks (gloo, micro batch 8) trains as 1 rank does at micro batch 16:
+    the same 16 samples a step, the same losses, step for step."""
+    histories = {}
+    for ranks, micro_batch in ((2, 8), (1, 16)):
+        outputs = tmp_path / f"ranks{ranks}"
+        ok(
+            run_pipeline(
+                outputs,
+                "-m",
+                "zero=stage0,stage1,stage2,stage3",
+                f"trainer.nproc_per_node={ranks}",
+                f"trainer.micro_batch_size={micro_batch}",
+                f"trainer.max_steps={STEPS}",
+                "trainer.save_model=false",
+            )
         )
-    )
-    children = finished_children(outputs)
-    assert len(children) == 2
-    assert all(r.data.params["trainer.nproc_per_node"] == "2" for r in children)
-    for path in outputs.glob("sweeps/*/*/deepspeed.json"):
-        ds = json.loads(path.read_text())
-        assert ds["train_batch_size"] == 2 * ds["train_micro_batch_size_per_gpu"]
-    h2, h3 = (loss_history(outputs, r.info.run_id) for r in children)
-    assert len(h2) == STEPS and h2 == h3
+        children = finished_children(outputs)
+        assert len(children) == 4
+        for path in outputs.glob("sweeps/*/*/deepspeed.json"):
+            assert json.loads(path.read_text())["train_batch_size"] == 16
+        histories.update(
+            {(ranks, r.data.params["zero"]): loss_history(outputs, r.info.run_id) for r in children}
+        )
+    reference = histories[(1, "stage0")]
+    assert [step for step, _ in reference] == list(range(1, STEPS + 1))
+    for key, history in histories.items():
+        assert [loss for _, loss in history] == pytest.approx([loss for _, loss in reference], abs=1e-4), key
 
 
 def test_heap_is_frozen_while_training_and_collectable_after(tmp_path):
