@@ -44,8 +44,8 @@ PRESETS: dict[str, tuple] = {
     "z2+compile_mbs32": ("z2", ["perf=compile_mbs32"]),
     "z3+deepcompile": ("z3", ["perf=deepcompile"]),
     "z3+resident": ("z3", ["perf=resident"]),
-    "z3+resident_mbs32": ("z3", ["perf=resident", "perf.micro_batch_size=32"]),
-    "z3+resident_compile": ("z3", ["perf=resident", "perf.torch_compile=true"]),
+    "z3+resident_mbs32": ("z3", ["perf=resident", "trainer.micro_batch_size=32"]),
+    "z3+resident_compile": ("z3", ["perf=resident", "trainer.torch_compile=true"]),
     "z2_off+compile_mbs16": ("z2_off", ["perf=compile_mbs16"]),
     "z3_off+compile_mbs16": ("z3_off", ["perf=compile_mbs16"]),
 }

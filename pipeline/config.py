@@ -216,6 +216,8 @@ class TrainerConf:
     # Data-loader worker processes per rank. 0: each rank cuts its batches itself, from tensors in
     # memory or memory-mapped Arrow files; on 2 GPUs, 2 workers a rank cost ZeRO-2 54-101 ms a step.
     dataloader_num_workers: int = 0
+    # DeepSpeed's own compiler (DeepCompile passes for ZeRO-1/3), the config's "compile" section.
+    deepcompile: bool = False
     # Steps left out of the step-time and tokens/s averages (compilation, allocator warm-up).
     timing_warmup_steps: int = 2
     # Steps between evaluations when there is an eval set (0: only at the end).
@@ -225,33 +227,6 @@ class TrainerConf:
     save_model: bool = True
     # Also write fp32 weights, from a ZeRO checkpoint (DeepSpeed's zero_to_fp32), to <run dir>/model_fp32/.
     export_fp32: bool = False
-
-
-@dataclass
-class PerfConf:
-    """Speed choices layered over trainer/zero; None keeps the value those groups set."""
-
-    torch_compile: bool | None = None
-    micro_batch_size: int | None = None
-    gradient_checkpointing: bool | None = None
-    # DeepSpeed's own compiler (DeepCompile passes for ZeRO-1/3), the config's "compile" section.
-    deepcompile: bool = False
-    reduce_bucket_size: int | None = None
-    allgather_bucket_size: int | None = None
-    overlap_comm: bool | None = None
-    # ZeRO-3 only: parameters at or below this size stay whole on every GPU (no gather/release
-    # per layer). Above the largest tensor, every parameter does: ZeRO-3 with ZeRO-2's speed.
-    stage3_param_persistence_threshold: int | None = None
-
-
-# Which trainer/zero key each perf choice stands in for (plan.apply_perf writes them there).
-PERF_TRAINER_KEYS = ("torch_compile", "micro_batch_size", "gradient_checkpointing")
-PERF_ZERO_KEYS = (
-    "reduce_bucket_size",
-    "allgather_bucket_size",
-    "overlap_comm",
-    "stage3_param_persistence_threshold",
-)
 
 
 @dataclass
@@ -298,7 +273,6 @@ class Config:
     model: ModelConf = field(default_factory=ModelConf)
     data: DataConf = field(default_factory=DataConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
-    perf: PerfConf = field(default_factory=PerfConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     launcher: LauncherConf = field(default_factory=LauncherConf)
     # Write and print the plan (DeepSpeed JSON, TrainingArguments, memory), train nothing.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import inputs, memory, model, preflight, tokenizer
-from pipeline.config import PERF_TRAINER_KEYS, PERF_ZERO_KEYS, Config, OffloadDevice, Provider
+from pipeline.config import Config, OffloadDevice, Provider
 from pipeline.memory import MemoryPlan
 from pipeline.rules import has_eval, offloads_optimizer, offloads_params
 
@@ -37,7 +37,6 @@ def checked(cfg: Config, output_dir: Path, use_cpu: bool, runs_here: bool = True
 
 
 def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
-    apply_perf(cfg)
     model_cfg = model.model_config(cfg, tokenizer.BYTE_VOCAB)
     params, largest = model.sizes(model_cfg)
     world = cfg.trainer.nproc_per_node * cfg.trainer.nnodes
@@ -50,15 +49,6 @@ def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
         flops_per_token=model.flops_per_token(model_cfg, params, cfg.data.seq_len),
         memory=memory.estimate(cfg, params, largest, model_cfg.hidden_size, model_cfg.num_hidden_layers),
     )
-
-
-def apply_perf(cfg: Config) -> None:
-    """Writes the perf preset's choices into trainer/zero, so every later reader sees one value."""
-    for section, keys in ((cfg.trainer, PERF_TRAINER_KEYS), (cfg.zero, PERF_ZERO_KEYS)):
-        for key in keys:
-            value = getattr(cfg.perf, key)
-            if value is not None:
-                setattr(section, key, value)
 
 
 def deepspeed_config(cfg: Config, hidden: int, world: int) -> dict[str, Any]:
@@ -98,7 +88,7 @@ def deepspeed_config(cfg: Config, hidden: int, world: int) -> dict[str, Any]:
             ds["zero_force_ds_cpu_optimizer"] = False
     if cfg.scheduler.provider == Provider.deepspeed:
         ds["scheduler"] = scheduler_section(cfg)
-    if cfg.perf.deepcompile:
+    if cfg.trainer.deepcompile:
         ds["compile"] = {"deepcompile": True}
     if cfg.zero.communication_data_type is not None:
         ds["communication_data_type"] = cfg.zero.communication_data_type.value

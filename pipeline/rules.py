@@ -5,6 +5,8 @@ sweep is checked in well under a second before any point starts.
 """
 
 import dataclasses
+import math
+from typing import Any
 
 from pipeline.config import Config, DataSource, ModelConf, ModelSource, OffloadDevice, Provider, Tokenizer
 from pipeline.errors import ConfigError
@@ -13,6 +15,8 @@ from pipeline.errors import ConfigError
 DS_OPTIMIZERS = {"Adam", "AdamW", "Lamb", "Adagrad", "Lion"}
 # The guide's 1-bit optimizers: DeepSpeed 0.19 no longer ships them (its engine would look them up
 # in torch.optim and fail only once the ranks have started).
+# perf=resident's threshold: every parameter stays whole on each GPU.
+RESIDENT = 10**12
 ONE_BIT = {"onebitadam", "onebitlamb", "zerooneadam"}
 DS_SCHEDULERS = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"}
 
@@ -35,7 +39,7 @@ def check(cfg: Config) -> None:
     _check_offload(cfg)
     _check_optimizer(cfg)
     _check_scheduler(cfg)
-    _check_perf(cfg)
+    _check_resident(cfg)
     _check_model(cfg)
     _check_data(cfg)
     _check_saving(cfg)
@@ -48,30 +52,87 @@ def has_eval(cfg: Config) -> bool:
 
 
 def _check_ranges(cfg: Config) -> None:
+    """Every count and size in range, before DeepSpeed or the Trainer meet it (a zero seq_len or a
+    negative bucket would fail only in the ranks, as a traceback)."""
     if cfg.zero.stage not in (0, 1, 2, 3):
         raise ConfigError(
             "zero.stage", f"ZeRO has stages 0-3, not {cfg.zero.stage}", "use zero=stage0..stage3"
         )
-    counted = (
-        "micro_batch_size",
-        "gradient_accumulation_steps",
-        "max_steps",
-        "nproc_per_node",
-        "nnodes",
-        "logging_steps",
-    )
-    counts = {f"trainer.{key}": getattr(cfg.trainer, key) for key in counted}
-    # perf overrides trainer.micro_batch_size later, in plan.make: check its own value here too.
-    counts["perf.micro_batch_size"] = cfg.perf.micro_batch_size
-    for key, value in counts.items():
-        if value is not None and value < 1:
-            raise ConfigError(key, f"must be at least 1, got {value}", f"set {key}=1 or more")
-    for key, value in {
-        "scheduler.warmup_steps": cfg.scheduler.warmup_steps,
-        "trainer.eval_steps": cfg.trainer.eval_steps,
-    }.items():
-        if value < 0:
-            raise ConfigError(key, "must not be negative", f"set {key}=0 or more")
+    for key, least in {**{k: 1 for k in AT_LEAST_ONE}, **{k: 0 for k in AT_LEAST_ZERO}}.items():
+        value = _value(cfg, key)
+        if value is not None and value < least:
+            raise ConfigError(key, f"must be at least {least}, got {value}", f"set {key}={least} or more")
+    o = cfg.optimizer
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(
+            "optimizer.lr", f"must be a finite number above 0, got {o.lr}", "set e.g. optimizer.lr=3e-4"
+        )
+    for key in ("optimizer.beta1", "optimizer.beta2"):
+        if not 0 <= _value(cfg, key) < 1:
+            raise ConfigError(key, f"must be in [0, 1), got {_value(cfg, key)}", f"set e.g. {key}=0.9")
+    for key in ("optimizer.eps", "optimizer.weight_decay", "trainer.max_grad_norm"):
+        value = _value(cfg, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(key, f"must be a finite number, 0 or more, got {value}", f"set {key}=0 or more")
+    m = cfg.model
+    if m.source == ModelSource.built and m.hidden_size % m.num_attention_heads:
+        raise ConfigError(
+            "model.hidden_size",
+            f"{m.hidden_size} is not a multiple of model.num_attention_heads ({m.num_attention_heads})",
+            "make model.hidden_size a multiple of model.num_attention_heads",
+        )
+
+
+def _value(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+# Counts and sizes (None: derived later, not checked here).
+AT_LEAST_ONE = (
+    "trainer.micro_batch_size",
+    "trainer.gradient_accumulation_steps",
+    "trainer.max_steps",
+    "trainer.nproc_per_node",
+    "trainer.nnodes",
+    "trainer.logging_steps",
+    "trainer.save_total_limit",
+    "data.seq_len",
+    "model.hidden_size",
+    "model.intermediate_size",
+    "model.num_hidden_layers",
+    "model.num_attention_heads",
+    "model.num_key_value_heads",
+    "model.vocab_size",
+    "zero.allgather_bucket_size",
+    "zero.reduce_bucket_size",
+    "zero.sub_group_size",
+    "zero.stage3_prefetch_bucket_size",
+    "zero.stage3_max_live_parameters",
+    "zero.stage3_max_reuse_distance",
+    "offload.optimizer_buffer_count",
+    "offload.param_buffer_count",
+    "offload.param_buffer_size",
+    "offload.aio.block_size",
+    "offload.aio.queue_depth",
+    "offload.aio.thread_count",
+    "launcher.timeout_min",
+    "launcher.cpus_per_gpu",
+    "launcher.array_parallelism",
+)
+AT_LEAST_ZERO = (
+    "scheduler.warmup_steps",
+    "trainer.eval_steps",
+    "trainer.save_steps",
+    "trainer.timing_warmup_steps",
+    "trainer.dataloader_num_workers",
+    "trainer.seed",
+    "zero.stage3_param_persistence_threshold",
+    "offload.max_in_cpu",
+    "precision.loss_scale",
+)
 
 
 def _check_offload(cfg: Config) -> None:
@@ -148,18 +209,20 @@ def _check_scheduler(cfg: Config) -> None:
         )
 
 
-def _check_perf(cfg: Config) -> None:
-    if cfg.perf.stage3_param_persistence_threshold is None:
+def _check_resident(cfg: Config) -> None:
+    """A persistence threshold is ZeRO-3's (perf=resident sets one above the largest tensor)."""
+    if cfg.zero.stage3_param_persistence_threshold is None:
         return
+    key = "zero.stage3_param_persistence_threshold"
     if cfg.zero.stage != 3:
         raise ConfigError(
-            "perf.stage3_param_persistence_threshold",
+            key,
             f"keeps ZeRO-3 parameters whole, but zero.stage is {cfg.zero.stage}",
             "use it with zero=stage3, or perf=none",
         )
-    if offloads_params(cfg):
+    if offloads_params(cfg) and cfg.zero.stage3_param_persistence_threshold >= RESIDENT:
         raise ConfigError(
-            "perf.stage3_param_persistence_threshold",
+            key,
             "parameters cannot stay on the GPU and be offloaded",
             "use offload=none, or offload.params=false",
         )

@@ -41,10 +41,19 @@ CASES = {
         "adamw_turbo",
     ),
     "zero steps": (["trainer.max_steps=0"], "trainer.max_steps", "at least 1"),
-    "zero micro batch from a perf preset": (
-        ["perf=compile_mbs16", "perf.micro_batch_size=0"],
-        "perf.micro_batch_size",
+    "zero micro batch over a perf preset's": (
+        ["perf=compile_mbs16", "trainer.micro_batch_size=0"],
+        "trainer.micro_batch_size",
         "at least 1",
+    ),
+    "zero sequence length": (["data.seq_len=0"], "data.seq_len", "at least 1"),
+    "negative bucket": (["zero.reduce_bucket_size=-5"], "zero.reduce_bucket_size", "at least 1"),
+    "lr not a number": (["optimizer.lr=nan"], "optimizer.lr", "finite number above 0"),
+    "infinite lr": (["optimizer.lr=inf"], "optimizer.lr", "finite number above 0"),
+    "heads that do not divide the width": (
+        ["model.hidden_size=30", "model.num_attention_heads=4"],
+        "model.hidden_size",
+        "multiple of model.num_attention_heads",
     ),
     "sweep without -m": (["zero=stage1,stage2"], "zero", "-m"),
     "missing nvme_path": (
@@ -54,12 +63,12 @@ CASES = {
     ),
     "resident parameters without ZeRO-3": (
         ["perf=resident"],
-        "perf.stage3_param_persistence_threshold",
+        "zero.stage3_param_persistence_threshold",
         "zero.stage is 2",
     ),
     "resident and offloaded parameters": (
         ["zero=stage3", "offload=cpu", "perf=resident"],
-        "perf.stage3_param_persistence_threshold",
+        "zero.stage3_param_persistence_threshold",
         "offloaded",
     ),
     "bad point of a sweep": (

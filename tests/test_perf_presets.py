@@ -38,7 +38,11 @@ def dry_run(tmp_path: Path, *overrides: str) -> tuple:
 def test_preset_plans(tmp_path: Path, preset: str) -> None:
     import yaml
 
-    want = yaml.safe_load((ROOT / "conf" / "perf" / f"{preset}.yaml").read_text()) or {}
+    preset_yaml = yaml.safe_load((ROOT / "conf" / "perf" / f"{preset}.yaml").read_text()) or {}
+    want = {
+        **preset_yaml.get("trainer", {}),
+        **preset_yaml.get("zero", {}),
+    }  # a preset sets trainer/zero keys
     resident = want.get("stage3_param_persistence_threshold")
     ds, args = dry_run(
         tmp_path, f"perf={preset}", "zero=stage3" if resident else "zero=stage2", "precision=bf16"
@@ -52,6 +56,13 @@ def test_preset_plans(tmp_path: Path, preset: str) -> None:
             assert ds["zero_optimization"][key] == want[key]
     if resident:
         assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == resident
+
+
+def test_the_command_line_wins_over_a_preset(tmp_path: Path) -> None:
+    """perf=compile_mbs16 trainer.micro_batch_size=4: what the user typed trains (it was 16)."""
+    ds, args = dry_run(tmp_path, "perf=compile_mbs16", "trainer.micro_batch_size=4")
+    assert ds["train_micro_batch_size_per_gpu"] == 4 == args["per_device_train_batch_size"]
+    assert args["torch_compile"] is True and ds["zero_optimization"]["reduce_bucket_size"] == 10**9
 
 
 def test_none_changes_nothing(tmp_path: Path) -> None:
