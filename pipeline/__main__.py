@@ -1,10 +1,14 @@
 """`python -m pipeline [group=option ...] [key=value ...] [-m]`.
 
 Every point of the command line is composed and checked first (one line per mistake, exit 2,
-nothing started, nothing logged); then the MLflow store is made once; then Hydra runs the jobs.
+nothing started, nothing logged), its memory plan held against the machine it will run on;
+then the MLflow store is made once; then Hydra runs the jobs. A dry sweep ends here, with one
+table of its points.
 """
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,9 +20,11 @@ import launchers
 from pipeline import compose, rules
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.sweep_info import point_name, varying_keys
 
 if TYPE_CHECKING:  # the job's modules load torch: not before the command line is checked
     from pipeline.job import Outcome
+    from pipeline.plan import Plan
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -26,37 +32,75 @@ def check_command_line(argv: list[str]) -> None:
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
     try:
-        points = compose.compose_all(args.overrides, args.multirun)
+        composed = compose.compose_all(args.overrides, args.multirun)
     except ConfigError as e:
-        _refuse(e)
-    first = points[0][1]
+        _refuse([e])
+    varying = varying_keys(args.overrides) if args.multirun else []
+    points = [Point(point_name(overrides, varying), " ".join(overrides), cfg) for overrides, cfg in composed]
+    first = points[0].cfg
+    dry_sweep = args.multirun and args.cfg is None and all(p.cfg.dry_run for p in points)
     # The GPU checks apply where the points train: not here when they go to a cluster's nodes.
     runs_here = not launchers.submits(first.launcher.name, args.multirun)
     # Rules for every point first (instant), then the machine checks (they import DeepSpeed).
-    for check in (rules.check, lambda cfg: _preflight(cfg, runs_here)):
-        for overrides, cfg in points:
-            try:
-                check(cfg)
-            except ConfigError as e:
-                _refuse(compose.at_point(e, overrides, len(points)))
-    trains = not all(cfg.dry_run for _, cfg in points)
+    for check in (lambda point: rules.check(point.cfg), lambda point: _plan(point, runs_here)):
+        _each(points, check)
+        if any(p.error for p in points) and not dry_sweep:
+            _refuse(
+                [compose.at_point(p.error, p.overrides or "defaults", len(points)) for p in points if p.error]
+            )
+    if dry_sweep:
+        from pipeline import fit, summary
+
+        summary.print_fit_table(points, fit.Capacity.of(first, runs_here))
+        sys.exit(2 if any(p.error for p in points) else 0)
+    if not args.multirun and points[0].misfit:
+        _refuse([points[0].misfit])
+    for p in points:
+        if p.misfit:
+            print(f"point {p.name} will be skipped: {p.misfit}", file=sys.stderr)
+    trains = not all(p.cfg.dry_run for p in points)
     if args.cfg is None and trains and first.tracking.enabled:
         from pipeline import track
 
         track.prepare(first)
 
 
-def _refuse(error: ConfigError) -> None:
-    print(f"error: {error}", file=sys.stderr)
+@dataclass
+class Point:
+    """A point of the command line as it is checked: its plan, or what refuses it."""
+
+    name: str  # its values of the keys that vary
+    overrides: str
+    cfg: Config
+    plan: "Plan | None" = None
+    error: ConfigError | None = None  # breaks a rule, or this machine cannot run it
+    misfit: ConfigError | None = None  # does not fit the GPU (or host) memory
+
+
+def _each(points: list[Point], check: Callable[[Point], None]) -> None:
+    for p in points:
+        if p.error is None:
+            try:
+                check(p)
+            except ConfigError as e:
+                p.error = e
+
+
+def _refuse(errors: list[ConfigError]) -> None:
+    """One line per refused point, exit 2: nothing has started."""
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
 
 
-def _preflight(cfg: Config, runs_here: bool) -> None:
-    """The user's model and data, then this machine with the point's plan (cheap: meta-device sizes)."""
-    from pipeline import plan, preflight
+def _plan(point: Point, runs_here: bool) -> None:
+    """The user's model and data, then this machine with the point's plan (cheap: meta-device
+    sizes), then whether it fits."""
+    from pipeline import fit, plan, preflight
 
     with preflight.quiet():  # DeepSpeed's estimators announce the accelerator on import
-        plan.checked(cfg, Path(cfg.outputs_dir), use_cpu=True, runs_here=runs_here)
+        point.plan = plan.checked(point.cfg, Path(point.cfg.outputs_dir), use_cpu=True, runs_here=runs_here)
+        point.misfit = fit.refusal(point.cfg, point.plan.memory, runs_here)
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -8,8 +8,9 @@ import torch
 from omegaconf import DictConfig
 
 from launchers import slurm_job
-from pipeline import config, data, plan, summary, track
+from pipeline import config, data, fit, plan, summary, track
 from pipeline.config import Config
+from pipeline.errors import ConfigError
 from pipeline.job import Job, Outcome
 from pipeline.launch import Placement
 from pipeline.point import Point
@@ -42,6 +43,9 @@ def run(cfg: Config, point: Point) -> Outcome:
         summary.print_plan(the_plan, files)
         return Outcome(state=None)
     where = slurm_job.placement(cfg)
+    misfit = fit.refusal(cfg, the_plan.memory, runs_here=True)
+    if misfit:
+        return skip(cfg, point, where, misfit)
     with open_run(cfg, point, where) as tracked:
         job = Job.of(cfg, the_plan, point.out, tracked.ref, where.checkpoint(point.out), data.prepare(cfg))
         result = where.launch(job)
@@ -55,6 +59,18 @@ def open_run(cfg: Config, point: Point, where: Placement) -> track.TrackedRun | 
     """The point's MLflow run, if this process owns one."""
     if not (cfg.tracking.enabled and where.owns_run):
         return track.Untracked()
-    params = track.flat_params(cfg, point.choices)
-    tags = {**point.tags, **where.tags()}
+    params, tags = identity(cfg, point, where)
     return track.open_run(cfg, point.out, point.name, params, tags, resume=where.requeued)
+
+
+def skip(cfg: Config, point: Point, where: Placement, misfit: ConfigError) -> Outcome:
+    """A sweep's point that cannot fit the GPU (or host) memory: recorded, not trained."""
+    print(f"point {point.name} SKIPPED: {misfit}", file=sys.stderr)
+    if cfg.tracking.enabled and where.owns_run:
+        track.record_skipped(cfg, point.name, *identity(cfg, point, where), reason=misfit.problem)
+    return Outcome(RunState.SKIPPED)
+
+
+def identity(cfg: Config, point: Point, where: Placement) -> tuple[dict[str, str], dict[str, str]]:
+    """The params and tags a point's run is compared and found by."""
+    return track.flat_params(cfg, point.choices), {**point.tags, **where.tags()}

@@ -53,10 +53,10 @@ def compose_all(overrides: list[str], multirun: bool) -> list[tuple[list[str], C
     return [(point, compose_point(point)) for point in sweep_points(overrides, multirun)]
 
 
-def at_point(error: ConfigError, point: list[str], points: int) -> ConfigError:
+def at_point(error: ConfigError, point: str, points: int) -> ConfigError:
     """Name the sweep point an error belongs to, when there are several."""
     if points > 1:
-        error.args = (f"{error.args[0]} (sweep point: {' '.join(point) or 'defaults'})",)
+        error.args = (f"{error.args[0]} (sweep point: {point})",)
     return error
 
 

@@ -252,8 +252,12 @@ class LauncherConf:
     timeout_min: int = 60
     # --cpus-per-task (one task per GPU)
     cpus_per_gpu: int = 1
-    # --mem per node (None: the cluster's default per CPU)
+    # --mem per node (None: the cluster's default per CPU); also the host memory a sweep's points
+    # are held against before they are submitted
     mem_gb: int | None = None
+    # GPU memory of the nodes the points run on, held against each point's memory plan before it
+    # is submitted; when set, it also stands in for a local GPU (and is checked without one)
+    gpu_mem_gib: float | None = None
     constraint: str | None = None
     # how many points run at once (the sweep is one job array)
     array_parallelism: int = 64
@@ -279,6 +283,9 @@ class Config:
     dry_run: bool = False
     # Where runs, sweeps and the MLflow store live; relative to the working directory.
     outputs_dir: str = "outputs"
+    # Hold each point's memory plan against the GPU (and host) memory before it starts: a single
+    # run that does not fit is refused, a sweep's point skipped. false: start it anyway.
+    check_fit: bool = True
 
 
 def load(node: DictConfig | dict) -> Config:

@@ -7,3 +7,4 @@ class ConfigError(Exception):
     def __init__(self, key: str, problem: str, fix: str) -> None:
         super().__init__(f"{key}: {problem}. Fix: {fix}")
         self.key = key
+        self.problem = problem

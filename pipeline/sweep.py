@@ -41,7 +41,7 @@ class SweepRun(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         outcome = job_return.return_value
-        if isinstance(outcome, Outcome) and outcome.state not in (None, RunState.FINISHED):
+        if isinstance(outcome, Outcome) and outcome.state is not None and not outcome.state.ok:
             self.failed = True
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -54,7 +54,7 @@ class SweepRun(Callback):
         store = track.Store(info.tracking_uri)
         store.log_text(info.parent_run_id, table + "\n", "sweep_table.txt")
         store.log_dict(info.parent_run_id, rows, "sweep_table.json")
-        failed = self.failed or any(r["state"] != RunState.FINISHED for r in rows)
+        failed = self.failed or not all(r["state"].ok for r in rows)
         store.end(info.parent_run_id, RunState.FAILED if failed else RunState.FINISHED)
         html = report.write(info, sweep_dir)
         print(f"\n== sweep {sweep_dir}: {len(rows)} points, MLflow parent run {info.parent_run_id} ==")

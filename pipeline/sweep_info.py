@@ -33,9 +33,13 @@ class SweepInfo:
         return cls(**json.loads(path.read_text())) if path.exists() else None
 
     def point_name(self, task_overrides: list[str]) -> str:
-        """A point's name: its values of the keys that vary (zero=stage2,offload=cpu)."""
-        picked = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in self.varying]
-        return ",".join(picked) or ",".join(task_overrides) or "default"
+        return point_name(task_overrides, self.varying)
+
+
+def point_name(task_overrides: list[str], varying: list[str]) -> str:
+    """A point's name: its values of the keys that vary (zero=stage2,offload=cpu)."""
+    picked = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in varying]
+    return ",".join(picked) or ",".join(task_overrides) or "default"
 
 
 def varying_keys(overrides: list[str]) -> list[str]:

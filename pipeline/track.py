@@ -32,15 +32,23 @@ RUN_ID_FILE = "mlflow_run_id"
 PARENT = "mlflow.parentRunId"
 SLURM_JOB = "zerosweep.slurm_job_id"
 ROLE = "zerosweep.role"
+SKIPPED = "zerosweep.skipped"
 
 
 class RunState(str, Enum):
-    """MLflow's run states, as the pipeline sets and reads them."""
+    """MLflow's run states, as the pipeline sets and reads them, and the pipeline's own SKIPPED: a
+    point that could not fit, stored as KILLED with the zerosweep.skipped tag (its reason)."""
 
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"
     FAILED = "FAILED"
     KILLED = "KILLED"
+    SKIPPED = "SKIPPED"
+
+    @property
+    def ok(self) -> bool:
+        """Nothing went wrong: it trained to the end, or was rightly never started."""
+        return self in (RunState.FINISHED, RunState.SKIPPED)
 
     def __str__(self) -> str:
         return self.value
@@ -80,14 +88,9 @@ class RunRecord:
     @classmethod
     def of(cls, run: Run) -> "RunRecord":
         info, data = run.info, run.data
+        state = RunState.SKIPPED if SKIPPED in data.tags else RunState(info.status)
         return cls(
-            info.run_id,
-            info.run_name,
-            info.experiment_id,
-            RunState(info.status),
-            data.params,
-            data.metrics,
-            data.tags,
+            info.run_id, info.run_name, info.experiment_id, state, data.params, data.metrics, data.tags
         )
 
 
@@ -332,6 +335,14 @@ class Untracked:
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:
         return False
+
+
+def record_skipped(cfg: Config, name: str, params: dict[str, str], tags: dict[str, str], reason: str) -> str:
+    """A point that was not trained (it could not fit), as a closed run that says why."""
+    store = Store(tracking_uri(cfg))
+    run_id = store.create_run(prepare(cfg), name, {**tags, SKIPPED: reason}, params)
+    store.end(run_id, RunState.KILLED, f"skipped, not trained: {reason}")
+    return run_id
 
 
 def open_run(

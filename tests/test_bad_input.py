@@ -71,6 +71,11 @@ CASES = {
         "zero.stage3_param_persistence_threshold",
         "offloaded",
     ),
+    "a run that does not fit the GPU": (
+        ["launcher.gpu_mem_gib=0.015"],
+        "memory",
+        "needs ~26 MiB per GPU, the GPU has 15 MiB. Fix: use ",
+    ),
     "bad point of a sweep": (
         ["-m", "zero=stage2,stage3", "offload=nvme"],
         "offload.device",
