@@ -220,6 +220,9 @@ class TrainerConf:
     deepcompile: bool = False
     # Steps left out of the step-time and tokens/s averages (compilation, allocator warm-up).
     timing_warmup_steps: int = 2
+    # A loss that is nan or inf ends the run FAILED ("loss is nan/inf at step N"); false: train on,
+    # and its metrics say nan (never a number it is not).
+    stop_on_nan: bool = True
     # Steps between evaluations when there is an eval set (0: only at the end).
     eval_steps: int = 0
     # Save the trained model (16-bit weights consolidated under ZeRO-3, and the tokenizer) as a

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from pipeline import track, train
@@ -94,6 +95,7 @@ def world_of_one() -> None:
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 
 
+@record  # a failing rank's exception reaches the job's error (else only "ChildFailedError")
 def rank_main(job: Job) -> dict[str, float]:
     """A rank in its own process: train, then leave the process group cleanly (gloo can abort
     at interpreter exit otherwise)."""

@@ -12,11 +12,20 @@ from transformers import TrainerCallback
 LogFn = Callable[[dict[str, float], int], None]
 
 
+class Diverged(RuntimeError):
+    """The loss went nan or inf: the run must not look like it trained."""
+
+
 class StepMetrics(TrainerCallback):
     """Times each optimizer step and forwards the Trainer's logs, with throughput, to log_fn."""
 
     def __init__(
-        self, tokens_per_step: int, flops_per_token: float, warmup: int, log_fn: LogFn | None
+        self,
+        tokens_per_step: int,
+        flops_per_token: float,
+        warmup: int,
+        log_fn: LogFn | None,
+        stop_on_nan: bool = True,
     ) -> None:
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
@@ -30,6 +39,9 @@ class StepMetrics(TrainerCallback):
         # Without a GPU: the largest host RSS seen at a step's end during this run (the process's
         # own high-water mark would carry over from earlier points of a local sweep).
         self.peak_host = 0
+        # The first step whose loss was nan or inf; training stops there unless told to go on.
+        self.diverged_at: int | None = None
+        self.stop_on_nan = stop_on_nan
         # The latest evaluation's loss and perplexity, and its step, when the point has an eval set.
         self.evaluation: dict[str, float] = {}
         self.evaluated_at: int | None = None
@@ -60,6 +72,9 @@ class StepMetrics(TrainerCallback):
         logs = dict(logs or {})
         if "loss" in logs:
             self.losses.append(float(logs["loss"]))
+            if not math.isfinite(self.losses[-1]) and self.diverged_at is None:
+                self.diverged_at = state.global_step
+                control.should_training_stop = self.stop_on_nan
         if "eval_loss" in logs:
             logs["eval_perplexity"] = math.exp(
                 min(float(logs["eval_loss"]), 700.0)

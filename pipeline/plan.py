@@ -185,6 +185,8 @@ def training_args(cfg: Config, ds: dict[str, Any], output_dir: Path, use_cpu: bo
         torch_compile=t.torch_compile,
         dataloader_num_workers=t.dataloader_num_workers,
         report_to=[],
+        # HF would log a nan/inf loss as the average of the finite ones: a diverged run looked fine.
+        logging_nan_inf_filter=False,
         use_cpu=use_cpu,
         deepspeed=ds,
     )

@@ -10,6 +10,7 @@ out of the plots. Written to the sweep dir (report.html + PNGs) and to the paren
 import argparse
 import base64
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from pipeline import points, track  # noqa: E402
 from pipeline.sweep_info import SweepInfo  # noqa: E402
+from pipeline.track import RunState  # noqa: E402
 
 TABLE = [
     "name",
@@ -35,8 +37,9 @@ History = dict[str, list[tuple[int, float]]]
 
 
 def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Points no other point beats on both throughput (higher) and peak memory (lower)."""
-    pts = [r for r in rows if r.get("avg_tokens_per_s") is not None and r.get("peak_memory_gib") is not None]
+    """Points no other point beats on both throughput (higher) and peak memory (lower), among those
+    that trained to the end with a finite loss (a diverged run is never ranked)."""
+    pts = [r for r in rows if _rankable(r)]
 
     def beaten(r: dict[str, Any]) -> bool:
         return any(
@@ -47,6 +50,11 @@ def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
 
     return sorted((r for r in pts if not beaten(r)), key=lambda r: r["peak_memory_gib"])
+
+
+def _rankable(row: dict[str, Any]) -> bool:
+    figures = [row.get(k) for k in ("avg_tokens_per_s", "peak_memory_gib", "final_loss")]
+    return row.get("state") == RunState.FINISHED and all(v is not None and math.isfinite(v) for v in figures)
 
 
 def histories(store: track.Store, rows: list[dict[str, Any]], key: str) -> History:

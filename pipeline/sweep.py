@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -40,6 +40,9 @@ class SweepRun(Callback):
         SweepInfo(parent, experiment_id, store.uri, overrides, varying_keys(overrides)).save(sweep_dir)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.COMPLETED:  # its return_value would raise the job's error
+            self.failed = True
+            return
         outcome = job_return.return_value
         if isinstance(outcome, Outcome) and outcome.state is not None and not outcome.state.ok:
             self.failed = True

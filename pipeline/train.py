@@ -16,7 +16,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from pipeline import data, model, tokenizer, track
 from pipeline.config import ModelSource
 from pipeline.job import Job
-from pipeline.metrics import StepMetrics
+from pipeline.metrics import Diverged, StepMetrics
 
 
 def worker(job: Job) -> dict[str, float]:
@@ -42,12 +42,14 @@ def worker(job: Job) -> dict[str, float]:
     is_main = int(os.environ.get("RANK", "0")) == 0
     logger = track.MetricLogger(job.run) if is_main and job.run else None
     tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
-    clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger)
+    clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger, t.stop_on_nan)
     trainer = Trainer(
         model=net, args=args, train_dataset=train_set, eval_dataset=eval_set, callbacks=[FreezeHeap(), clock]
     )
     try:
         trainer.train(resume_from_checkpoint=job.resume_from)
+        if clock.diverged_at is not None and t.stop_on_nan:
+            raise Diverged(f"loss is nan/inf at step {clock.diverged_at}")
         if eval_set is not None and clock.evaluated_at != trainer.state.global_step:
             trainer.evaluate()  # at the end, unless eval_steps just did
         save(trainer, job, is_main)

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from pipeline import corpus, tokenizer
 
-from helpers import ROOT, Own, mlflow_client, ok, run_pipeline, runs
+from helpers import ROOT, Own, artifact_text, mlflow_client, ok, run_pipeline, runs
 
 STEPS, EVAL_EVERY = 6, 3
 
@@ -191,3 +191,32 @@ def test_byte_level_tokenizer_is_the_byte_corpus():
     assert tokenizer.byte_level()(text)["input_ids"] == list(text.encode())
     assert tokenizer.byte_level().decode(list(text.encode())) == text
     assert json.loads(tokenizer.byte_level().backend_tokenizer.to_str())["model"]["type"] == "BPE"
+
+
+@pytest.mark.slow
+def test_a_diverged_run_ends_failed_not_looking_good(own: Own, outputs: Path, tmp_path: Path):
+    """A model whose loss is nan from the first step: the run ends FAILED with the step, its loss is
+    logged as nan (never as a number), no final figures are logged, the command exits non-zero."""
+    broken = tmp_path / "nan_llama"
+    net = AutoModelForCausalLM.from_pretrained(own.llama)
+    with torch.no_grad():
+        net.lm_head.weight[0, 0] = float("nan")
+    net.save_pretrained(broken)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((own.llama / name).read_bytes())
+    args = [
+        "model=hf",
+        f"model.name_or_path={broken}",
+        "data=files",
+        f"data.train_files={own.train}",
+        "trainer.max_steps=4",
+    ]
+    result = run_pipeline(outputs, *args)
+    assert result.returncode != 0
+    assert "loss is nan/inf at step 1" in result.stderr
+    (run,) = runs(outputs)
+    assert run.info.status == "FAILED"
+    assert "loss is nan/inf at step 1" in artifact_text(outputs, run.info.run_id, "error.txt", tmp_path)
+    losses = history(outputs, run.info.run_id, "loss")
+    assert [step for step, _ in losses] == [1] and math.isnan(losses[0][1])
+    assert "final_loss" not in run.data.metrics

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipeline import points, report
 from pipeline.sweep_info import SweepInfo
+from pipeline.track import RunState
 
 from helpers import ROOT, Sweep, ok
 
@@ -74,11 +75,24 @@ def assert_report_matches_runs(s: Sweep, expected_names: list[str]) -> None:
 
 
 def test_pareto_front() -> None:
+    def row(
+        name: str, tokens_s: float | None, gib: float | None, loss: float | None, state=RunState.FINISHED
+    ):
+        return {
+            "name": name,
+            "avg_tokens_per_s": tokens_s,
+            "peak_memory_gib": gib,
+            "final_loss": loss,
+            "state": state,
+        }
+
     rows = [
-        {"name": "fast", "avg_tokens_per_s": 900.0, "peak_memory_gib": 8.0},
-        {"name": "lean", "avg_tokens_per_s": 300.0, "peak_memory_gib": 2.0},
-        {"name": "worse", "avg_tokens_per_s": 250.0, "peak_memory_gib": 3.0},
-        {"name": "failed", "avg_tokens_per_s": None, "peak_memory_gib": None},
+        row("fast", 900.0, 8.0, 4.1),
+        row("lean", 300.0, 2.0, 4.1),
+        row("worse", 250.0, 3.0, 4.1),
+        row("failed", None, None, None, RunState.FAILED),
+        row("diverged", 5000.0, 1.0, float("nan")),  # would top the front: never ranked
+        row("killed midway", 4000.0, 1.5, 4.3, RunState.KILLED),
     ]
     assert [r["name"] for r in report.pareto(rows)] == ["lean", "fast"]
 
