@@ -6,6 +6,7 @@ then the MLflow store is made once; then Hydra runs the jobs. A dry sweep ends h
 table of its points.
 """
 
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from omegaconf import DictConfig
 import launchers
 from pipeline import compose, rules
 from pipeline.config import Config
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, Terminated, why_stopped
 from pipeline.sweep_info import point_name, varying_keys
 
 if TYPE_CHECKING:  # the job's modules load torch: not before the command line is checked
@@ -111,8 +112,23 @@ def hydra_main(cfg: DictConfig) -> "Outcome":
 
 
 def main() -> None:
+    # Ctrl-C and a kill end the runs they stop as KILLED, saying why. SIGINT explicitly too: a
+    # process started from a background job (or nohup) inherits it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
     check_command_line(sys.argv[1:])
-    hydra_main()
+    try:
+        hydra_main()
+    except KeyboardInterrupt as stop:
+        from pipeline import sweep
+
+        sweep.close_interrupted()
+        print(f"stopped: {why_stopped(stop)}; the runs it ended are KILLED", file=sys.stderr)
+        sys.exit(143 if isinstance(stop, Terminated) else 130)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
 
 if __name__ == "__main__":

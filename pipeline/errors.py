@@ -8,3 +8,11 @@ class ConfigError(Exception):
         super().__init__(f"{key}: {problem}. Fix: {fix}")
         self.key = key
         self.problem = problem
+
+
+class Terminated(KeyboardInterrupt):
+    """A kill signal (SIGTERM), handled as Ctrl-C is: the runs it stops end KILLED, saying why."""
+
+
+def why_stopped(stop: KeyboardInterrupt) -> str:
+    return str(stop) or "interrupted (Ctrl-C)"

@@ -8,6 +8,7 @@ twice (the usual Hydra + DDP trap) and each rank gets RANK, LOCAL_RANK, WORLD_SI
 import atexit
 import gc
 import os
+import signal
 import socket
 import uuid
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from pipeline import track, train
+from pipeline.errors import Terminated
 from pipeline.job import Job
 
 
@@ -69,7 +72,10 @@ class Local:
             max_restarts=0,
             monitor_interval=1,
         )
-        return elastic_launch(config, rank_main)(job)[0]
+        try:
+            return elastic_launch(config, rank_main)(job)[0]
+        except SignalException as e:  # the elastic agent's own SIGTERM handler, during the run
+            raise Terminated(f"terminated by {signal.Signals(e.sigval).name}") from e
 
 
 def _in_process(job: Job) -> dict[str, float]:

@@ -38,6 +38,7 @@ class SweepRun(Callback):
         tags = {"zerosweep.sweep_dir": str(sweep_dir), track.ROLE: "sweep", **track.owner_tags()}
         parent = store.create_run(experiment_id, f"sweep: {name}", tags, {"sweep.overrides": name})
         SweepInfo(parent, experiment_id, store.uri, overrides, varying_keys(overrides)).save(sweep_dir)
+        _active.append(sweep_dir)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.COMPLETED:  # its return_value would raise the job's error
@@ -48,21 +49,39 @@ class SweepRun(Callback):
             self.failed = True
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = config.hydra.sweep.dir
-        info = SweepInfo.load(sweep_dir)
-        if info is None:
-            return
-        rows = points.rows(info)
-        table = points.format_table(rows)
-        store = track.Store(info.tracking_uri)
-        store.log_text(info.parent_run_id, table + "\n", "sweep_table.txt")
-        store.log_dict(info.parent_run_id, rows, "sweep_table.json")
-        failed = self.failed or not all(r["state"].ok for r in rows)
-        store.end(info.parent_run_id, RunState.FAILED if failed else RunState.FINISHED)
-        html = report.write(info, sweep_dir)
-        print(f"\n== sweep {sweep_dir}: {len(rows)} points, MLflow parent run {info.parent_run_id} ==")
-        print(table)
-        print(f"report: {html} (also on the parent run's artifacts, report/)")
+        _active.clear()
+        failed = close(Path(config.hydra.sweep.dir), self.failed)
         if failed:
             print("some points failed: see their MLflow runs (error.txt)", file=sys.stderr)
             sys.exit(1)
+
+
+# The sweep this process is running, for close_interrupted.
+_active: list[Path] = []
+
+
+def close(sweep_dir: Path, failed: bool, stopped: bool = False) -> bool:
+    """The sweep's end: its table and report, and its parent run closed. Returns whether it failed."""
+    info = SweepInfo.load(sweep_dir)
+    if info is None:
+        return failed
+    rows = points.rows(info)
+    table = points.format_table(rows)
+    store = track.Store(info.tracking_uri)
+    store.log_text(info.parent_run_id, table + "\n", "sweep_table.txt")
+    store.log_dict(info.parent_run_id, rows, "sweep_table.json")
+    failed = failed or not all(r["state"].ok for r in rows)
+    state = RunState.KILLED if stopped else RunState.FAILED if failed else RunState.FINISHED
+    store.end(info.parent_run_id, state)
+    html = report.write(info, sweep_dir)
+    print(f"\n== sweep {sweep_dir}: {len(rows)} points, MLflow parent run {info.parent_run_id} ==")
+    print(table)
+    print(f"report: {html} (also on the parent run's artifacts, report/)")
+    return failed
+
+
+def close_interrupted() -> None:
+    """A sweep stopped by Ctrl-C or a kill still closes its parent (KILLED) and writes its table and
+    report for the points that ended."""
+    if _active:
+        close(_active.pop(), failed=True, stopped=True)

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.config import Config
+from pipeline.errors import why_stopped
 
 RUN_ID_FILE = "mlflow_run_id"
 # Tags a sweep's runs are found by.
@@ -309,7 +310,10 @@ class TrackedRun:
         self._stop_sampling()
         if error is not None and not isinstance(error, SystemExit):
             state = RunState.KILLED if isinstance(error, KeyboardInterrupt) else RunState.FAILED
-            self.store.end(self.run_id, state, "".join(traceback.format_exception(kind, error, tb)))
+            why = "".join(traceback.format_exception(kind, error, tb))
+            if isinstance(error, KeyboardInterrupt):  # the reason last, where error.txt keeps it
+                why += f"\nstopped: {why_stopped(error)}"
+            self.store.end(self.run_id, state, why)
         return False
 
     def _stop_sampling(self) -> None:

@@ -1,33 +1,43 @@
-"""A run whose process dies without closing it (SIGKILL, the OOM killer) does not stay RUNNING:
-the next pipeline start on this host closes it as KILLED, and keeps what it had logged."""
+"""No run stays RUNNING: one whose process dies without closing it (SIGKILL, the OOM killer) is
+closed as KILLED by the next start on this host; SIGTERM and Ctrl-C close what they stop, at once,
+saying why, and an interrupted sweep still closes its parent and writes its table and report."""
 
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, mlflow_client, ok, pipeline_cmd, run_pipeline, runs, wait_for
+from helpers import ROOT, artifact_text, mlflow_client, ok, pipeline_cmd, run_pipeline, runs, wait_for
+
+
+def start_training(outputs: Path, *args: str) -> subprocess.Popen:
+    """A long training in the background, once its first (or only) run has logged a loss."""
+    cmd = pipeline_cmd(outputs, *args, "trainer.max_steps=100000")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+    def logged_loss():
+        # The run id file is written once the store is set up: opening the sqlite store while
+        # the pipeline still creates its tables would race MLflow's schema migration.
+        saved = list(outputs.glob("*/*/mlflow_run_id")) + list(outputs.glob("sweeps/*/*/mlflow_run_id"))
+        return saved and mlflow_client(outputs).get_metric_history(saved[0].read_text().strip(), "loss")
+
+    try:
+        wait_for("the first run to log a loss", logged_loss, timeout=300)
+    except AssertionError:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return proc
 
 
 @pytest.mark.slow
 def test_killed_run_is_closed_by_the_next_start(outputs):
-    cmd = pipeline_cmd(outputs, "trainer.max_steps=100000")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-
-        def logged_loss():
-            # The run id file is written once the store is set up: opening the sqlite store while
-            # the pipeline still creates its tables would race MLflow's schema migration.
-            saved = list(outputs.glob("runs/*/mlflow_run_id"))
-            return saved and mlflow_client(outputs).get_metric_history(saved[0].read_text().strip(), "loss")
-
-        wait_for("the first run to log a loss", logged_loss, timeout=300)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # as the OOM killer would: no handler runs
-        proc.wait()
+    proc = start_training(outputs)
+    os.killpg(proc.pid, signal.SIGKILL)  # as the OOM killer would: no handler runs
+    proc.communicate()
     (killed,) = runs(outputs)
     assert killed.info.status == "RUNNING"  # nothing left alive to close it
     losses = mlflow_client(outputs).get_metric_history(killed.info.run_id, "loss")
@@ -46,3 +56,42 @@ def test_killed_run_is_closed_by_the_next_start(outputs):
     assert len(client.get_metric_history(first.info.run_id, "loss")) >= len(losses) > 0  # kept
     note = client.download_artifacts(first.info.run_id, "error.txt")
     assert f"process {proc.pid} " in open(note).read()
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_killed_at_once(outputs, tmp_path):
+    proc = start_training(outputs)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped: terminated by SIGTERM; the runs it ended are KILLED" in err
+    (run,) = runs(outputs)
+    assert run.info.status == "KILLED" and run.info.end_time is not None
+    assert (
+        artifact_text(outputs, run.info.run_id, "error.txt", tmp_path)
+        .strip()
+        .endswith("terminated by SIGTERM")
+    )
+    assert mlflow_client(outputs).get_metric_history(run.info.run_id, "loss")  # what it logged is kept
+
+
+@pytest.mark.slow
+def test_ctrl_c_closes_an_interrupted_sweep(outputs, tmp_path):
+    """Ctrl-C (SIGINT, also when the process inherited it ignored) during a sweep's first point."""
+    proc = start_training(outputs, "-m", "zero=stage1,stage2")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    parent, (point,) = _sweep_runs(outputs)
+    assert parent.info.status == "KILLED" and point.info.status == "KILLED"
+    assert "interrupted (Ctrl-C)" in artifact_text(outputs, point.info.run_id, "error.txt", tmp_path)
+    table = artifact_text(outputs, parent.info.run_id, "sweep_table.txt", tmp_path)
+    assert "zero=stage1  KILLED" in table and "zero=stage1  KILLED" in out
+    (sweep_dir,) = (outputs / "sweeps").iterdir()
+    assert (sweep_dir / "report.html").exists()
+
+
+def _sweep_runs(outputs: Path) -> tuple:
+    all_runs = runs(outputs)
+    (parent,) = [r for r in all_runs if r.data.tags.get("zerosweep.role") == "sweep"]
+    return parent, [r for r in all_runs if r is not parent]
