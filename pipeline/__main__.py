@@ -42,6 +42,10 @@ def check_command_line(argv: list[str]) -> None:
     dry_sweep = args.multirun and args.cfg is None and all(p.cfg.dry_run for p in points)
     # The GPU checks apply where the points train: not here when they go to a cluster's nodes.
     runs_here = not launchers.submits(first.launcher.name, args.multirun)
+    if len(points) >= 10:  # a big sweep takes a while to check: say so
+        print(
+            f"checking {len(points)} points (rules, model and data, this machine, memory)...", file=sys.stderr
+        )
     # Rules for every point first (instant), then the machine checks (they import DeepSpeed).
     for check in (lambda point: rules.check(point.cfg), lambda point: _plan(point, runs_here)):
         _each(points, check)
@@ -63,7 +67,10 @@ def check_command_line(argv: list[str]) -> None:
     if args.cfg is None and trains and first.tracking.enabled:
         from pipeline import track
 
-        track.prepare(first)
+        try:
+            track.prepare(first)
+        except ConfigError as e:
+            _refuse([e])
 
 
 @dataclass

@@ -47,6 +47,11 @@ def compose_point(overrides: list[str]) -> Config:
         raise _missing_option(e) from None
     except (HydraException, OmegaConfBaseException) as e:
         raise _explain(e) from None
+    except ValueError as e:  # a group given no option: zero=null
+        empty = [o.split("=", 1)[0] for o in overrides if o.split("=", 1)[0] in _groups()]
+        if not empty:
+            raise ConfigError("overrides", _first_line(str(e)), "check the command line") from None
+        raise ConfigError(empty[0], "needs an option, not null", _choose(empty[0])) from None
 
 
 def compose_all(overrides: list[str], multirun: bool) -> list[tuple[list[str], Config]]:
@@ -65,12 +70,19 @@ def _first_line(text: str) -> str:
 
 
 def _missing_option(e: MissingConfigException) -> ConfigError:
-    m = re.search(r"Could not find '([^/']+)/([^']+)'", str(e))
+    m = re.search(r"Could not find '([^/']+)/([^']*)'", str(e))
     if not m:
         return ConfigError("config", _first_line(str(e)), "check the config name")
     group, option = m.groups()
-    choices = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-    return ConfigError(group, f"no option '{option}'", f"choose one of {', '.join(choices)}")
+    return ConfigError(group, f"no option '{option}'" if option else "needs an option", _choose(group))
+
+
+def _groups() -> set[str]:
+    return {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+
+
+def _choose(group: str) -> str:
+    return f"choose one of {', '.join(sorted(p.stem for p in (CONF_DIR / group).glob('*.yaml')))}"
 
 
 def _explain(e: Exception) -> ConfigError:

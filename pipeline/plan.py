@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline import inputs, memory, model, preflight, tokenizer
 from pipeline.config import Config, OffloadDevice, Provider
+from pipeline.errors import ConfigError
 from pipeline.memory import MemoryPlan
 from pipeline.rules import has_eval, offloads_optimizer, offloads_params
 
@@ -32,8 +33,37 @@ def checked(cfg: Config, output_dir: Path, use_cpu: bool, runs_here: bool = True
     (ConfigError otherwise: one line naming the key)."""
     inputs.check(cfg)
     the_plan = make(cfg, output_dir, use_cpu)
+    deepspeed_accepts(the_plan.deepspeed)
     preflight.check(cfg, the_plan.memory.nvme, runs_here)
     return the_plan
+
+
+def deepspeed_accepts(ds: dict[str, Any]) -> None:
+    """DeepSpeed's own config models on the planned dict: what it would refuse in the ranks, after
+    the job started, is refused here, in one line."""
+    from deepspeed.runtime.precision_config import get_bfloat16_config, get_float16_config
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from pydantic import ValidationError
+
+    for section, check in (
+        ("zero_optimization", lambda: DeepSpeedZeroConfig(**ds["zero_optimization"])),
+        ("fp16", lambda: get_float16_config(ds)),
+        ("bf16", lambda: get_bfloat16_config(ds)),
+    ):
+        try:
+            check()
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(part) for part in (section, *first["loc"]))
+            raise ConfigError(
+                OUR_KEY.get(section, section),
+                f"DeepSpeed refuses {where}: {first['msg']}",
+                "see pipeline/plan.py",
+            ) from None
+
+
+# The config group each DeepSpeed section is planned from.
+OUR_KEY = {"zero_optimization": "zero", "fp16": "precision", "bf16": "precision"}
 
 
 def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:

@@ -86,6 +86,13 @@ def _check_accelerator(cfg: Config) -> None:
             "fp16 needs a GPU (DeepSpeed on CPU has no fp16)",
             "use precision=bf16 or precision=fp32 here, or dry_run=true to check the plan",
         )
+    cores = len(os.sched_getaffinity(0))
+    if not gpus and cfg.trainer.nproc_per_node > cores:
+        raise ConfigError(
+            "trainer.nproc_per_node",
+            f"{cfg.trainer.nproc_per_node} ranks but {cores} CPU cores here and no GPU",
+            f"set trainer.nproc_per_node={cores} or fewer",
+        )
     if gpus and cfg.trainer.nproc_per_node > gpus:
         raise ConfigError(
             "trainer.nproc_per_node",

@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 import traceback
+import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -19,14 +20,16 @@ from typing import Any
 
 import mlflow
 import psutil
+from filelock import FileLock
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.config import Config
-from pipeline.errors import why_stopped
+from pipeline.errors import ConfigError, why_stopped
 
 RUN_ID_FILE = "mlflow_run_id"
 # Tags a sweep's runs are found by.
@@ -219,17 +222,57 @@ class Store:
 
 
 def prepare(cfg: Config) -> str:
-    """Create the store and the experiment once, before any run (concurrent first opens of one
-    sqlite store break its migration), and return the experiment id. Runs that a dead process
-    of this host left RUNNING are closed first."""
+    """Create the store and the experiment once, before any run, and return the experiment id.
+    Concurrent first opens of one sqlite store break its schema migration (and may leave it
+    half-built), so every start takes a file lock beside the store for this. Runs that a dead
+    process of this host left RUNNING are closed first."""
     uri = tracking_uri(cfg)
-    sqlite = uri.startswith("sqlite:///")
-    if sqlite:
-        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if not uri.startswith("sqlite:///"):
+            _answers(uri)
+            return _prepare(cfg, uri)
+        path = Path(uri[len("sqlite:///") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.lock"):
+            return _prepare(cfg, uri)
+    except (OSError, MlflowException, SQLAlchemyError) as e:
+        raise _unusable(cfg, uri, e) from None
+
+
+def _answers(uri: str) -> None:
+    """A tracking server answers in seconds (MLflow's client would retry for minutes)."""
+    with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+        pass
+
+
+def _unusable(cfg: Config, uri: str, e: Exception) -> ConfigError:
+    """Why the store cannot be used, as the one line that names the key to change."""
+    reason = (str(getattr(e, "reason", "")) or str(e)).strip().splitlines()[0]
+    if not uri.startswith("sqlite:///"):
+        return ConfigError(
+            "tracking.uri",
+            f"no MLflow server answers at {uri} ({reason})",
+            "start it (mlflow server --host 0.0.0.0 --port 5000), or leave tracking.uri unset (sqlite)",
+        )
+    if "not a database" in reason:
+        return ConfigError(
+            "tracking.uri",
+            f"{uri[len('sqlite:///') :]} is not an MLflow store ({reason})",
+            "move that file away, or set outputs_dir to another directory",
+        )
+    return ConfigError(
+        "outputs_dir",
+        f"the MLflow store cannot be made in {Path(cfg.outputs_dir).absolute()} ({reason})",
+        "set outputs_dir to a directory this user can write, or tracking.enabled=false",
+    )
+
+
+def _prepare(cfg: Config, uri: str) -> str:
     store = Store(uri)
     experiment_id = store.experiment_id(cfg.tracking.experiment)
     if experiment_id is None:
-        artifacts = (Path(cfg.outputs_dir).absolute() / "mlartifacts").as_uri() if sqlite else None
+        local = uri.startswith("sqlite:///")
+        artifacts = (Path(cfg.outputs_dir).absolute() / "mlartifacts").as_uri() if local else None
         return store.create_experiment(cfg.tracking.experiment, artifacts)
     for run_id in store.close_orphans(experiment_id):
         print(

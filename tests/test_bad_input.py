@@ -3,6 +3,7 @@ nothing already logged is touched."""
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -75,6 +76,14 @@ CASES = {
         ["launcher.gpu_mem_gib=0.015"],
         "memory",
         "needs ~26 MiB per GPU, the GPU has 15 MiB. Fix: use ",
+    ),
+    "more ranks than cores": (["trainer.nproc_per_node=64"], "trainer.nproc_per_node", "64 ranks but"),
+    "a group with no option": (["zero="], "zero", "needs an option. Fix: choose one of stage0"),
+    "a group set to null": (["zero=null"], "zero", "needs an option, not null"),
+    "no tracking server there": (
+        ["tracking.uri=http://127.0.0.1:1"],
+        "tracking.uri",
+        "no MLflow server answers",
     ),
     "bad point of a sweep": (
         ["-m", "zero=stage2,stage3", "offload=nvme"],
@@ -193,6 +202,31 @@ def test_read_only_nvme_path_refused_and_earlier_runs_kept(outputs, tmp_path):
     assert after == before
 
 
+@pytest.mark.parametrize("broken", ["garbage store", "read-only dir", "path under a file"])
+def test_a_broken_store_or_outputs_dir_is_one_line_and_left_as_it_was(broken, tmp_path):
+    outputs = tmp_path / "outputs"
+    if broken == "garbage store":
+        outputs.mkdir()
+        (outputs / "mlflow.db").write_bytes(b"not a database at all")
+        key, words = "tracking.uri", "is not an MLflow store"
+    elif broken == "read-only dir":
+        outputs.mkdir()
+        if subprocess.run(["chattr", "+i", str(outputs)], capture_output=True).returncode != 0:
+            pytest.skip("needs chattr +i (root on ext4) to make a directory read-only for root")
+        key, words = "outputs_dir", "the MLflow store cannot be made in"
+    else:
+        (tmp_path / "a_file").write_text("")
+        outputs = tmp_path / "a_file" / "outputs"
+        key, words = "outputs_dir", "Not a directory"
+    try:
+        result = run_pipeline(outputs, "trainer.max_steps=1")
+    finally:
+        subprocess.run(["chattr", "-i", str(outputs)], capture_output=True)
+    assert_refused(result, key, words)
+    if broken == "garbage store":
+        assert (outputs / "mlflow.db").read_bytes() == b"not a database at all"
+
+
 def test_no_room_on_nvme_path(outputs, tmp_path):
     free = shutil.disk_usage(tmp_path).free
     result = run_pipeline(
@@ -211,3 +245,10 @@ def test_own_model_and_data_refused_before_anything_starts(name, outputs, own):
     result = run_pipeline(outputs, *overrides(own))
     assert_refused(result, key, words)
     assert not (outputs / "mlflow.db").exists() and not (outputs / "runs").exists()
+
+
+def test_help_says_how_to_use_it():
+    result = ok(run_pipeline(Path("unused"), "--help"))
+    assert result.stdout.startswith("usage: python -m pipeline [group=option ...] [key=value ...] [-m]")
+    assert "zero: stage0, stage1, stage2, stage3" in result.stdout
+    assert result.stdout.count("  python -m pipeline ") >= 3  # examples

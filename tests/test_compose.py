@@ -89,6 +89,14 @@ def test_deepspeed_names_are_the_ones_deepspeed_knows():
     assert rules.DS_SCHEDULERS <= set(VALID_LR_SCHEDULES)
 
 
+def test_what_deepspeed_refuses_is_refused_before_start():
+    """DeepSpeed's own config models run on the planned dict (a backstop behind the range checks)."""
+    ok_dict = {"zero_optimization": {"stage": 2}, "fp16": {"enabled": False}, "bf16": {"enabled": True}}
+    plan.deepspeed_accepts(ok_dict)
+    with pytest.raises(ConfigError, match=r"^zero: DeepSpeed refuses zero_optimization.reduce_bucket_size"):
+        plan.deepspeed_accepts({**ok_dict, "zero_optimization": {"stage": 2, "reduce_bucket_size": -5}})
+
+
 def test_options_state_only_what_differs_from_the_schema():
     """Defaults live once, in pipeline/config.py: an option that restates one would silently keep
     the old value when the schema's default changes."""

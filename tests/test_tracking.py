@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, artifact_text, mlflow_client, ok, pipeline_cmd, run_pipeline, runs, wait_for
+from helpers import (
+    ROOT,
+    artifact_text,
+    cli_env,
+    mlflow_client,
+    ok,
+    pipeline_cmd,
+    run_pipeline,
+    runs,
+    wait_for,
+)
 
 
 def start_training(outputs: Path, *args: str) -> subprocess.Popen:
@@ -95,3 +105,26 @@ def _sweep_runs(outputs: Path) -> tuple:
     all_runs = runs(outputs)
     (parent,) = [r for r in all_runs if r.data.tags.get("zerosweep.role") == "sweep"]
     return parent, [r for r in all_runs if r is not parent]
+
+
+@pytest.mark.slow
+def test_simultaneous_starts_each_get_their_own_run_and_dir(outputs):
+    """Four starts at once on a fresh store (its creation races without the lock), then two on the
+    existing one: every start finishes, each in its own run dir with its own run."""
+    for starts in (4, 2):
+        cmd = pipeline_cmd(outputs, "trainer.max_steps=2", "trainer.save_model=false")
+        procs = [
+            subprocess.Popen(
+                cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(starts)
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+    all_runs = runs(outputs)
+    assert len(all_runs) == 6 and {r.info.status for r in all_runs} == {"FINISHED"}
+    dirs = [Path(r.data.tags["zerosweep.output_dir"]) for r in all_runs]
+    assert len(set(dirs)) == 6
+    for run, run_dir in zip(all_runs, dirs, strict=True):
+        assert (run_dir / "mlflow_run_id").read_text().strip() == run.info.run_id
