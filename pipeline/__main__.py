@@ -29,52 +29,74 @@ if TYPE_CHECKING:  # the job's modules load torch: not before the command line i
 
 
 def check_command_line(argv: list[str]) -> None:
+    """compose -> rules -> model, data, machine -> memory, for every point; then one of: refuse, the
+    dry sweep's table, or the store made once for the jobs Hydra runs next."""
     args = get_args_parser().parse_args(argv)
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
-    try:
-        composed = compose.compose_all(args.overrides, args.multirun)
-    except ConfigError as e:
-        _refuse([e])
-    varying = varying_keys(args.overrides) if args.multirun else []
-    points = [Point(point_name(overrides, varying), " ".join(overrides), cfg) for overrides, cfg in composed]
+    points = _composed(args.overrides, args.multirun)
     first = points[0].cfg
-    dry_sweep = args.multirun and args.cfg is None and all(p.cfg.dry_run for p in points)
     # The GPU checks apply where the points train: not here when they go to a cluster's nodes.
     runs_here = not launchers.submits(first.launcher.name, args.multirun)
+    dry_sweep = args.multirun and args.cfg is None and all(p.cfg.dry_run for p in points)
+    _check(points, runs_here, refuse=not dry_sweep)
+    if dry_sweep:
+        _print_fit_table(points, runs_here)
+        sys.exit(2 if any(p.error for p in points) else 0)
+    _hold_to_memory(points, args.multirun)
+    if args.cfg is None and first.tracking.enabled and not all(p.cfg.dry_run for p in points):
+        _make_store(first)
+
+
+def _composed(overrides: list[str], multirun: bool) -> list["Checked"]:
+    try:
+        composed = compose.compose_all(overrides, multirun)
+    except ConfigError as e:
+        _refuse([e])
+    varying = varying_keys(overrides) if multirun else []
+    return [Checked(point_name(o, varying), " ".join(o) or "defaults", cfg) for o, cfg in composed]
+
+
+def _check(points: list["Checked"], runs_here: bool, refuse: bool) -> None:
+    """Rules for every point first (instant), then the machine checks (they import DeepSpeed);
+    one line per refused point."""
     if len(points) >= 10:  # a big sweep takes a while to check: say so
         print(
             f"checking {len(points)} points (rules, model and data, this machine, memory)...", file=sys.stderr
         )
-    # Rules for every point first (instant), then the machine checks (they import DeepSpeed).
     for check in (lambda point: rules.check(point.cfg), lambda point: _plan(point, runs_here)):
         _each(points, check)
-        if any(p.error for p in points) and not dry_sweep:
-            _refuse(
-                [compose.at_point(p.error, p.overrides or "defaults", len(points)) for p in points if p.error]
-            )
-    if dry_sweep:
-        from pipeline import fit, summary
+        if refuse and any(p.error for p in points):
+            _refuse([compose.at_point(p.error, p.overrides, len(points)) for p in points if p.error])
 
-        summary.print_fit_table(points, fit.Capacity.of(first, runs_here))
-        sys.exit(2 if any(p.error for p in points) else 0)
-    if not args.multirun and points[0].misfit:
+
+def _hold_to_memory(points: list["Checked"], multirun: bool) -> None:
+    """A run that cannot fit is refused; a sweep's such point will be skipped, and says so."""
+    if not multirun and points[0].misfit:
         _refuse([points[0].misfit])
     for p in points:
         if p.misfit:
             print(f"point {p.name} will be skipped: {p.misfit}", file=sys.stderr)
-    trains = not all(p.cfg.dry_run for p in points)
-    if args.cfg is None and trains and first.tracking.enabled:
-        from pipeline import track
 
-        try:
-            track.prepare(first)
-        except ConfigError as e:
-            _refuse([e])
+
+def _print_fit_table(points: list["Checked"], runs_here: bool) -> None:
+    from pipeline import fit, summary
+
+    rows = [(p.name, p.plan.memory if p.plan else None, p.error or p.misfit) for p in points]
+    summary.print_fit_table(rows, fit.Capacity.of(points[0].cfg, runs_here))
+
+
+def _make_store(cfg: Config) -> None:
+    from pipeline import track
+
+    try:
+        track.prepare(cfg)
+    except ConfigError as e:
+        _refuse([e])
 
 
 @dataclass
-class Point:
+class Checked:
     """A point of the command line as it is checked: its plan, or what refuses it."""
 
     name: str  # its values of the keys that vary
@@ -85,7 +107,7 @@ class Point:
     misfit: ConfigError | None = None  # does not fit the GPU (or host) memory
 
 
-def _each(points: list[Point], check: Callable[[Point], None]) -> None:
+def _each(points: list[Checked], check: Callable[[Checked], None]) -> None:
     for p in points:
         if p.error is None:
             try:
@@ -101,7 +123,7 @@ def _refuse(errors: list[ConfigError]) -> None:
     sys.exit(2)
 
 
-def _plan(point: Point, runs_here: bool) -> None:
+def _plan(point: Checked, runs_here: bool) -> None:
     """The user's model and data, then this machine with the point's plan (cheap: meta-device
     sizes), then whether it fits."""
     from pipeline import fit, plan, preflight

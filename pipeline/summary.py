@@ -10,10 +10,10 @@ import torch
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.memory import MemoryPlan
 from pipeline.plan import Plan
 
 if TYPE_CHECKING:
-    from pipeline.__main__ import Point
     from pipeline.fit import Capacity
 
 GIB = 2**30
@@ -112,27 +112,25 @@ def ui_command(cfg: Config) -> str:
     return f"python -m pipeline.ui --outputs-dir {Path(cfg.outputs_dir).absolute()}"
 
 
-def print_fit_table(points: list["Point"], capacity: "Capacity") -> None:
-    """A dry sweep's answer to "which of my configs fit?": one row per point, nothing trained."""
+def print_fit_table(
+    rows: list[tuple[str, MemoryPlan | None, ConfigError | None]], capacity: "Capacity"
+) -> None:
+    """A dry sweep's answer to "which of my configs fit?": one row per point (its name, its plan's
+    memory, or what refuses it), nothing trained."""
     from pipeline.fit import size
 
     have = f"{size(capacity.gpu)} per GPU" if capacity.gpu else "no GPU memory known (launcher.gpu_mem_gib)"
     host = f", host {size(capacity.host)}" if capacity.host else ""
-    rows = [["point", "GiB per GPU", "host GiB", "NVMe GiB", "fits"]]
-    for p in points:
-        if p.error:
-            rows.append([p.name, "", "", "", f"refused: {p.error}"])
+    table = [["point", "GiB per GPU", "host GiB", "NVMe GiB", "fits"]]
+    for name, memory, problem in rows:
+        if memory is None:
+            table.append([name, "", "", "", f"refused: {problem}"])
             continue
-        m = p.plan.memory
-        figures = [(m.gpu_model_states + m.gpu_activations) / GIB, m.host_model_states / GIB, m.nvme / GIB]
-        rows.append([p.name, *(f"{x:.2f}" for x in figures), _verdict(p.misfit, capacity)])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    print(f"dry sweep: {len(points)} points, held against {have}{host}; nothing trained")
-    for row in rows:
+        figures = [(memory.gpu_model_states + memory.gpu_activations) / GIB, memory.host_model_states / GIB]
+        figures.append(memory.nvme / GIB)
+        verdict = f"no: {problem.problem}" if problem else "yes" if capacity.gpu else "-"
+        table.append([name, *(f"{x:.2f}" for x in figures), verdict])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    print(f"dry sweep: {len(rows)} points, held against {have}{host}; nothing trained")
+    for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _verdict(misfit: ConfigError | None, capacity: "Capacity") -> str:
-    if misfit:
-        return f"no: {misfit.problem}"
-    return "yes" if capacity.gpu else "-"
