@@ -3,34 +3,42 @@
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 
 from launchers import slurm_job
-from pipeline import config, data, fit, plan, summary, track
+from pipeline import config, data, fit, launch, plan, summary, track
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.job import Job, Outcome
 from pipeline.launch import Placement
 from pipeline.point import Point
-from pipeline.track import RunState
+from pipeline.track import RunRecord, RunState
 
 
 def failure_policy(task: Callable[[Config, Point], Outcome]) -> Callable[[DictConfig], Outcome]:
-    """A point of a multirun that fails is reported and the sweep goes on (its end lists it and
-    exits non-zero); a single run's error, Ctrl-C and SystemExit propagate."""
+    """A point of a multirun that fails while it trains is tried again (sweep.retries), then
+    reported, and the sweep goes on (its end lists it and exits non-zero); one refused by the
+    checks is not tried again. A single run's error, Ctrl-C and SystemExit propagate."""
 
     @functools.wraps(task)
-    def wrapper(cfg: DictConfig) -> Outcome:
-        point = Point.current(cfg.tracking.run_name)
-        try:
-            return task(config.load(cfg), point)
-        except Exception as e:
-            if not point.multirun:
-                raise
-            print(f"point {point.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
-            return Outcome(RunState.FAILED)
+    def wrapper(node: DictConfig) -> Outcome:
+        point = Point.current(node.tracking.run_name)
+        cfg = config.load(node)
+        tries = 1 + cfg.sweep.retries if point.multirun else 1
+        for attempt in range(1, tries + 1):
+            try:
+                return task(cfg, point)
+            except Exception as e:
+                if not point.multirun:
+                    raise
+                print(f"point {point.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+                if isinstance(e, ConfigError) or attempt == tries:
+                    break
+                print(f"point {point.name}: try {attempt + 1} of {tries}", file=sys.stderr)
+        return Outcome(RunState.FAILED)
 
     return wrapper
 
@@ -46,8 +54,12 @@ def run(cfg: Config, point: Point) -> Outcome:
     misfit = fit.refusal(cfg, the_plan.memory, runs_here=True)
     if misfit:
         return skip(cfg, point, where, misfit)
-    with open_run(cfg, point, where) as tracked:
-        job = Job.of(cfg, the_plan, point.out, tracked.ref, where.checkpoint(point.out), data.prepare(cfg))
+    before = earlier_attempts(cfg, point)
+    if before and before[-1].state == RunState.FINISHED:
+        return finished_before(point, before[-1])
+    with open_run(cfg, point, where, before) as tracked:
+        resume_from = where.checkpoint(point.out) or carried_over(before)
+        job = Job.of(cfg, the_plan, point.out, tracked.ref, resume_from, data.prepare(cfg))
         result = where.launch(job)
         tracked.finish(result, files.all(), job.saved_models())
     summary.write_result(point.out, result)
@@ -55,12 +67,41 @@ def run(cfg: Config, point: Point) -> Outcome:
     return Outcome(RunState.FINISHED, result)
 
 
-def open_run(cfg: Config, point: Point, where: Placement) -> track.TrackedRun | track.Untracked:
-    """The point's MLflow run, if this process owns one."""
+def open_run(
+    cfg: Config, point: Point, where: Placement, before: list[RunRecord]
+) -> track.TrackedRun | track.Untracked:
+    """The point's MLflow run, if this process owns one: a new try of the point, carrying on from
+    the last one (a Slurm requeue reopens its own run instead)."""
     if not (cfg.tracking.enabled and where.owns_run):
         return track.Untracked()
     params, tags = identity(cfg, point, where)
+    tags[track.ATTEMPT] = str(len(before) + 1)
+    if before:
+        tags[track.CARRIES_ON] = before[-1].run_id
     return track.open_run(cfg, point.out, point.name, params, tags, resume=where.requeued)
+
+
+def earlier_attempts(cfg: Config, point: Point) -> list[RunRecord]:
+    """This point's runs in its sweep so far (earlier tries, or a sweep run before and stopped)."""
+    if point.sweep is None:
+        return []
+    key = track.point_key(track.flat_params(cfg, point.choices))
+    return track.Store(point.sweep.tracking_uri).attempts(
+        point.sweep.experiment_id, point.sweep.parent_run_id, key
+    )
+
+
+def finished_before(point: Point, run: RunRecord) -> Outcome:
+    """A point that finished in an earlier run of its sweep is not trained again."""
+    print(f"point {point.name} FINISHED before (MLflow run {run.run_id}): not trained again")
+    return Outcome(RunState.FINISHED, dict(run.metrics))
+
+
+def carried_over(before: list[RunRecord]) -> str | None:
+    """The newest complete checkpoint the last try left, to carry on from."""
+    if not before or track.OUTPUT_DIR not in before[-1].tags:
+        return None
+    return launch.newest_checkpoint(Path(before[-1].tags[track.OUTPUT_DIR]))
 
 
 def skip(cfg: Config, point: Point, where: Placement, misfit: ConfigError) -> Outcome:
@@ -73,4 +114,5 @@ def skip(cfg: Config, point: Point, where: Placement, misfit: ConfigError) -> Ou
 
 def identity(cfg: Config, point: Point, where: Placement) -> tuple[dict[str, str], dict[str, str]]:
     """The params and tags a point's run is compared and found by."""
-    return track.flat_params(cfg, point.choices), {**point.tags, **where.tags()}
+    params = track.flat_params(cfg, point.choices)
+    return params, {**point.tags, **where.tags(), track.POINT_KEY: track.point_key(params)}

@@ -271,6 +271,17 @@ class LauncherConf:
 
 
 @dataclass
+class SweepConf:
+    # auto: rerunning a sweep that did not finish carries on in it (its finished points are not
+    # trained again, the others resume from their newest checkpoint); new: always a new sweep; or
+    # a sweep's dir or parent run id, to carry on in that one.
+    resume: str = "auto"
+    # A point that fails while it trains is tried again up to this many times (each try a run of its
+    # own; the last one decides). A point refused by the checks is never retried.
+    retries: int = 0
+
+
+@dataclass
 class Config:
     zero: ZeroConf = field(default_factory=ZeroConf)
     offload: OffloadConf = field(default_factory=OffloadConf)
@@ -282,6 +293,7 @@ class Config:
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     launcher: LauncherConf = field(default_factory=LauncherConf)
+    sweep: SweepConf = field(default_factory=SweepConf)
     # Write and print the plan (DeepSpeed JSON, TrainingArguments, memory), train nothing.
     dry_run: bool = False
     # Where runs, sweeps and the MLflow store live; relative to the working directory.

@@ -32,7 +32,7 @@ def model_dir(target: str, uri: str, scratch: Path) -> Path:
     run = store.find(target)
     if run is None:
         raise SystemExit(f"error: {target} is neither a model dir, a run dir, nor a run in {uri}")
-    local = Path(run.tags.get("zerosweep.output_dir", "")) / "model"
+    local = Path(run.tags.get(track.OUTPUT_DIR, "")) / "model"
     if (local / "config.json").exists():
         return local
     return store.download(target, "model", scratch)

@@ -7,7 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from pipeline.sweep_info import SweepInfo
-from pipeline.track import PARENT
+from pipeline.track import OUTPUT_DIR, PARENT
 
 
 @dataclass
@@ -19,13 +19,15 @@ class Point:
     choices: dict[str, str | None]
     # How the UI, the report and the sweep's end find this point's run.
     tags: dict[str, str]
+    # The sweep this job is a point of (None: a single run, or a sweep that tracks nothing).
+    sweep: SweepInfo | None
 
     @classmethod
     def current(cls, run_name: str | None) -> "Point":
         hc = HydraConfig.get()
         overrides = list(hc.overrides.task)
         out = Path(hc.runtime.output_dir)
-        tags = {"zerosweep.overrides": " ".join(overrides), "zerosweep.output_dir": str(out)}
+        tags = {"zerosweep.overrides": " ".join(overrides), OUTPUT_DIR: str(out)}
         multirun = hc.mode == RunMode.MULTIRUN
         sweep = None
         if multirun:
@@ -35,4 +37,4 @@ class Point:
         if sweep:
             tags[PARENT] = sweep.parent_run_id
         default_name = sweep.point_name(overrides) if sweep else ",".join(overrides) or "default"
-        return cls(out, run_name or default_name, multirun, dict(hc.runtime.choices), tags)
+        return cls(out, run_name or default_name, multirun, dict(hc.runtime.choices), tags, sweep)

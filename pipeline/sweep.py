@@ -35,8 +35,22 @@ class SweepRun(Callback):
         store = track.Store(track.tracking_uri(cfg))
         experiment_id = track.prepare(cfg)
         name = " ".join(overrides) or "sweep"
-        tags = {"zerosweep.sweep_dir": str(sweep_dir), track.ROLE: "sweep", **track.owner_tags()}
-        parent = store.create_run(experiment_id, f"sweep: {name}", tags, {"sweep.overrides": name})
+        key = " ".join(o for o in overrides if not o.startswith("sweep.")) or "sweep"
+        tags = {
+            "zerosweep.sweep_dir": str(sweep_dir),
+            track.ROLE: "sweep",
+            track.SWEEP_KEY: key,
+            **track.owner_tags(),
+        }
+        parent = carried_on(store, experiment_id, cfg.sweep.resume, key)
+        if parent:
+            store.reopen(parent)
+            store.tag(parent, tags)
+            print(
+                f"carrying on in sweep {parent} (sweep.resume={cfg.sweep.resume}): its finished points stay"
+            )
+        else:
+            parent = store.create_run(experiment_id, f"sweep: {name}", tags, {"sweep.overrides": name})
         SweepInfo(parent, experiment_id, store.uri, overrides, varying_keys(overrides)).save(sweep_dir)
         _active.append(sweep_dir)
 
@@ -65,7 +79,7 @@ def close(sweep_dir: Path, failed: bool, stopped: bool = False) -> bool:
     info = SweepInfo.load(sweep_dir)
     if info is None:
         return failed
-    rows = points.rows(info)
+    rows = points.rows(info, str(sweep_dir.absolute()))
     table = points.format_table(rows)
     store = track.Store(info.tracking_uri)
     store.log_text(info.parent_run_id, table + "\n", "sweep_table.txt")
@@ -85,3 +99,15 @@ def close_interrupted() -> None:
     report for the points that ended."""
     if _active:
         close(_active.pop(), failed=True, stopped=True)
+
+
+def carried_on(store: track.Store, experiment_id: str, resume: str, key: str) -> str | None:
+    """The parent run a sweep carries on in: the newest unfinished sweep of the same command line
+    (auto), the one named (its dir or parent run id), or none (new)."""
+    if resume == "new":
+        return None
+    if resume == "auto":
+        found = store.unfinished_sweep(experiment_id, key)
+        return found.run_id if found else None
+    info = SweepInfo.load(resume)
+    return info.parent_run_id if info else resume

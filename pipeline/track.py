@@ -6,6 +6,7 @@ still recorded), rank 0 only appends metrics to it by id (`RunRef`), and the job
 the summary (`TrackedRun`). No other module talks to MLflow.
 """
 
+import hashlib
 import json
 import socket
 import sys
@@ -37,6 +38,14 @@ PARENT = "mlflow.parentRunId"
 SLURM_JOB = "zerosweep.slurm_job_id"
 ROLE = "zerosweep.role"
 SKIPPED = "zerosweep.skipped"
+OUTPUT_DIR = "zerosweep.output_dir"
+# A sweep's point across attempts and reruns: its composed config (point_key), its try, and the
+# earlier run it carries on from (that run's newest checkpoint).
+POINT_KEY = "zerosweep.point_key"
+ATTEMPT = "zerosweep.attempt"
+CARRIES_ON = "zerosweep.carries_on"
+# A sweep's parent: its command line without sweep.* keys, to find it again when it is rerun.
+SWEEP_KEY = "zerosweep.sweep_key"
 
 
 class RunState(str, Enum):
@@ -198,6 +207,18 @@ class Store:
         found = self.search(experiment_id, where)
         return found[0].run_id if found else None
 
+    def attempts(self, experiment_id: str, parent_run_id: str, point_key: str) -> list[RunRecord]:
+        """A sweep's runs of one point (its tries and reruns), oldest first."""
+        where = f"tags.{PARENT} = '{parent_run_id}' and tags.`{POINT_KEY}` = '{point_key}'"
+        return self.search(experiment_id, where)
+
+    def unfinished_sweep(self, experiment_id: str, sweep_key: str) -> RunRecord | None:
+        """The newest sweep of this command line that did not finish (its driver stopped or died)."""
+        where = f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP_KEY}` = '{sweep_key}'"
+        where += " and attributes.status != 'FINISHED'"
+        found = self.search(experiment_id, where, newest_first=True, limit=1)
+        return found[0] if found else None
+
     def latest_sweep(self, experiment_id: str) -> RunRecord | None:
         found = self.search(experiment_id, f"tags.`{ROLE}` = 'sweep'", newest_first=True, limit=1)
         return found[0] if found else None
@@ -299,6 +320,12 @@ def _alive(pid: int, started: float) -> bool:
         return abs(psutil.Process(pid).create_time() - started) < 1.0
     except psutil.Error:
         return False
+
+
+def point_key(params: Mapping[str, str]) -> str:
+    """A point's identity: its composed config, without the sweep's own settings."""
+    kept = {k: v for k, v in params.items() if not k.startswith("sweep.")}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def flat_params(cfg: Config, choices: Mapping[str, str | None]) -> dict[str, str]:

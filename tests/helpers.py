@@ -183,3 +183,18 @@ def make_own(root: Path) -> Own:
     write(own.chat, [{"prompt": f"Continue: {p[:60]}", "completion": p[60:120]} for p in pieces[:400]])
     own.empty.write_text("")
     return own
+
+
+def nan_model(own: Own, into: Path) -> Path:
+    """own.llama with one nan weight: its loss is nan from the first step (a diverged run)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    broken = into / "nan_llama"
+    net = AutoModelForCausalLM.from_pretrained(own.llama)
+    with torch.no_grad():
+        net.lm_head.weight[0, 0] = float("nan")
+    net.save_pretrained(broken)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((own.llama / name).read_bytes())
+    return broken

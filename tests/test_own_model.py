@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from pipeline import corpus, tokenizer
 
-from helpers import ROOT, Own, artifact_text, mlflow_client, ok, run_pipeline, runs
+from helpers import ROOT, Own, artifact_text, mlflow_client, nan_model, ok, run_pipeline, runs
 
 STEPS, EVAL_EVERY = 6, 3
 
@@ -197,13 +197,7 @@ def test_byte_level_tokenizer_is_the_byte_corpus():
 def test_a_diverged_run_ends_failed_not_looking_good(own: Own, outputs: Path, tmp_path: Path):
     """A model whose loss is nan from the first step: the run ends FAILED with the step, its loss is
     logged as nan (never as a number), no final figures are logged, the command exits non-zero."""
-    broken = tmp_path / "nan_llama"
-    net = AutoModelForCausalLM.from_pretrained(own.llama)
-    with torch.no_grad():
-        net.lm_head.weight[0, 0] = float("nan")
-    net.save_pretrained(broken)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (broken / name).write_bytes((own.llama / name).read_bytes())
+    broken = nan_model(own, tmp_path)
     args = [
         "model=hf",
         f"model.name_or_path={broken}",

@@ -1,0 +1,72 @@
+"""Sweeps that survive: rerunning a sweep whose driver died carries on in it (finished points are
+not trained again, a stopped one resumes from its newest checkpoint); sweep.retries tries a point
+that fails while training again, each try a run of its own."""
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, Own, cli_env, loss_steps, nan_model, ok, pipeline_cmd, run_pipeline, runs, wait_for
+
+pytestmark = pytest.mark.slow
+SWEEP = ("-m", "trainer.max_steps=3,400", "trainer.save_steps=10")
+
+
+def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
+    driver = subprocess.Popen(
+        pipeline_cmd(outputs, *SWEEP),
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    wait_for(
+        "point 1's first complete checkpoint",
+        lambda: list(outputs.glob("sweeps/*/1/checkpoints/checkpoint-*/trainer_state.json")),
+        timeout=300,
+    )
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies: no handler, no table, nothing closed
+    driver.wait()
+
+    result = ok(run_pipeline(outputs, *SWEEP))
+    assert "point trainer.max_steps=3 FINISHED before" in result.stdout
+    (parent,) = [r for r in runs(outputs) if r.data.tags.get("zerosweep.role") == "sweep"]
+    assert parent.info.status == "FINISHED" and "carrying on in sweep " + parent.info.run_id in result.stdout
+    by_name: dict[str, list] = {}
+    for run in runs(outputs):
+        by_name.setdefault(run.info.run_name, []).append(run)
+    (short,) = by_name["trainer.max_steps=3"]  # not trained again
+    stopped, carried = by_name["trainer.max_steps=400"]
+    assert (
+        short.info.status == "FINISHED"
+        and stopped.info.status == "KILLED"
+        and carried.info.status == "FINISHED"
+    )
+    assert carried.data.tags["zerosweep.carries_on"] == stopped.info.run_id
+    resumed = int(carried.data.metrics["resumed_from_step"])
+    assert resumed > 0 and resumed % 10 == 0 and carried.data.metrics["steps"] == 400
+    assert loss_steps(outputs, carried.info.run_id) == list(range(resumed + 1, 401))  # the curve goes on
+    table = {
+        line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("trainer.max_steps=")
+    }
+    assert table["trainer.max_steps=3"].rstrip().endswith("earlier run")
+    assert f"carried on from step {resumed}, try 2" in table["trainer.max_steps=400"]
+
+
+def test_retries_try_a_failing_point_again_and_the_last_try_decides(own: Own, outputs: Path, tmp_path: Path):
+    broken = nan_model(own, tmp_path)  # fails while training, every time
+    args = ["model=hf", f"model.name_or_path={broken}", "data=files", f"data.train_files={own.train}"]
+    result = run_pipeline(
+        outputs, "-m", *args, "trainer.max_steps=3", "sweep.retries=2", "zero=stage1,stage2"
+    )
+    assert result.returncode == 1
+    points = [r for r in runs(outputs) if "mlflow.parentRunId" in r.data.tags]
+    assert len(points) == 6 and {r.info.status for r in points} == {"FAILED"}
+    for zero in ("stage1", "stage2"):
+        tries = sorted(int(r.data.tags["zerosweep.attempt"]) for r in points if r.data.params["zero"] == zero)
+        assert tries == [1, 2, 3]
+    assert result.stderr.count("try 3 of 3") == 2 and "try 3" in result.stdout  # the table says so
