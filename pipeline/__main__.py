@@ -45,7 +45,7 @@ def check_command_line(argv: list[str]) -> None:
         sys.exit(2 if any(p.error for p in points) else 0)
     _hold_to_memory(points, args.multirun)
     if args.cfg is None and first.tracking.enabled and not all(p.cfg.dry_run for p in points):
-        _make_store(first)
+        _make_store(first, args.multirun)
 
 
 def _composed(overrides: list[str], multirun: bool) -> list["Checked"]:
@@ -86,9 +86,18 @@ def _print_fit_table(points: list["Checked"], runs_here: bool) -> None:
     summary.print_fit_table(rows, fit.Capacity.of(points[0].cfg, runs_here))
 
 
-def _make_store(cfg: Config) -> None:
+def _make_store(cfg: Config, multirun: bool) -> None:
+    """The store, made once; and the sweep named by sweep.resume, if one is, must be in it."""
     from pipeline import track
+    from pipeline.sweep_info import SweepInfo
 
+    named = cfg.sweep.resume
+    if multirun and named not in ("auto", "new") and SweepInfo.load(named) is None:
+        uri = track.tracking_uri(cfg)
+        exists = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).exists()
+        if not (exists and track.Store(uri).find(named)):
+            why = f"{named} is neither a sweep dir (with sweep.json) nor a run in the store"
+            _refuse([ConfigError("sweep.resume", why, "give one of those, or auto / new")])
     try:
         track.prepare(cfg)
     except ConfigError as e:

@@ -85,6 +85,11 @@ CASES = {
         "tracking.uri",
         "no MLflow server answers",
     ),
+    "no such sweep to carry on in": (
+        ["-m", "zero=stage1,stage2", "sweep.resume=/nonexistent"],
+        "sweep.resume",
+        "neither a sweep dir",
+    ),
     "bad point of a sweep": (
         ["-m", "zero=stage2,stage3", "offload=nvme"],
         "offload.device",
