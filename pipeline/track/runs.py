@@ -1,0 +1,157 @@
+"""A point's run over its life: opened (or reopened after a requeue) by the job, appended to by
+rank 0 (RunRef, MetricLogger), finished or failed by itself (TrackedRun); its params and identity."""
+
+import hashlib
+import json
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+from omegaconf import OmegaConf
+
+from pipeline.config import Config
+from pipeline.errors import why_stopped
+from pipeline.track.store import RUN_ID_FILE, SKIPPED, RunState, Store, prepare, tracking_uri
+
+
+@dataclass
+class RunRef:
+    """What a training rank needs to append metrics to its job's run; pickles to every rank."""
+
+    uri: str
+    run_id: str
+    # Steps up to this one were logged by an earlier attempt of the job (before a requeue).
+    after_step: int = 0
+
+
+def point_key(params: Mapping[str, str]) -> str:
+    """A point's identity: its composed config, without the sweep's own settings."""
+    kept = {k: v for k, v in params.items() if not k.startswith("sweep.")}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def flat_params(cfg: Config, choices: Mapping[str, str | None]) -> dict[str, str]:
+    """Every leaf of the composed config as 'group.key', plus each group's choice and lr."""
+    tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = json.dumps(node) if isinstance(node, (list, dict)) else str(node)
+
+    walk("", tree)
+    flat.update({group: str(choice) for group, choice in choices.items() if choice is not None})
+    flat["lr"] = str(cfg.optimizer.lr)
+    return flat
+
+
+class TrackedRun:
+    """A point's MLflow run over its life, as a context manager: system metrics are sampled into
+    it while the ranks train; `finish` logs the summary and artifacts; anything that escapes
+    fails it with the traceback (KILLED on Ctrl-C). SystemExit leaves it RUNNING: that is
+    submitit's exit after a checkpoint and requeue, and the requeued job reopens it."""
+
+    def __init__(self, store: Store, run_id: str, after_step: int, system_metrics: bool) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.ref = RunRef(store.uri, run_id, after_step)
+        self._monitor = None
+        if system_metrics:
+            self._monitor = SystemMetricsMonitor(run_id, sampling_interval=2, tracking_uri=store.uri)
+
+    def __enter__(self) -> "TrackedRun":
+        if self._monitor:
+            self._monitor.start()
+        return self
+
+    def finish(
+        self, summary: Mapping[str, float], artifacts: Iterable[Path], folders: Iterable[Path] = ()
+    ) -> None:
+        """The closing figures, the plan's files, and whole folders (the trained model) by their name."""
+        self._stop_sampling()
+        self.store.log_metrics(self.run_id, summary, int(summary.get("steps", 0)))
+        self.store.log_files(self.run_id, artifacts)
+        for folder in folders:
+            self.store.log_folder(self.run_id, folder)
+        self.store.end(self.run_id, RunState.FINISHED)
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:
+        self._stop_sampling()
+        if error is not None and not isinstance(error, SystemExit):
+            state = RunState.KILLED if isinstance(error, KeyboardInterrupt) else RunState.FAILED
+            why = "".join(traceback.format_exception(kind, error, tb))
+            if isinstance(error, KeyboardInterrupt):  # the reason last, where error.txt keeps it
+                why += f"\nstopped: {why_stopped(error)}"
+            self.store.end(self.run_id, state, why)
+        return False
+
+    def _stop_sampling(self) -> None:
+        if self._monitor:
+            self._monitor.finish()
+            self._monitor = None
+
+
+class Untracked:
+    """TrackedRun's stand-in where this process logs nothing (tracking off, or a Slurm task that
+    is not rank 0)."""
+
+    run_id = None
+    ref = None
+
+    def __enter__(self) -> "Untracked":
+        return self
+
+    def finish(
+        self, summary: Mapping[str, float], artifacts: Iterable[Path], folders: Iterable[Path] = ()
+    ) -> None:
+        pass
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:
+        return False
+
+
+def record_skipped(cfg: Config, name: str, params: dict[str, str], tags: dict[str, str], reason: str) -> str:
+    """A point that was not trained (it could not fit), as a closed run that says why."""
+    store = Store(tracking_uri(cfg))
+    run_id = store.create_run(prepare(cfg), name, {**tags, SKIPPED: reason}, params)
+    store.end(run_id, RunState.KILLED, f"skipped, not trained: {reason}")
+    return run_id
+
+
+def open_run(
+    cfg: Config, out: Path, name: str, params: dict[str, str], tags: dict[str, str], resume: bool
+) -> TrackedRun:
+    """The job's run: a requeued job (resume) reopens the run whose id it saved in its output
+    dir, beside its checkpoints; any other job creates one and saves its id there."""
+    store = Store(tracking_uri(cfg))
+    saved = out / RUN_ID_FILE
+    if resume and saved.exists():
+        run_id = saved.read_text().strip()
+        return TrackedRun(store, run_id, store.reopen(run_id), cfg.tracking.system_metrics)
+    run_id = store.create_run(prepare(cfg), name, tags, params)
+    saved.write_text(run_id + "\n")
+    return TrackedRun(store, run_id, 0, cfg.tracking.system_metrics)
+
+
+class MetricLogger:
+    """Appends metrics to a run from training rank 0, asynchronously so steps never wait on I/O;
+    flush() before the process ends."""
+
+    def __init__(self, ref: RunRef) -> None:
+        mlflow.set_tracking_uri(ref.uri)
+        self.store = Store(ref.uri)
+        self.ref = ref
+
+    def __call__(self, values: dict[str, float], step: int) -> None:
+        if step > self.ref.after_step:
+            self.store.log_metrics(self.ref.run_id, values, step, synchronous=False)
+
+    def flush(self) -> None:
+        mlflow.flush_async_logging()
