@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
-from pipeline import track
+from pipeline import track, watchdog
+from pipeline.errors import Hung
 from pipeline.job import Outcome
 from pipeline.sweep_info import SweepInfo
 from pipeline.track import RunState
@@ -35,13 +36,16 @@ class SlurmLauncher(PluginSlurmLauncher):
         state = Singleton.get_state()
         numbered = enumerate(job_overrides, initial_job_idx)
         calls = [(list(o), "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in numbered]
+        points = [sweep_dir / str(n) for n in range(initial_job_idx, initial_job_idx + len(calls))]
+        for point in points:  # the jobs' dirs (hydra.sweep.subdir is the job's number)
+            watchdog.forget(point)
         jobs = self._executor().map_array(self, *zip(*calls, strict=True))
         ids = [j.job_id for j in jobs]
         log.info(f"Slurm jobs {' '.join(ids)}; submitit logs in {sweep_dir}/.submitit/")
         info = SweepInfo.load(sweep_dir)
         if info:
             track.Store(info.tracking_uri).tag(info.parent_run_id, {"zerosweep.slurm_job_ids": " ".join(ids)})
-        return [self._result(job, o, info) for job, o in zip(jobs, job_overrides, strict=True)]
+        return [self._result(*each, info) for each in zip(jobs, job_overrides, points, strict=True)]
 
     def _executor(self) -> submitit.AutoExecutor:
         """submitit's executor with the launcher's parameters: the plugin's queue keys as they are,
@@ -59,7 +63,9 @@ class SlurmLauncher(PluginSlurmLauncher):
         executor.update_parameters(**{k if k in queue_keys else f"slurm_{k}": v for k, v in params.items()})
         return executor
 
-    def _result(self, job: submitit.Job, overrides: Sequence[str], info: SweepInfo | None) -> JobReturn:
+    def _result(
+        self, job: submitit.Job, overrides: Sequence[str], point: Path, info: SweepInfo | None
+    ) -> JobReturn:
         """The point's result; a job that ended without one (scancel, node failure, OOM kill) is
         reported in its MLflow run and as a KILLED or FAILED point instead of stopping the sweep."""
         try:
@@ -71,18 +77,23 @@ class SlurmLauncher(PluginSlurmLauncher):
             state = RunState.KILLED if ended_by_slurm else RunState.FAILED
             log.error(f"point {' '.join(overrides)} (Slurm job {job.job_id}) {state}: it ended {job.state}")
             if info:
-                self._close_run(
-                    info, job, f"{e}\nSlurm job {job.job_id} ended {job.state} without a result", state
-                )
+                why = f"{e}\nSlurm job {job.job_id} ended {job.state} without a result"
+                self._close_run(info, job, why, state, watchdog.collect(point))
             # COMPLETED with a state, as app.run reports a failed point: Hydra re-raises FAILED ones.
             outcome = Outcome(state, slurm_job_id=job.job_id)
             return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=outcome)
 
     @staticmethod
-    def _close_run(info: SweepInfo, job: submitit.Job, error: str, state: RunState) -> None:
+    def _close_run(
+        info: SweepInfo, job: submitit.Job, error: str, state: RunState, hung: Hung | None
+    ) -> None:
         """The point's run, if the job got as far as creating one, with submitit's message (it carries
-        the job's log); the reason goes last, where error.txt keeps it."""
+        the job's log); the reason goes last, where error.txt keeps it. A hang's ranks left their
+        stacks in the point's dir: they go to the run (hang.txt) and the reason is the hang."""
         store = track.Store(info.tracking_uri)
         run_id = store.child_of_slurm_job(info.experiment_id, info.parent_run_id, job.job_id)
         if run_id:
+            if hung:
+                store.log_text(run_id, hung.stacks, "hang.txt")
+                error = f"{error}\n{hung}"
             store.end(run_id, state, error)

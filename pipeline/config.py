@@ -220,6 +220,9 @@ class TrainerConf:
     deepcompile: bool = False
     # Steps left out of the step-time and tokens/s averages (compilation, allocator warm-up).
     timing_warmup_steps: int = 2
+    # A rank that completes no step for this long (a collective that never returns, a dead peer)
+    # ends the point FAILED ("hang"), every rank's Python stack saved to the run (hang.txt). 0: off.
+    hang_timeout_s: int = 1800
     # A loss that is nan or inf ends the run FAILED ("loss is nan/inf at step N"); false: train on,
     # and its metrics say nan (never a number it is not).
     stop_on_nan: bool = True

@@ -16,3 +16,11 @@ class Terminated(KeyboardInterrupt):
 
 def why_stopped(stop: KeyboardInterrupt) -> str:
     return str(stop) or "interrupted (Ctrl-C)"
+
+
+class Hung(RuntimeError):
+    """No step for trainer.hang_timeout_s: the ranks' Python stacks say where they waited."""
+
+    def __init__(self, message: str = "hang", stacks: str = "") -> None:
+        super().__init__(message)
+        self.stacks = stacks

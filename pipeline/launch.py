@@ -21,7 +21,7 @@ from torch.distributed.elastic.multiprocessing.api import SignalException
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from pipeline import track, train
+from pipeline import track, train, watchdog
 from pipeline.errors import Terminated
 from pipeline.job import Job
 
@@ -59,6 +59,16 @@ class Local:
         return None
 
     def launch(self, job: Job) -> dict[str, float]:
+        watchdog.forget(job.out)
+        try:
+            return self._ranks(job)
+        except Exception as e:  # a hang stops the ranks; their stacks say where they waited
+            hung = watchdog.collect(job.out)
+            if hung is None:
+                raise
+            raise hung from e
+
+    def _ranks(self, job: Job) -> dict[str, float]:
         if self.nproc == 1:
             return _in_process(job)
         config = LaunchConfig(
@@ -81,7 +91,7 @@ class Local:
 def _in_process(job: Job) -> dict[str, float]:
     world_of_one()
     try:
-        return train.worker(job)
+        return train.worker(job, own_process=False)
     finally:  # the next point of a local sweep runs in this process: hand its memory back
         gc.collect()
         if torch.cuda.is_available():

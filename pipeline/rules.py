@@ -129,6 +129,7 @@ AT_LEAST_ZERO = (
     "trainer.timing_warmup_steps",
     "trainer.dataloader_num_workers",
     "trainer.seed",
+    "trainer.hang_timeout_s",
     "sweep.retries",
     "zero.stage3_param_persistence_threshold",
     "offload.max_in_cpu",

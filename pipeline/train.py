@@ -17,10 +17,12 @@ from pipeline import data, model, tokenizer, track
 from pipeline.config import ModelSource
 from pipeline.job import Job
 from pipeline.metrics import Diverged, StepMetrics
+from pipeline.watchdog import Watchdog
 
 
-def worker(job: Job) -> dict[str, float]:
-    """Train one rank; rank 0 appends metrics to the job's MLflow run. Returns this rank's summary."""
+def worker(job: Job, own_process: bool = True) -> dict[str, float]:
+    """Train one rank; rank 0 appends metrics to the job's MLflow run. Returns this rank's summary.
+    own_process: the rank is a process of its own (not the job's, as one local rank is)."""
     # DeepSpeed calls torch.distributed's deprecated names on every step: keep the progress readable.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
     cfg, t = job.cfg, job.cfg.trainer
@@ -43,8 +45,12 @@ def worker(job: Job) -> dict[str, float]:
     logger = track.MetricLogger(job.run) if is_main and job.run else None
     tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
     clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger, t.stop_on_nan)
+    callbacks = [FreezeHeap(), clock]
+    if t.hang_timeout_s:
+        rank = int(os.environ.get("RANK", "0"))
+        callbacks.append(Watchdog(t.hang_timeout_s, job.out, rank, in_process=not own_process))
     trainer = Trainer(
-        model=net, args=args, train_dataset=train_set, eval_dataset=eval_set, callbacks=[FreezeHeap(), clock]
+        model=net, args=args, train_dataset=train_set, eval_dataset=eval_set, callbacks=callbacks
     )
     try:
         trainer.train(resume_from_checkpoint=job.resume_from)

@@ -38,11 +38,12 @@ def pipeline_cmd(outputs: Path, *args: str, module: str = "pipeline") -> list[st
 
 
 def run_pipeline(
-    outputs: Path, *args: str, module: str = "pipeline", timeout: int = 900
+    outputs: Path, *args: str, module: str = "pipeline", timeout: int = 900, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run the CLI from the project root to its end."""
+    """Run the CLI from the project root to its end (env: variables added to the CLI's)."""
     cmd = pipeline_cmd(outputs, *args, module=module)
-    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+    env = cli_env() | (env or {})
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

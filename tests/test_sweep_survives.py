@@ -9,7 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, Own, cli_env, loss_steps, nan_model, ok, pipeline_cmd, run_pipeline, runs, wait_for
+from helpers import (
+    ROOT,
+    Own,
+    artifact_text,
+    cli_env,
+    loss_steps,
+    mlflow_client,
+    nan_model,
+    ok,
+    pipeline_cmd,
+    run_pipeline,
+    runs,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 SWEEP = ("-m", "trainer.max_steps=3,400", "trainer.save_steps=10")
@@ -70,3 +83,31 @@ def test_retries_try_a_failing_point_again_and_the_last_try_decides(own: Own, ou
         tries = sorted(int(r.data.tags["zerosweep.attempt"]) for r in points if r.data.params["zero"] == zero)
         assert tries == [1, 2, 3]
     assert result.stderr.count("try 3 of 3") == 2 and "try 3" in result.stdout  # the table says so
+
+
+def test_a_rank_that_stops_stepping_fails_its_point_as_a_hang_with_every_ranks_stack(
+    outputs: Path, tmp_path: Path
+):
+    """Rank 0 stops stepping after step 3 (test hook): alone, in the job's own process; of two, its
+    peer waits in the next collective. Each point ends FAILED as a hang and the sweep goes on."""
+    result = run_pipeline(
+        outputs,
+        "-m",
+        "trainer.nproc_per_node=1,2",
+        "trainer.max_steps=50",
+        "trainer.hang_timeout_s=8",
+        env={"ZEROSWEEP_TEST_HANG_AT_STEP": "0:3"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("FAILED: Hung: hang: rank") == 2
+    client = mlflow_client(outputs)
+    points = [r for r in runs(outputs) if "mlflow.parentRunId" in r.data.tags]
+    assert len(points) == 2 and {r.info.status for r in points} == {"FAILED"}
+    for run in points:
+        ranks = int(run.data.params["trainer.nproc_per_node"])
+        stacks = artifact_text(outputs, run.info.run_id, "hang.txt", tmp_path / run.info.run_id)
+        assert [f"== hang-rank{r}.txt" in stacks for r in range(ranks)] == [True] * ranks
+        assert "in on_step_end" in stacks  # where rank 0 stopped
+        assert "hang: rank" in artifact_text(outputs, run.info.run_id, "error.txt", tmp_path / "e")
+        last_step = max(m.timestamp for m in client.get_metric_history(run.info.run_id, "loss"))
+        assert (run.info.end_time - last_step) / 1000 < 8 + 30  # caught within the timeout + a margin

@@ -14,7 +14,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from omegaconf import OmegaConf
 
 from pipeline.config import Config
-from pipeline.errors import why_stopped
+from pipeline.errors import Hung, why_stopped
 from pipeline.track.store import RUN_ID_FILE, SKIPPED, RunState, Store, prepare, tracking_uri
 
 
@@ -86,6 +86,8 @@ class TrackedRun:
         self._stop_sampling()
         if error is not None and not isinstance(error, SystemExit):
             state = RunState.KILLED if isinstance(error, KeyboardInterrupt) else RunState.FAILED
+            if isinstance(error, Hung) and error.stacks:
+                self.store.log_text(self.run_id, error.stacks, "hang.txt")
             why = "".join(traceback.format_exception(kind, error, tb))
             if isinstance(error, KeyboardInterrupt):  # the reason last, where error.txt keeps it
                 why += f"\nstopped: {why_stopped(error)}"
