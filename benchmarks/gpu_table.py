@@ -78,7 +78,7 @@ def pipeline_cmd(
         "scheduler=warmup_linear",
         "scheduler.warmup_steps=2",
         # The reference averages from the end of step WARM+1 on (its clock's first mark): skip as many.
-        "trainer.micro_batch_size=8",
+        # Micro batch 8 is the pipeline's default (a perf preset sets its own; the command line would win).
         f"trainer.max_steps={STEPS}",
         f"trainer.timing_warmup_steps={WARM + 1}",
         # No data-loader workers (the pipeline's default): with 2 per rank, as the reference has,
@@ -121,7 +121,7 @@ def run_pipeline(
         "tflops": res["model_tflops"],
         "peak_gib": res["peak_memory_gib"],
         # The memory plan's figure per GPU (memory.json), beside the measured peak.
-        "plan_gib": (plan["gpu_model_states"] + plan["gpu_activations"]) / 2**30,
+        "plan_gib": plan["gpu_peak"] / 2**30,
         "loss_last": res["final_loss"],
         "wall_s": res["wall_s"],
     }

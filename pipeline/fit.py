@@ -45,7 +45,7 @@ def _local_gpu() -> int | None:
 
 def shortfall(cfg: Config, memory: MemoryPlan, capacity: Capacity) -> str | None:
     """What does not fit, in words with the figures; None if it fits (or nothing is known)."""
-    gpu = memory.gpu_model_states + memory.gpu_activations
+    gpu = memory.gpu_peak
     if capacity.gpu is not None and gpu > capacity.gpu:
         return f"needs ~{size(gpu)} per GPU, the GPU has {size(capacity.gpu)}"
     if cfg.offload.device != OffloadDevice.none and capacity.host is not None:
@@ -85,6 +85,15 @@ def _variants(cfg: Config) -> list[tuple[str, Config]]:
         )
     if z.stage < 3:
         tried.append(("zero=stage3", dataclasses.replace(cfg, zero=dataclasses.replace(z, stage=3))))
+    if z.stage > 0 and z.reduce_bucket_size and z.contiguous_gradients:
+        # DeepSpeed allocates its reduce buckets whole, whatever the model's size.
+        tenth = z.reduce_bucket_size // 10
+        tried.append(
+            (
+                f"zero.reduce_bucket_size={tenth}",
+                dataclasses.replace(cfg, zero=dataclasses.replace(z, reduce_bucket_size=tenth)),
+            )
+        )
     if t.micro_batch_size > 1:
         half = t.micro_batch_size // 2
         tried.append(

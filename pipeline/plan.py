@@ -77,7 +77,12 @@ def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
         world_size=world,
         params=params,
         flops_per_token=model.flops_per_token(model_cfg, params, cfg.data.seq_len),
-        memory=memory.estimate(cfg, params, largest, model_cfg.hidden_size, model_cfg.num_hidden_layers),
+        memory=memory.estimate(
+            cfg,
+            memory.ModelShape(
+                params, largest, model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
+            ),
+        ),
     )
 
 

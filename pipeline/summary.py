@@ -64,8 +64,8 @@ def memory_lines(plan: Plan) -> str:
     m = plan.memory
     rows = [
         f"  model: {plan.params / 1e6:.2f}M parameters, world size {plan.world_size}",
-        f"  per GPU: {m.gpu_model_states / GIB:.2f} GiB model states"
-        f" + ~{m.gpu_activations / GIB:.2f} GiB activations",
+        f"  per GPU: ~{m.gpu_peak / GIB:.2f} GiB at the peak: {m.gpu_model_states / GIB:.2f} GiB model states"
+        f" + {m.gpu_buffers / GIB:.2f} GiB ZeRO buckets + {m.gpu_activations / GIB:.2f} GiB activations",
         f"  host (per node): {m.host_model_states / GIB:.2f} GiB model states",
     ]
     if m.nvme:
@@ -126,7 +126,7 @@ def print_fit_table(
         if memory is None:
             table.append([name, "", "", "", f"refused: {problem}"])
             continue
-        figures = [(memory.gpu_model_states + memory.gpu_activations) / GIB, memory.host_model_states / GIB]
+        figures = [memory.gpu_peak / GIB, memory.host_model_states / GIB]
         figures.append(memory.nvme / GIB)
         verdict = f"no: {problem.problem}" if problem else "yes" if capacity.gpu else "-"
         table.append([name, *(f"{x:.2f}" for x in figures), verdict])
