@@ -19,6 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CEILING_TFLOPS = 798.0  # the H100's measured bf16 matmul ceiling (shared/reference/README.md)
 STEPS, WARM = 30, 8
+# The DeepSpeed op each variant JIT-builds on its first run (the call's warm-up run builds it once).
+OP = {"z0": "fused_adam", "z1": "fused_adam", "z2": "fused_adam", "z3": "fused_adam"}
+OP |= {"z2_off": "cpu_adam", "z3_off": "cpu_adam", "z3_nvme": "async_io"}
 
 # Reference variant -> the pipeline's overrides for the same settings.
 SAME: dict[str, list[str]] = {
@@ -62,6 +65,8 @@ def pipeline_cmd(
     model: list[str] | None = None,
     tracking: bool = True,
     gpus: int = 1,
+    steps: int = STEPS,
+    warm: int = WARM,
 ) -> list[str]:
     """The pipeline's CLI with the reference's settings (model, data, bf16, DS AdamW, lr, warmup,
     steps); the trained model is not saved (the reference saves none)."""
@@ -79,8 +84,8 @@ def pipeline_cmd(
         "scheduler.warmup_steps=2",
         # The reference averages from the end of step WARM+1 on (its clock's first mark): skip as many.
         # Micro batch 8 is the pipeline's default (a perf preset sets its own; the command line would win).
-        f"trainer.max_steps={STEPS}",
-        f"trainer.timing_warmup_steps={WARM + 1}",
+        f"trainer.max_steps={steps}",
+        f"trainer.timing_warmup_steps={warm + 1}",
         # No data-loader workers (the pipeline's default): with 2 per rank, as the reference has,
         # the 2-GPU batch fetch cost the pipeline 54-100 ms a step (RESULTS.md, sixth session).
         "trainer.save_model=false",
@@ -183,6 +188,27 @@ def row(name: str, who: str, r: dict | None, base: dict | None) -> str:
     return f"| {name} | {who} | {speed} | {r['peak_gib']:.1f} | {plan} | {r['loss_last']:.4f} | {ratio} |"
 
 
+def scaling_row(
+    variant: str, extra: list[str], many: dict | None, a: argparse.Namespace, timing: dict, name: str = ""
+) -> str:
+    """The pipeline on one GPU (the first), beside its N-GPU mean: N-GPU tokens/s over N times the
+    one GPU's, in the ratio column."""
+    one = run_pipeline(
+        variant,
+        extra,
+        a.out / "one_gpu" / (name or variant),
+        a.timeout,
+        env={"CUDA_VISIBLE_DEVICES": "0"},
+        tracking=a.tracking == "on",
+        **timing,
+    )
+    text = row(f"{name or variant} on 1 GPU (scaling)", "pipeline", one, None)
+    if one and many:
+        text = text.rstrip("|").rstrip() + f" {many['tok_s'] / (a.gpus * one['tok_s']):.3f} |"
+    print(text, flush=True)
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", type=Path, required=True)
@@ -192,6 +218,16 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=400)
     ap.add_argument("--gpus", type=int, default=1, help="ranks, one GPU each, on both sides")
     ap.add_argument("--tracking", choices=["on", "off"], default="on", help="the pipeline's MLflow tracking")
+    ap.add_argument("--steps", type=int, default=STEPS)
+    ap.add_argument("--warm", type=int, default=WARM, help="steps left out of the timing")
+    ap.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also the pipeline on one GPU per variant: scaling = N-GPU tokens/s / (N x 1-GPU tokens/s)",
+    )
+    ap.add_argument(
+        "--ceiling", action="store_true", help="also the plain Trainer without DeepSpeed (DDP) on --gpus"
+    )
     ap.add_argument(
         "--repeat",
         type=int,
@@ -202,7 +238,8 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     variants = [v for v in a.variants.split(",") if v]
     presets = [p for p in a.presets.split(",") if p]
-    how = {"gpus": a.gpus, "tracking": a.tracking == "on"}
+    how = {"gpus": a.gpus, "tracking": a.tracking == "on", "steps": a.steps, "warm": a.warm}
+    timing = {"steps": a.steps, "warm": a.warm}
     lines = [
         f"{a.gpus} GPU(s), pipeline tracking {a.tracking}; tokens/s and TFLOP/s for all GPUs together",
         "",
@@ -211,6 +248,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     refs: dict[str, dict | None] = {}
+    built: set[str] = set()
 
     def save() -> str:
         """Rewrites table.md after every pair and preset row (each run's row is also printed as it
@@ -222,7 +260,9 @@ def main() -> None:
     for v in variants:
         # Warm-up: the reference builds the ops this variant needs (fused_adam, cpu_adam, async_io).
         # Short (4 steps): only the op builds and caches matter here, not its timing.
-        run_reference(a.reference, v, a.out / "warm" / v, a.timeout, steps=4, warm=1, gpus=a.gpus)
+        if OP[v] not in built:
+            run_reference(a.reference, v, a.out / "warm" / v, a.timeout, steps=4, warm=1, gpus=a.gpus)
+            built.add(OP[v])
         pairs = []
         for i in range(1, a.repeat + 1):
             name, run_dir = (f"{v} #{i}", f"{v}_{i}") if a.repeat > 1 else (v, v)
@@ -230,7 +270,7 @@ def main() -> None:
             runs: dict[str, dict | None] = {}
             for who in ("reference", "pipeline") if i % 2 else ("pipeline", "reference"):
                 runs[who] = (
-                    run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout, gpus=a.gpus)
+                    run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout, gpus=a.gpus, **timing)
                     if who == "reference"
                     else run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout, **how)
                 )
@@ -244,17 +284,27 @@ def main() -> None:
             ]
             save()
         refs[v] = mean_run([r for r, _ in pairs])
+        mine = mean_run([m for _, m in pairs])
         if a.repeat > 1:
             lines += [
                 row(f"{v} mean", "reference", refs[v], None),
-                row(f"{v} mean", "pipeline", mean_run([m for _, m in pairs]), refs[v]),
+                row(f"{v} mean", "pipeline", mine, refs[v]),
             ]
+            save()
+        if a.scaling:
+            lines.append(scaling_row(v, [], mine, a, timing))
             save()
     for p in presets:
         base, extra = PRESETS[p]
         mine = run_pipeline(base, extra, a.out / "preset" / p, a.timeout, **how)
         lines.append(row(p, "pipeline", mine, refs.get(base)))
         print(lines[-1], flush=True)
+        if a.scaling:
+            lines.append(scaling_row(base, extra, mine, a, timing, name=p))
+        save()
+    if a.ceiling:
+        ddp = run_reference(a.reference, "torch", a.out / "ref" / "ddp", a.timeout, gpus=a.gpus, **timing)
+        lines.append(row("plain Trainer, no DeepSpeed (DDP ceiling)", "reference", ddp, None))
         save()
     print(save())
 
