@@ -129,6 +129,7 @@ def run_pipeline(
         "plan_gib": plan["gpu_peak"] / 2**30,
         "loss_last": res["final_loss"],
         "wall_s": res["wall_s"],
+        "gpus": how.get("gpus", 1),
     }
 
 
@@ -156,7 +157,7 @@ def run_reference(
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             res = json.loads(line[len("RESULT ") :])
-            return {**res, "tok_s": res["tok_s"] * gpus, "tflops": res["tflops"] * gpus}
+            return {**res, "tok_s": res["tok_s"] * gpus, "tflops": res["tflops"] * gpus, "gpus": gpus}
     print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
     return None
 
@@ -183,7 +184,7 @@ def row(name: str, who: str, r: dict | None, base: dict | None) -> str:
     plan = (
         f"{r['plan_gib']:.1f} ({100 * (r['plan_gib'] / r['peak_gib'] - 1):+.0f}%)" if "plan_gib" in r else ""
     )
-    mfu = 100 * r["tflops"] / CEILING_TFLOPS
+    mfu = 100 * r["tflops"] / (CEILING_TFLOPS * r["gpus"])
     speed = f"{r['step_s']:.4f} | {r['tok_s']:,.0f} | {r['tflops']:.1f} | {mfu:.1f}%"
     return f"| {name} | {who} | {speed} | {r['peak_gib']:.1f} | {plan} | {r['loss_last']:.4f} | {ratio} |"
 

@@ -1,4 +1,4 @@
-"""The memory plan against the peaks measured on the GPU (benchmarks/RESULTS.md, H100s, the
+"""The memory plan against the peaks measured on the GPU (benchmarks/RESULTS.md, H100s and H200s, the
 reference's 1B Llama at seq 1024, bf16, micro batch 8, DeepSpeed AdamW): within 10% on every
 row. New device measurements add rows here."""
 
@@ -26,6 +26,10 @@ MEASURED = [
     (["zero=stage2", "offload=cpu", "perf=compile_mbs16"], 21.1, "2nd session, 1 GPU"),
     (["zero=stage3", "offload=cpu", "perf=compile_mbs16"], 25.0, "2nd/3rd session, 1 GPU"),
     (["model=llama_small", *NVME], 3.8, "4th session, 1 GPU, the small Llama"),
+    (["zero=stage1", "trainer.nproc_per_node=2"], 21.5, "7th session, 2 H200"),
+    (["zero=stage3", "trainer.nproc_per_node=2"], 23.3, "7th session, 2 H200"),
+    (["zero=stage2", "perf=compile_mbs32", "trainer.nproc_per_node=2"], 45.4, "7th session, 2 H200"),
+    (["zero=stage2", "perf=compile_mbs32"], 52.6, "7th session, 1 H200"),
 ]
 
 
