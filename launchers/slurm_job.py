@@ -11,7 +11,7 @@ from pathlib import Path
 import submitit
 import torch
 
-from pipeline import launch, track
+from pipeline import checkpoints, launch, track
 from pipeline.config import Config
 from pipeline.job import Job
 
@@ -28,8 +28,13 @@ class SlurmTask:
         RUNNING is settled from the job's state (launchers/slurm.py)."""
         return {track.SLURM_JOB: submitit.JobEnvironment().job_id}
 
+    @property
+    def ranks(self) -> int:
+        """The job's tasks as Slurm runs them now (after a requeue onto other nodes, too)."""
+        return submitit.JobEnvironment().num_tasks
+
     def checkpoint(self, out: Path) -> str | None:
-        return launch.newest_checkpoint(out) if self.requeued else None
+        return checkpoints.newest(out) if self.requeued else None
 
     def launch(self, job: Job) -> dict[str, float]:
         """CPU threads match the task's CPUs (else accelerate sizes them to the whole node's cores)."""

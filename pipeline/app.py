@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from launchers import slurm_job
-from pipeline import config, data, fit, launch, plan, summary, track
+from pipeline import checkpoints, config, data, fit, plan, summary, track
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.job import Job, Outcome
@@ -58,7 +58,8 @@ def run(cfg: Config, point: Point) -> Outcome:
     if before and before[-1].state == RunState.FINISHED:
         return finished_before(point, before[-1])
     with open_run(cfg, point, where, before) as tracked:
-        resume_from = where.checkpoint(point.out) or carried_over(before)
+        last = where.checkpoint(point.out) or carried_over(before)
+        resume_from = checkpoints.for_ranks(last, cfg, where.ranks)
         job = Job.of(cfg, the_plan, point.out, tracked.ref, resume_from, data.prepare(cfg))
         result = where.launch(job)
         tracked.finish(result, files.all(), job.saved_models())
@@ -98,10 +99,13 @@ def finished_before(point: Point, run: RunRecord) -> Outcome:
 
 
 def carried_over(before: list[RunRecord]) -> str | None:
-    """The newest complete checkpoint the last try left, to carry on from."""
-    if not before or track.OUTPUT_DIR not in before[-1].tags:
-        return None
-    return launch.newest_checkpoint(Path(before[-1].tags[track.OUTPUT_DIR]))
+    """The newest complete checkpoint of the last try that left one, to carry on from (a try that
+    failed before its first checkpoint does not throw away an earlier try's)."""
+    for run in reversed(before):
+        found = track.OUTPUT_DIR in run.tags and checkpoints.newest(Path(run.tags[track.OUTPUT_DIR]))
+        if found:
+            return found
+    return None
 
 
 def skip(cfg: Config, point: Point, where: Placement, misfit: ConfigError) -> Outcome:

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import checkpoints
 from pipeline.config import Config
 from pipeline.plan import Plan
 from pipeline.track import RunRef, RunState
@@ -20,7 +21,7 @@ class Job:
     out: Path
     # The point's MLflow run, for rank 0 to append metrics to; None when nothing is tracked.
     run: RunRef | None = None
-    # The Trainer checkpoint a requeued job resumes from.
+    # The Trainer checkpoint a requeued or carried-on job resumes from (checkpoints.for_ranks).
     resume_from: str | None = None
     # The user's data, tokenized (corpus.prepare); None for the built-in sources.
     data: str | None = None
@@ -35,7 +36,8 @@ class Job:
         resume_from: str | None = None,
         data: str | None = None,
     ) -> "Job":
-        return cls(cfg, plan.training_args, plan.flops_per_token, out, run, resume_from, data)
+        training_args = checkpoints.loading(plan.training_args, resume_from)
+        return cls(cfg, training_args, plan.flops_per_token, out, run, resume_from, data)
 
     @property
     def model_dir(self) -> Path:

@@ -37,6 +37,10 @@ class Placement(Protocol):
     def tags(self) -> dict[str, str]:
         """Tags that let a run left RUNNING be settled later (its owner process, or Slurm job)."""
 
+    @property
+    def ranks(self) -> int:
+        """The world size this attempt trains with (a requeued Slurm job may have another)."""
+
     def checkpoint(self, out: Path) -> str | None:
         """The checkpoint to resume from, if this attempt resumes one."""
 
@@ -51,6 +55,10 @@ class Local:
     nproc: int
     owns_run: bool = True
     requeued: bool = False
+
+    @property
+    def ranks(self) -> int:
+        return self.nproc
 
     def tags(self) -> dict[str, str]:
         return track.owner_tags()
@@ -120,13 +128,3 @@ def rank_main(job: Job) -> dict[str, float]:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def newest_checkpoint(out: Path) -> str | None:
-    """The Trainer's latest complete checkpoint-N under the job's output dir, to resume a requeued
-    job from (trainer_state.json is written last: a job stopped mid-save leaves none)."""
-    found = sorted(
-        (p.parent for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json")),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
-    return str(found[-1]) if found else None

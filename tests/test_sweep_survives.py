@@ -7,6 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 from helpers import (
@@ -111,3 +112,62 @@ def test_a_rank_that_stops_stepping_fails_its_point_as_a_hang_with_every_ranks_s
         assert "hang: rank" in artifact_text(outputs, run.info.run_id, "error.txt", tmp_path / "e")
         last_step = max(m.timestamp for m in client.get_metric_history(run.info.run_id, "loss"))
         assert (run.info.end_time - last_step) / 1000 < 8 + 30  # caught within the timeout + a margin
+
+
+def test_a_rank_killed_outright_fails_its_point_and_the_sweep_goes_on(outputs: Path):
+    """SIGKILL of one rank of a 2-rank point: the point ends FAILED saying so, the next point trains,
+    and no run is left RUNNING."""
+    driver = subprocess.Popen(
+        pipeline_cmd(outputs, "-m", "trainer.nproc_per_node=2", "trainer.max_steps=400,3"),
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for("point 0 at its third step", lambda: _training(outputs, steps=3), timeout=300)
+    children = psutil.Process(driver.pid).children(recursive=True)
+    ranks = [p for p in children if "spawn_main" in " ".join(p.cmdline())]  # not its resource tracker
+    assert len(ranks) == 2
+    os.kill(ranks[1].pid, signal.SIGKILL)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 1, stderr[-3000:]
+    states = {r.info.run_name: r.info.status for r in runs(outputs)}
+    assert "RUNNING" not in states.values() and len(states) == 3
+    assert states["trainer.max_steps=400"] == "FAILED" and states["trainer.max_steps=3"] == "FINISHED"
+    (killed,) = [r for r in runs(outputs) if r.info.run_name == "trainer.max_steps=400"]
+    assert "SIGKILL" in artifact_text(outputs, killed.info.run_id, "error.txt", outputs.parent / "e")
+
+
+def _training(outputs: Path, steps: int) -> bool:
+    """A point's run is RUNNING with at least `steps` losses logged."""
+    running = [r for r in runs(outputs) if r.info.status == "RUNNING" and "mlflow.parentRunId" in r.data.tags]
+    return any(len(loss_steps(outputs, r.info.run_id)) >= steps for r in running)
+
+
+def test_two_sweeps_at_once_on_one_store_lose_no_run_and_no_metric(outputs: Path):
+    """The same command started twice at once: two sweeps (the second does not carry on in the first,
+    whose driver is alive), every point FINISHED with every step's metrics."""
+    sweep = pipeline_cmd(outputs, "-m", "trainer.max_steps=5,8", "zero=stage1")
+    drivers = [
+        subprocess.Popen(
+            sweep, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for driver in drivers:
+        _, stderr = driver.communicate(timeout=600)
+        assert driver.returncode == 0, stderr[-3000:]
+    parents = [r for r in runs(outputs) if r.data.tags.get("zerosweep.role") == "sweep"]
+    points = [r for r in runs(outputs) if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 2 and len(points) == 4
+    assert {r.info.status for r in parents + points} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in points} == {p.info.run_id for p in parents}
+    client = mlflow_client(outputs)
+    for run in points:
+        steps = int(run.data.params["trainer.max_steps"])
+        for key in ("loss", "grad_norm", "learning_rate", "step_time_s"):
+            assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(
+                range(1, steps + 1)
+            )
+        assert "final_loss" in run.data.metrics

@@ -3,6 +3,7 @@ rank 0 (RunRef, MetricLogger), finished or failed by itself (TrackedRun); its pa
 
 import hashlib
 import json
+import math
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,9 +29,16 @@ class RunRef:
     after_step: int = 0
 
 
+# How many ranks train a point, and so its accumulation, are where it runs, not what it trains: a
+# point carried on with another GPU count at the same global batch is the same point.
+PLACEMENT = ("trainer.nproc_per_node", "trainer.nnodes", "trainer.gradient_accumulation_steps")
+
+
 def point_key(params: Mapping[str, str]) -> str:
-    """A point's identity: its composed config, without the sweep's own settings."""
-    kept = {k: v for k, v in params.items() if not k.startswith("sweep.")}
+    """A point's identity: its composed config with its global batch in place of its placement,
+    without the sweep's own settings."""
+    kept = {k: v for k, v in params.items() if not k.startswith("sweep.") and k not in PLACEMENT}
+    kept["global_batch"] = str(math.prod(int(params[k]) for k in ("trainer.micro_batch_size", *PLACEMENT)))
     return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 

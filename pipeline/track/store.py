@@ -192,11 +192,12 @@ class Store:
         return self.search(experiment_id, where)
 
     def unfinished_sweep(self, experiment_id: str, sweep_key: str) -> RunRecord | None:
-        """The newest sweep of this command line that did not finish (its driver stopped or died)."""
+        """The newest sweep of this command line that did not finish (its driver stopped or died);
+        not one that a driver on this host still runs (the same command started twice at once)."""
         where = f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP_KEY}` = '{sweep_key}'"
         where += " and attributes.status != 'FINISHED'"
-        found = self.search(experiment_id, where, newest_first=True, limit=1)
-        return found[0] if found else None
+        found = self.search(experiment_id, where, newest_first=True, limit=100)
+        return next((run for run in found if not _driven_here(run)), None)
 
     def latest_sweep(self, experiment_id: str) -> RunRecord | None:
         found = self.search(experiment_id, f"tags.`{ROLE}` = 'sweep'", newest_first=True, limit=1)
@@ -291,6 +292,16 @@ def owner_tags() -> dict[str, str]:
         "zerosweep.pid": str(me.pid),
         "zerosweep.pid_started": repr(me.create_time()),
     }
+
+
+def _driven_here(run: RunRecord) -> bool:
+    """The run is RUNNING and the process that owns it is alive on this host."""
+    tags = run.tags
+    return (
+        run.state == RunState.RUNNING
+        and tags.get("zerosweep.host") == socket.gethostname()
+        and _alive(int(tags["zerosweep.pid"]), float(tags["zerosweep.pid_started"]))
+    )
 
 
 def _alive(pid: int, started: float) -> bool:
