@@ -18,7 +18,7 @@ from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
 
 import launchers
-from pipeline import compose, rules
+from pipeline import compose, rules, search
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Terminated, why_stopped
 from pipeline.sweep_info import point_name, varying_keys
@@ -154,6 +154,11 @@ def main() -> None:
     # process started from a background job (or nohup) inherits it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
+    if search.requested(sys.argv[1:]):  # search=fastest drives trials of its own (pipeline/search)
+        from pipeline.search import driver
+
+        driver.main(sys.argv[1:])
+        return
     check_command_line(sys.argv[1:])
     try:
         hydra_main()

@@ -54,6 +54,13 @@ def compose_point(overrides: list[str]) -> Config:
         raise ConfigError(empty[0], "needs an option, not null", _choose(empty[0])) from None
 
 
+def choices(overrides: list[str]) -> dict[str, str | None]:
+    """Each group's chosen option (model: llama_tiny, ...) for a command line that composes."""
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        composed = compose("config", overrides=overrides, return_hydra_config=True)
+    return dict(composed.hydra.runtime.choices)
+
+
 def compose_all(overrides: list[str], multirun: bool) -> list[tuple[list[str], Config]]:
     return [(point, compose_point(point)) for point in sweep_points(overrides, multirun)]
 

@@ -66,6 +66,8 @@ class ZeroConf:
     allgather_bucket_size: int = 500_000_000
     # None means HF's "auto": derived from the model's hidden size at plan time.
     reduce_bucket_size: int | None = None
+    # True (ZeRO-1/2): its checkpoints cannot go on with another GPU count (DeepSpeed 0.19's universal
+    # checkpoint converts and loads them wrong), which the pipeline refuses.
     round_robin_gradients: bool = False
     sub_group_size: int = 1_000_000_000
     stage3_prefetch_bucket_size: int | None = None
@@ -209,7 +211,8 @@ class TrainerConf:
     # Ranks per node, and nodes: world size = nproc_per_node x nnodes.
     nproc_per_node: int = 1
     nnodes: int = 1
-    # Steps between checkpoints (0: none); resume picks the newest one up.
+    # Steps between checkpoints (0: none); resume picks the newest one up, also on another GPU count
+    # (converted to DeepSpeed's universal checkpoint: pipeline/checkpoints.py).
     save_steps: int = 0
     save_total_limit: int = 2
     torch_compile: bool = False
@@ -285,6 +288,32 @@ class SweepConf:
 
 
 @dataclass
+class SearchConf:
+    """search=fastest (pipeline/search): the fastest config that fits, found with Optuna. Each list
+    is one knob's space (conf/search/fastest.yaml); narrow or widen it with search.KEY=[a,b]."""
+
+    # Points measured (trained here, or found in MLflow for the same config and host); points that
+    # cannot fit, or that a rule refuses, are never started and not counted.
+    trials: int = 12
+    # Timed steps per trial, after trainer.timing_warmup_steps (where compilation happens).
+    steps: int = 3
+    zero: list[str] = field(default_factory=list)
+    offload: list[str] = field(default_factory=list)
+    # Micro batches to try; each one's accumulation keeps the global batch of trainer.micro_batch_size
+    # x gradient_accumulation_steps x ranks (the user's batch is a constraint). Those that do not
+    # divide it are left out.
+    micro_batch_size: list[int] = field(default_factory=list)
+    gradient_checkpointing: list[bool] = field(default_factory=list)
+    perf: list[str] = field(default_factory=list)
+    # zero.reduce_bucket_size and allgather_bucket_size together; null: the plan's own sizes.
+    bucket_size: list[int | None] = field(default_factory=list)
+    # A trial stops once its mean step time is this fraction slower than the best trial's at that step.
+    prune_margin: float = 0.1
+    # The winner's recipe, <outputs_dir>/conf/experiment/<name>.yaml; None: fastest_<model>.
+    name: str | None = None
+
+
+@dataclass
 class Config:
     zero: ZeroConf = field(default_factory=ZeroConf)
     offload: OffloadConf = field(default_factory=OffloadConf)
@@ -297,6 +326,8 @@ class Config:
     tracking: TrackingConf = field(default_factory=TrackingConf)
     launcher: LauncherConf = field(default_factory=LauncherConf)
     sweep: SweepConf = field(default_factory=SweepConf)
+    # search=fastest: search the fastest config that fits instead of training this one.
+    search: SearchConf | None = None
     # Write and print the plan (DeepSpeed JSON, TrainingArguments, memory), train nothing.
     dry_run: bool = False
     # Where runs, sweeps and the MLflow store live; relative to the working directory.

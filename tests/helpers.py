@@ -199,3 +199,16 @@ def nan_model(own: Own, into: Path) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (broken / name).write_bytes((own.llama / name).read_bytes())
     return broken
+
+
+def start_pipeline(outputs: Path, *args: str, log: Path) -> subprocess.Popen:
+    """Start the CLI from the project root without waiting for it (its output goes to log)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            pipeline_cmd(outputs, *args), cwd=ROOT, env=cli_env(), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def search_trials(outputs: Path) -> list[Run]:
+    """The runs of search trials (points tried, skipped or reused), oldest first."""
+    return [r for r in runs(outputs) if "zerosweep.search_point" in r.data.tags]
