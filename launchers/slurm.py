@@ -8,7 +8,11 @@ and time-out is the plugin's own (its checkpoint() resubmits the point; the job 
 its newest Trainer checkpoint into the same run: launchers/slurm_job.py).
 """
 
+import json
 import logging
+import signal
+import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,12 +24,45 @@ from omegaconf import OmegaConf
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
 from pipeline import track, watchdog
-from pipeline.errors import Hung
+from pipeline.errors import Hung, why_stopped
 from pipeline.job import Outcome
 from pipeline.sweep_info import SweepInfo
 from pipeline.track import RunState
 
 log = logging.getLogger(__name__)
+
+
+# The parent run's map of its points' Slurm jobs to their submitit folders: a resumed sweep waits for
+# those an earlier driver queued that are still pending or running instead of submitting them again.
+SLURM_JOBS = "zerosweep.slurm_jobs"
+# sacct's states of a job that has not ended (a requeued one included).
+QUEUED = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING"}
+QUEUED |= {"RESIZING", "SUSPENDED"}
+
+
+def still_queued(info: SweepInfo) -> dict[tuple[str, ...], tuple[submitit.Job, Path]]:
+    """The sweep's jobs that an earlier driver submitted and Slurm still has, by their overrides, with
+    their point dirs (the earlier driver's sweep dir: <sweep dir>/.submitit/<job id>/)."""
+    tags = track.Store(info.tracking_uri).get(info.parent_run_id).tags
+    found = {}
+    for job_id, folder in json.loads(tags.get(SLURM_JOBS, "{}")).items():
+        job = submitit.SlurmJob(folder=Path(folder).parent / "%j", job_id=job_id)
+        if job.state.split()[0] in QUEUED:
+            overrides, _, num = job.submission().args[:3]
+            found[tuple(overrides)] = (job, Path(folder).parents[1] / str(num))
+    return found
+
+
+def _wait_gone(job_ids: list[str], timeout_s: float = 120) -> None:
+    """Until Slurm has none of these jobs: a cancelled job's tasks get SIGTERM, which submitit lets
+    pass, and KillWait seconds before SIGKILL, in which a run may still finish; its state is read
+    after that."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        listed = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids)], capture_output=True, text=True)
+        if not listed.stdout.strip():
+            return
+        time.sleep(1)
 
 
 class SlurmLauncher(PluginSlurmLauncher):
@@ -34,18 +71,53 @@ class SlurmLauncher(PluginSlurmLauncher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         state = Singleton.get_state()
-        numbered = enumerate(job_overrides, initial_job_idx)
-        calls = [(list(o), "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in numbered]
-        points = [sweep_dir / str(n) for n in range(initial_job_idx, initial_job_idx + len(calls))]
-        for point in points:  # the jobs' dirs (hydra.sweep.subdir is the job's number)
-            watchdog.forget(point)
-        jobs = self._executor().map_array(self, *zip(*calls, strict=True))
-        ids = [j.job_id for j in jobs]
-        log.info(f"Slurm jobs {' '.join(ids)}; submitit logs in {sweep_dir}/.submitit/")
         info = SweepInfo.load(sweep_dir)
+        queued = still_queued(info) if info else {}
+        numbered = list(enumerate(job_overrides, initial_job_idx))
+        fresh = [(n, list(o)) for n, o in numbered if tuple(o) not in queued]
+        for n, _ in fresh:  # the jobs' dirs (hydra.sweep.subdir is the job's number)
+            watchdog.forget(sweep_dir / str(n))
+        calls = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in fresh]
+        submitted = iter(self._executor().map_array(self, *zip(*calls, strict=True)) if calls else [])
+        jobs = [queued.get(tuple(o)) or (next(submitted), sweep_dir / str(n)) for n, o in numbered]
+        ids = [job.job_id for job, _ in jobs]
+        log.info(f"Slurm jobs {' '.join(ids)}; submitit logs in {sweep_dir}/.submitit/")
+        for o, (job, _) in zip(job_overrides, jobs, strict=True):
+            if tuple(o) in queued:
+                log.info(
+                    f"point {' '.join(o)}: waiting for Slurm job {job.job_id}, queued by an earlier driver"
+                )
         if info:
-            track.Store(info.tracking_uri).tag(info.parent_run_id, {"zerosweep.slurm_job_ids": " ".join(ids)})
-        return [self._result(*each, info) for each in zip(jobs, job_overrides, points, strict=True)]
+            folders = {job.job_id: str(job.paths.folder) for job, _ in jobs}
+            track.Store(info.tracking_uri).tag(
+                info.parent_run_id,
+                {"zerosweep.slurm_job_ids": " ".join(ids), SLURM_JOBS: json.dumps(folders)},
+            )
+        try:
+            return [
+                self._result(job, o, point, info) for (job, point), o in zip(jobs, job_overrides, strict=True)
+            ]
+        except KeyboardInterrupt as stop:
+            self._cancel([job for job, _ in jobs], info, why_stopped(stop))
+            raise
+
+    @staticmethod
+    def _cancel(jobs: list[submitit.Job], info: SweepInfo | None, why: str) -> None:
+        """Ctrl-C or a kill of this driver (a search so stops a trial it prunes): its jobs are
+        cancelled (scancel), so none holds a GPU unwatched, and their runs still open end KILLED.
+        A driver that dies without a word (SIGKILL, a lost login node) leaves them to the same
+        command run again (still_queued)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C or kill must not cut this short
+            signal.signal(sig, signal.SIG_IGN)
+        for job in jobs:
+            if not job.done(force_check=True):
+                job.cancel(check=False)  # scancel
+        _wait_gone([job.job_id for job in jobs])
+        store = track.Store(info.tracking_uri) if info else None
+        for job in jobs:
+            run_id = store and store.child_of_slurm_job(info.experiment_id, info.parent_run_id, job.job_id)
+            if run_id and store.get(run_id).state == RunState.RUNNING:
+                store.end(run_id, RunState.KILLED, f"Slurm job {job.job_id} cancelled: {why}")
 
     def _executor(self) -> submitit.AutoExecutor:
         """submitit's executor with the launcher's parameters: the plugin's queue keys as they are,

@@ -8,13 +8,25 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import submitit
 from mlflow.entities import Run
 
-from helpers import ROOT, artifact_text, cli_env, loss_steps, mlflow_client, pipeline_cmd, wait_for
+from helpers import (
+    ROOT,
+    artifact_text,
+    cli_env,
+    loss_steps,
+    mlflow_client,
+    pipeline_cmd,
+    run_pipeline,
+    runs,
+    search_trials,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 SCRIPT = ROOT / "launchers" / "local-slurm.sh"
@@ -225,3 +237,97 @@ def _task_pid(job_id: str) -> int:
         if is_task and (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")) == (array_id, task):
             return int(proc.name)
     raise AssertionError(f"no task process for Slurm job {job_id}")
+
+
+def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(tmp_path: Path) -> None:
+    """The driver is killed once its jobs are queued; the same command again waits for those jobs
+    (submits none twice) and closes the sweep when they end."""
+    args = ("zero=stage2,stage3", "trainer.max_steps=40")
+    first = start(tmp_path, *args)
+    client = mlflow_client(tmp_path)
+
+    def queued() -> list[str]:
+        exp = client.get_experiment_by_name("zerosweep")
+        parents = exp and client.search_runs([exp.experiment_id], "tags.`zerosweep.role` = 'sweep'")
+        return parents[0].data.tags.get("zerosweep.slurm_job_ids", "").split() if parents else []
+
+    job_ids = wait_for("the sweep's Slurm jobs", queued, timeout=120)
+    first.kill()  # the driver dies; Slurm keeps its jobs
+    first.wait()
+    out = finish(start(tmp_path, *args))
+    assert out.count("queued by an earlier driver") == 2
+    parent, children = parent_and_children(tmp_path)
+    assert parent.info.status == "FINISHED" and parent.data.tags["zerosweep.slurm_job_ids"].split() == job_ids
+    assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["zerosweep.slurm_job_id"] for r in children} == set(job_ids)
+    assert sacct_states(job_ids) == {j: "COMPLETED" for j in job_ids}
+
+
+SEARCH = (
+    "search=fastest",
+    "launcher=slurm",
+    "search.parallel=2",
+    "model=llama_tiny",
+    "search.zero=[stage2,stage3]",
+    "search.offload=[none]",
+    "search.micro_batch_size=[4,2,1]",
+    "search.gradient_checkpointing=[false]",
+    "search.perf=[none]",
+    "search.trials=3",
+    "search.steps=2",
+    "search.name=tiny_fastest",
+    "trainer.timing_warmup_steps=1",
+    "launcher.gpu_mem_gib=0.015",  # micro batch 4 cannot fit (~18 MiB): skipped, never submitted
+    "zero.reduce_bucket_size=100000",
+)
+
+
+def test_a_search_runs_its_trials_as_slurm_jobs_two_at_once(tmp_path: Path) -> None:
+    """search=fastest with launcher=slurm: each trial is one Slurm job, two train at once, each a child
+    run of the search's parent; a pruned one's job is cancelled; the winner's recipe is written."""
+    result = run_pipeline(tmp_path, *SEARCH, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = search_trials(tmp_path)
+    (parent,) = [r for r in runs(tmp_path) if r.data.tags.get("zerosweep.role") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parent.info.run_id}
+    started = [r for r in trials if "zerosweep.skipped" not in r.data.tags]
+    assert len(started) == 3 and len(trials) > 3  # micro batch 4 was asked for and skipped
+    jobs = {r.data.tags["zerosweep.slurm_job_id"]: r for r in started}
+    assert set(parent.data.tags["zerosweep.slurm_job_ids"].split()) == set(jobs)
+    states = {job_id: state.split()[0] for job_id, state in sacct_states(list(jobs)).items()}
+    assert set(states.values()) <= {"COMPLETED", "CANCELLED"}, states
+    for job_id, run in jobs.items():  # a pruned trial's job is cancelled, not left to hold its GPU
+        pruned, status = "zerosweep.pruned" in run.data.tags, run.info.status
+        assert pruned or (status, states[job_id]) == ("FINISHED", "COMPLETED"), (job_id, states)
+        # Pruned: KILLED with its job cancelled, or FINISHED if its last steps ran before the job ended.
+        assert status in ("FINISHED", "KILLED") and (status == "FINISHED" or states[job_id] == "CANCELLED")
+    assert not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip()  # none left
+    spans = sorted(_ran(job_id) for job_id in jobs)
+    assert any(later[0] < earlier[1] for earlier, later in pairwise(spans)), spans  # two at once
+    assert (tmp_path / "conf" / "experiment" / "tiny_fastest.yaml").exists()
+    assert f"recipe        {tmp_path / 'conf' / 'experiment' / 'tiny_fastest.yaml'}" in result.stdout
+
+
+def _ran(job_id: str) -> tuple[str, str]:
+    """When the job started and ended, as sacct says (ISO times: they sort as strings)."""
+    cmd = ["sacct", "-n", "-X", "-P", "-o", "Start,End", "-j", job_id]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    start, end = out.splitlines()[0].split("|")
+    return start, end
+
+
+def test_a_stopped_slurm_sweep_cancels_its_jobs(tmp_path: Path) -> None:
+    """SIGTERM to the driver (what a search does to a trial it prunes): its job is cancelled and its run
+    ends KILLED, saying why."""
+    proc = start(tmp_path, "trainer.max_steps=400")
+    point = wait_for("the sweep dir", lambda: list((tmp_path / "sweeps").glob("*")))[0] / "0"
+    wait_for("the point's first logged step", lambda: _logged_steps(tmp_path, point), timeout=120)
+    proc.terminate()
+    out = finish(proc, rc=143)
+    parent, (child,) = parent_and_children(tmp_path)
+    job_id = child.data.tags["zerosweep.slurm_job_id"]
+    assert sacct_states([job_id])[job_id].startswith("CANCELLED"), out
+    assert child.info.status == "KILLED" and parent.info.status == "KILLED"
+    error = artifact_text(tmp_path, child.info.run_id, "error.txt", tmp_path)
+    assert f"Slurm job {job_id} cancelled: terminated by SIGTERM" in error

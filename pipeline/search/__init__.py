@@ -2,7 +2,9 @@
 
 `python -m pipeline search=fastest model=... [search.trials=12] [launcher.gpu_mem_gib=80]` walks
 the space of conf/search/fastest.yaml (ZeRO stage, offload, micro batch at the user's global batch,
-activation checkpointing, perf presets, bucket sizes) with Optuna, one short trial after another.
+activation checkpointing, perf presets, bucket sizes) with Optuna, in short trials: here one after
+another, or with launcher=slurm as Slurm jobs, search.parallel at once (Optuna's ask/tell with several
+trials open).
 
 Optuna's own API, not the Hydra plugin: hydra-optuna-sweeper 1.3.0 (its latest) pins optuna<3
 (current: 5.0), and a Hydra sweeper runs its jobs through the launcher in one process, so a trial
@@ -10,7 +12,8 @@ could not be watched and stopped mid-run (pruning) without reaching into the Tra
 ask/tell loop could not skip points before they start. Here the driver (driver.py) asks Optuna for
 a point, holds its memory plan against the GPU (points that cannot fit are recorded SKIPPED and
 never started), runs it as a child process of its own (a one-point `python -m pipeline -m` job,
-so it is a child run of the search's MLflow parent like any sweep point), reads its step times
+so it is a child run of the search's MLflow parent like any sweep point; with launcher=slurm that
+child submits the trial's Slurm job, waits for it, and cancels it when stopped), reads its step times
 from MLflow as they land, and stops it when Optuna's pruner says it cannot beat the best so far.
 MLflow, not an Optuna storage file, is the search's memory: a rerun of an interrupted search
 reopens its parent run and hands Optuna the trials it finished; a trial of the same composed

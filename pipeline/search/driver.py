@@ -1,8 +1,11 @@
 """The search, top to bottom: check the command line, open (or reopen) the search's parent run,
 hand Optuna what was measured before, then ask -> check -> train -> tell until search.trials points
-are measured or the space is spent; rank them, write the winner's recipe, close the parent."""
+are measured or the space is spent (up to search.parallel trials training at once, each told as it
+ends); rank them, write the winner's recipe, close the parent."""
 
 import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import optuna
@@ -50,6 +53,7 @@ class Search:
     space: Space
     ledger: Ledger | None = None
     results: list[Measured] = field(default_factory=list)
+    running: list["Open"] = field(default_factory=list)  # the trials training now
 
     @classmethod
     def checked(cls, overrides: list[str], multirun: bool) -> "Search":
@@ -57,9 +61,12 @@ class Search:
         if multirun:
             raise ConfigError("search", "runs its own trials, it is not a sweep", "drop -m")
         cfg = compose.compose_point(overrides)
-        if cfg.launcher.name != "local":
+        if cfg.launcher.name == "local" and cfg.search.parallel > 1:
             raise ConfigError(
-                "launcher", "a search runs its trials here, one after another", "use launcher=local"
+                "search.parallel",
+                "trials here run one after another (at once they would share this machine's GPUs and"
+                " skew each other's step times)",
+                "use launcher=slurm to run several at once as Slurm jobs, or search.parallel=1",
             )
         if any(o.lstrip("+").startswith("experiment=") for o in overrides):
             raise ConfigError(
@@ -90,21 +97,73 @@ class Search:
         prior = self._first_fit()
         if prior is not None and not self._decided(prior):
             study.enqueue_trial(prior)
+        try:
+            self._walk(study)
+        except BaseException:  # Ctrl-C or a kill of the search: its trials go with it
+            trials.stop([each.training for each in self.running])
+            raise
+
+    def _walk(self, study: optuna.Study) -> None:
+        """Ask -> check -> start until search.parallel trials train (or the budget or the space has
+        room for no more), then tell Optuna each one as it ends; until none trains."""
         repeats = 0
-        while self._measured() < self.cfg.search.trials and len(self._done()) < self.space.size:
-            trial = study.ask(studies.distributions(self.space))
-            point = dict(trial.params)
-            if self._decided(point):  # told again what it gave, not counted
-                studies.tell(study, trial, self._decided(point), 0)
-                repeats += 1
-                if repeats >= MAX_REPEATS:
-                    break
-                continue
+        while True:
+            while repeats < MAX_REPEATS and self._room():
+                trial = study.ask(studies.distributions(self.space))
+                point = dict(trial.params)
+                if self._decided(point):  # told again what it gave, not counted
+                    studies.tell(study, trial, self._decided(point), 0)
+                    repeats += 1
+                    continue
+                training = next((each for each in self.running if each.point == point), None)
+                if training is not None:  # asked again while it trains: told what it gives
+                    training.twins.append(trial)
+                    repeats += 1
+                    continue
+                repeats = 0
+                started = self._try(point, trial)
+                if isinstance(started, Measured):  # skipped, or reused
+                    self._tell(study, trial, started, 0)
+                else:
+                    self.running.append(started)
+            if not self.running:
+                return
+            for ended in self._ended():
+                result = trials.measured(ended.training, ended.point, ended.name)
+                self._tell(study, ended.trial, result, ended.training.reported, ended.twins)
             repeats = 0
-            result, reported = self._try(point, trial)
-            self.results.append(result)
-            studies.tell(study, trial, result, reported)
-            self._say(result)
+
+    def _room(self) -> bool:
+        """Another trial may start: fewer than search.parallel train, the budget is not spent by the
+        trials measured and training, and the space has a point neither decided nor training."""
+        busy = len(self.running)
+        budget = self._measured() + busy < self.cfg.search.trials
+        return busy < self.cfg.search.parallel and budget and len(self._done()) + busy < self.space.size
+
+    def _ended(self) -> list["Open"]:
+        """Looks at every training trial each POLL_S until some have ended; returns those."""
+        while True:
+            looks = [(each, each.training.poll()) for each in self.running]
+            ended = [each for each, training in looks if not training]
+            if ended:
+                self.running = [each for each, training in looks if training]
+                return ended
+            time.sleep(trials.POLL_S)
+
+    def _tell(
+        self,
+        study: optuna.Study,
+        trial: optuna.Trial,
+        result: Measured,
+        reported: int,
+        twins: Sequence[optuna.Trial] = (),
+    ) -> None:
+        """A point decided: kept, told to Optuna (and its twins), said."""
+        self.results.append(result)
+        studies.tell(study, trial, result, reported)
+        for twin in twins:
+            studies.tell(study, twin, result, 0)
+        self._say(result)
 
     def _say(self, result: Measured) -> None:
         said = f"trial {self._measured()}/{self.cfg.search.trials}" if result.measured else "point"
@@ -123,9 +182,9 @@ class Search:
         if self.results:
             print(f"carrying on in search {self.ledger.parent}: {len(self.results)} points decided before")
 
-    def _try(self, point: Point, trial: optuna.Trial) -> tuple[Measured, int]:
+    def _try(self, point: Point, trial: optuna.Trial) -> "Measured | Open":
         """A point: never started if it cannot run or fit; reused if measured before on this host;
-        else trained. Returns it, and how many of its steps Optuna was told while it trained."""
+        else started (it trains while the driver asks for more, up to search.parallel)."""
         name = self.space.name(point)
         fixed = [f"trainer.max_steps={self.warmup + self.cfg.search.steps}", "trainer.logging_steps=1"]
         fixed += ["trainer.save_model=false", "trainer.save_steps=0", "trainer.eval_steps=0"]
@@ -137,23 +196,21 @@ class Search:
         if why_not:
             params = {**track.flat_params(cfg, {}), **{f"search.{k}": str(v) for k, v in point.items()}}
             run_id = track.record_skipped(cfg, name, params, {**tags, **track.owner_tags()}, why_not)
-            return Measured(point, name, "SKIPPED", run_id, why_not), 0
+            return Measured(point, name, "SKIPPED", run_id, why_not)
         before = self.ledger.measured_before(key)
         if before is not None:
             result = self.ledger.outcome(before, point, name, self.warmup)
             result.how = f"reused: measured before in run {before.run_id}"
-            return result, 0
+            return result
         out = self.ledger.sweep_dir / f"trial-{len(list(self.ledger.sweep_dir.glob('trial-*')))}"
         cmd = trials.command(overrides, self.ledger.sweep_dir, out, name)
-        told = [0]
 
         def prune(value: float, step: int) -> bool:
             trial.report(value, step)
-            told[0] = step
             return trial.should_prune()
 
-        run_id, pruned, wall = trials.run(cmd, out, self.ledger, tags, self.warmup, prune)
-        return trials.measured(self.ledger, run_id, point, name, self.warmup, wall, out), told[0]
+        training = trials.Training.start(cmd, out, self.ledger, tags, self.warmup, prune)
+        return Open(point, name, trial, training)
 
     def _first_fit(self) -> Point | None:
         """The likely fastest point that fits, to start with (what the memory plan knows)."""
@@ -190,6 +247,9 @@ class Search:
         elif not stopped:
             print("no point finished: nothing to recommend (see the table's how column)", file=sys.stderr)
         report.write(self.ledger.info, self.ledger.sweep_dir)
+        jobs = self.ledger.slurm_jobs()
+        if jobs:  # each trial's driver tagged its own job alone
+            self.ledger.store.tag(self.ledger.parent, {"zerosweep.slurm_job_ids": " ".join(jobs)})
         self.ledger.close(RunState.KILLED if stopped else RunState.FINISHED, artifacts)
 
     def _crown(self, best: Measured) -> dict[str, str]:
@@ -213,6 +273,18 @@ class Search:
         print(f"  recipe        {path}")
         print(f"  train it      {winner.train_command(self.cfg.outputs_dir, name)}")
         return {"winner_command.txt": command + "\n", f"{name}.yaml": text}
+
+
+@dataclass
+class Open:
+    """A point Optuna asked for, training; twins: the same point asked for again meanwhile, told what
+    it gives (not counted)."""
+
+    point: Point
+    name: str
+    trial: optuna.Trial
+    training: trials.Training
+    twins: list[optuna.Trial] = field(default_factory=list)
 
 
 # Not asked for again in this run of the search (a rerun tries FAILED and KILLED points again).

@@ -86,6 +86,10 @@ class Ledger:
         runs = self.store.children(self.experiment_id, self.parent)
         return [(run, json.loads(run.tags[POINT])) for run in runs if POINT in run.tags]
 
+    def slurm_jobs(self) -> list[str]:
+        """The Slurm jobs this search's trials ran as (launcher=slurm), oldest first."""
+        return [run.tags[track.SLURM_JOB] for run, _ in self.earlier() if track.SLURM_JOB in run.tags]
+
     def measured_before(self, trial_key: str) -> RunRecord | None:
         """The newest finished run of this very trial on this host, from any search."""
         where = f"tags.`{TRIAL_KEY}` = '{trial_key}' and tags.`zerosweep.host` = '{socket.gethostname()}'"

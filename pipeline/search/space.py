@@ -95,6 +95,8 @@ def _check(s: SearchConf) -> None:
     if s.trials < 1 or s.steps < 1:
         key = "search.trials" if s.trials < 1 else "search.steps"
         raise ConfigError(key, "must be at least 1", f"set {key}=3 or more")
+    if s.parallel < 1:
+        raise ConfigError("search.parallel", "must be at least 1", "set search.parallel=1 or more")
     if s.prune_margin < 0:
         raise ConfigError("search.prune_margin", "is negative", "give a fraction >= 0, e.g. 0.1")
     for knob in ("zero", "offload", "micro_batch_size", "gradient_checkpointing", "perf", "bucket_size"):

@@ -33,7 +33,9 @@ class SlowerThanBest(BasePruner):
 
 def create(space: Space, seed: int, margin: float) -> optuna.Study:
     # TPE from the 4th trial on: a search is ~12 trials, TPE's default 10 random ones would be most.
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
+    # constant_liar: trials still training (search.parallel) count as bad ones, so that the next
+    # point asked for is not one of them again.
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=3, constant_liar=True)
     return optuna.create_study(direction="minimize", sampler=sampler, pruner=SlowerThanBest(margin))
 
 

@@ -1,6 +1,7 @@
 """One trial: is the point worth starting (the rules, the machine, the memory plan), and if so a
-short run of it in a child process, watched through its step times in MLflow and stopped when the
-pruner says it cannot beat the best so far. Start-up (process, model, DeepSpeed, compile outside
+short run of it in a child process (training here, or waiting on its Slurm job with launcher=slurm;
+several at once with search.parallel), watched through its step times in MLflow and stopped when
+the pruner says it cannot beat the best so far. Start-up (process, model, DeepSpeed, compile outside
 the steps) and the warm-up steps are timed apart from the timed steps."""
 
 import ctypes
@@ -10,8 +11,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import launchers
 from pipeline import fit, plan, preflight, rules
 from pipeline.config import Config
 from pipeline.errors import ConfigError
@@ -25,61 +28,93 @@ Prune = Callable[[float, int], bool]
 
 
 def refusal(cfg: Config) -> str | None:
-    """Why this point is not started: a rule refuses it, this machine cannot run it, or its memory
-    plan does not fit the GPU (launcher.gpu_mem_gib stands in for it) or host; None: start it."""
+    """Why this point is not started: a rule refuses it, the machine it would train on cannot run it,
+    or its memory plan does not fit the GPU (launcher.gpu_mem_gib: a cluster's nodes, or a stand-in
+    for this machine's) or host; None: start it."""
+    runs_here = not launchers.submits(cfg.launcher.name, multirun=True)  # a trial is a one-point sweep
     try:
         rules.check(cfg)
         with preflight.quiet():  # DeepSpeed's estimators announce the accelerator on import
-            memory = plan.checked(cfg, Path(cfg.outputs_dir), use_cpu=True, runs_here=True).memory
+            memory = plan.checked(cfg, Path(cfg.outputs_dir), use_cpu=True, runs_here=runs_here).memory
     except ConfigError as e:
         return str(e).split(". Fix:")[0]
     if not cfg.check_fit:
         return None
-    return fit.shortfall(cfg, memory, fit.Capacity.of(cfg, runs_here=True))
+    return fit.shortfall(cfg, memory, fit.Capacity.of(cfg, runs_here=runs_here))
 
 
-def run(
-    cmd: list[str], out: Path, ledger: Ledger, tags: dict[str, str], warmup: int, prune: Prune
-) -> tuple[str | None, bool, float]:
-    """Train the trial (cmd: a one-point multirun whose output dir is out); returns its run id,
-    whether it was pruned, and its wall time. Its output goes to out/trial.log."""
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # MLFLOW_RUN_ID nests wrongly
-    with open(out / "trial.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-        )
-    run_id, pruned, reported = None, False, 0
-    try:
-        while proc.poll() is None:
-            time.sleep(POLL_S)
-            if run_id is None and (out / RUN_ID_FILE).exists():
-                run_id = (out / RUN_ID_FILE).read_text().strip() or None
-                if run_id:
-                    ledger.store.tag(run_id, tags)
-            if run_id is None or pruned:
-                continue
-            running = ledger.running_means(run_id, warmup)
-            for step in range(reported + 1, len(running) + 1):
-                reported = step
-                if prune(running[step - 1], step):
-                    why = f"pruned after {step} timed steps: {running[step - 1] * 1000:.1f} ms/step"
-                    ledger.store.tag(run_id, {PRUNED: why + ", cannot beat the best so far"})
-                    proc.send_signal(signal.SIGTERM)  # the run ends KILLED, saying why
-                    pruned = True
-                    break
-    except BaseException:  # Ctrl-C or a kill of the search: the trial goes with it
-        proc.send_signal(signal.SIGTERM)
-        proc.wait()
-        raise
-    return run_id, pruned, time.perf_counter() - started
+@dataclass
+class Training:
+    """A trial training in its child process (here, or waiting on its Slurm job), looked at by the
+    driver every POLL_S among the others running at the same time."""
+
+    proc: subprocess.Popen
+    out: Path
+    ledger: Ledger
+    tags: dict[str, str]
+    warmup: int
+    prune: Prune
+    started: float
+    run_id: str | None = None
+    pruned: bool = False
+    reported: int = 0  # the timed steps the pruner was told so far
+
+    @classmethod
+    def start(
+        cls, cmd: list[str], out: Path, ledger: Ledger, tags: dict[str, str], warmup: int, prune: Prune
+    ) -> "Training":
+        """Start the trial (cmd: a one-point multirun whose output dir is out); its output goes to
+        out/trial.log."""
+        out.mkdir(parents=True, exist_ok=True)
+        # MLFLOW_RUN_ID would nest the trial's run wrongly
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        with open(out / "trial.log", "w") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
+        return cls(proc, out, ledger, tags, warmup, prune, time.perf_counter())
+
+    def poll(self) -> bool:
+        """One look: tag its run once it exists, hand the pruner its new timed steps, stop it when
+        pruned (SIGTERM: its run ends KILLED, saying why; a Slurm trial's job is cancelled). True
+        while it runs."""
+        ended = self.proc.poll() is not None
+        if self.run_id is None and (self.out / RUN_ID_FILE).exists():
+            self.run_id = (self.out / RUN_ID_FILE).read_text().strip() or None
+            if self.run_id:
+                self.ledger.store.tag(self.run_id, self.tags)
+        if ended or self.run_id is None or self.pruned:
+            return not ended
+        running = self.ledger.running_means(self.run_id, self.warmup)
+        for step in range(self.reported + 1, len(running) + 1):
+            self.reported = step
+            if self.prune(running[step - 1], step):
+                why = f"pruned after {step} timed steps: {running[step - 1] * 1000:.1f} ms/step"
+                self.ledger.store.tag(self.run_id, {PRUNED: why + ", cannot beat the best so far"})
+                self.proc.send_signal(signal.SIGTERM)
+                self.pruned = True
+                break
+        return True
+
+    @property
+    def wall_s(self) -> float:
+        return time.perf_counter() - self.started
 
 
-def measured(
-    ledger: Ledger, run_id: str | None, point: Point, name: str, warmup: int, wall_s: float, out: Path
-) -> Measured:
-    """The trial's outcome, with its start-up and warm-up time logged beside its step time."""
+def stop(running: list[Training]) -> None:
+    """Ctrl-C or a kill of the search: its trials go with it, all signalled before any is waited for
+    (a Slurm trial's driver cancels its job on the way out)."""
+    for training in running:
+        training.proc.send_signal(signal.SIGTERM)
+    for training in running:
+        training.proc.wait()
+
+
+def measured(training: Training, point: Point, name: str) -> Measured:
+    """The ended trial's outcome, with its start-up and warm-up time logged beside its step time (a
+    Slurm trial's start-up includes its wait in the queue)."""
+    ledger, out, warmup, wall_s = training.ledger, training.out, training.warmup, training.wall_s
+    run_id = training.run_id
     if run_id is None:
         tail = (
             (out / "trial.log").read_text().strip().splitlines()[-1:] if (out / "trial.log").exists() else []
