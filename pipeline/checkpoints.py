@@ -18,6 +18,7 @@ from filelock import FileLock
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.rules import round_robin
 
 UNIVERSAL = "universal"
 # DeepSpeed reads the tag of a universal checkpoint from this file (engine.load_checkpoint); the
@@ -58,7 +59,7 @@ def for_ranks(checkpoint: str | None, cfg: Config, ranks: int) -> str | None:
     wrote = written_by(path)
     if wrote is None or wrote == ranks:
         return checkpoint
-    if cfg.zero.round_robin_gradients and cfg.zero.stage in (1, 2):
+    if round_robin(cfg) and cfg.zero.stage in (1, 2):
         # Measured with DeepSpeed 0.19.8: 2 -> 1 ranks converts 20 of the 21 weights of llama_tiny
         # wrong, 1 -> 2 loads them wrong; the loss went back to ~5.54 (ln 256, an untrained model).
         raise ConfigError(

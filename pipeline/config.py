@@ -66,9 +66,10 @@ class ZeroConf:
     allgather_bucket_size: int = 500_000_000
     # None means HF's "auto": derived from the model's hidden size at plan time.
     reduce_bucket_size: int | None = None
-    # True (ZeRO-1/2): its checkpoints cannot go on with another GPU count (DeepSpeed 0.19's universal
-    # checkpoint converts and loads them wrong), which the pipeline refuses.
-    round_robin_gradients: bool = False
+    # Gradients copied to the host by all ranks in turn; None: on exactly when the optimizer is
+    # offloaded (the guide: "for CPU offloading"). On (ZeRO-1/2), its checkpoints cannot go on with
+    # another GPU count (DeepSpeed 0.19's universal checkpoint converts and loads them wrong): refused.
+    round_robin_gradients: bool | None = None
     sub_group_size: int = 1_000_000_000
     stage3_prefetch_bucket_size: int | None = None
     stage3_param_persistence_threshold: int | None = None
@@ -297,6 +298,9 @@ class SearchConf:
     trials: int = 12
     # Timed steps per trial, after trainer.timing_warmup_steps (where compilation happens).
     steps: int = 3
+    # Trials training at once: with launcher=slurm each trial is a Slurm job, so several fit where the
+    # cluster has GPUs for them; here (launcher=local) one after another, as they would share the GPUs.
+    parallel: int = 1
     zero: list[str] = field(default_factory=list)
     offload: list[str] = field(default_factory=list)
     # Micro batches to try; each one's accumulation keeps the global batch of trainer.micro_batch_size

@@ -105,10 +105,11 @@ def model_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
         if offloads_params(cfg):
             weights, grads = ZERO3_OFFLOAD_GPU_BYTES
             return host, gpu + weights * live + grads * params // (ranks * nodes)
-        # Every weight persistent (perf=resident): all of them stay gathered, whatever max_live says.
+        gpu += ZERO3_GATHERED_BYTES * live
         if (cfg.zero.stage3_param_persistence_threshold or 0) >= shape.largest_layer:
-            live = params
-        return host, gpu + ZERO3_GATHERED_BYTES * live
+            # Every weight persistent (perf=resident): each GPU also holds them all, whole.
+            gpu += params * (2 if cfg.precision.half else 4)
+        return host, gpu
     if stage in (1, 2):
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 

@@ -15,7 +15,7 @@ from pipeline import inputs, memory, model, preflight, tokenizer
 from pipeline.config import Config, OffloadDevice, Provider
 from pipeline.errors import ConfigError
 from pipeline.memory import MemoryPlan
-from pipeline.rules import has_eval, offloads_optimizer, offloads_params
+from pipeline.rules import has_eval, offloads_optimizer, offloads_params, round_robin
 
 
 @dataclass
@@ -148,7 +148,7 @@ def zero_section(cfg: Config, hidden: int) -> dict[str, Any]:
             allgather_partitions=z.allgather_partitions,
             allgather_bucket_size=z.allgather_bucket_size,
             reduce_scatter=z.reduce_scatter,
-            round_robin_gradients=z.round_robin_gradients,
+            round_robin_gradients=round_robin(cfg),
         )
     else:
         section.update(

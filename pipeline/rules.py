@@ -33,6 +33,12 @@ def offloads_optimizer(cfg: Config) -> bool:
     return cfg.offload.device != OffloadDevice.none and cfg.offload.optimizer
 
 
+def round_robin(cfg: Config) -> bool:
+    """zero.round_robin_gradients as DeepSpeed gets it: unset, on where the optimizer is offloaded."""
+    z = cfg.zero
+    return z.round_robin_gradients if z.round_robin_gradients is not None else offloads_optimizer(cfg)
+
+
 def check(cfg: Config) -> None:
     """Raise ConfigError for the first rule the config breaks."""
     _check_ranges(cfg)
