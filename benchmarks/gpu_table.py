@@ -127,6 +127,9 @@ def run_pipeline(
         "peak_gib": res["peak_memory_gib"],
         # The memory plan's figure per GPU (memory.json), beside the measured peak.
         "plan_gib": plan["gpu_peak"] / 2**30,
+        # Rank 0's host RSS peak beside the plan's host figure (offloaded states live there).
+        "host_gib": res["peak_host_gib"],
+        "plan_host_gib": plan["host_model_states"] / 2**30,
         "loss_last": res["final_loss"],
         "wall_s": res["wall_s"],
         "gpus": how.get("gpus", 1),
@@ -179,14 +182,16 @@ def mean_run(runs: list[dict | None]) -> dict | None:
 
 def row(name: str, who: str, r: dict | None, base: dict | None) -> str:
     if r is None:
-        return f"| {name} | {who} | failed | | | | | | | |"
+        return f"| {name} | {who} | failed | | | | | | | | |"
     ratio = f"{r['tok_s'] / base['tok_s']:.3f}" if base and who != "reference" else ""
-    plan = (
-        f"{r['plan_gib']:.1f} ({100 * (r['plan_gib'] / r['peak_gib'] - 1):+.0f}%)" if "plan_gib" in r else ""
-    )
+    plan = host = ""
+    if "plan_gib" in r:
+        plan = f"{r['plan_gib']:.1f} ({100 * (r['plan_gib'] / r['peak_gib'] - 1):+.0f}%)"
+        host = f"{r['host_gib']:.1f} / {r['plan_host_gib']:.1f}"
     mfu = 100 * r["tflops"] / (CEILING_TFLOPS * r["gpus"])
     speed = f"{r['step_s']:.4f} | {r['tok_s']:,.0f} | {r['tflops']:.1f} | {mfu:.1f}%"
-    return f"| {name} | {who} | {speed} | {r['peak_gib']:.1f} | {plan} | {r['loss_last']:.4f} | {ratio} |"
+    peak = f"{r['peak_gib']:.1f} | {plan} | {host}"
+    return f"| {name} | {who} | {speed} | {peak} | {r['loss_last']:.4f} | {ratio} |"
 
 
 def scaling_row(
@@ -244,9 +249,9 @@ def main() -> None:
     lines = [
         f"{a.gpus} GPU(s), pipeline tracking {a.tracking}; tokens/s and TFLOP/s for all GPUs together",
         "",
-        "| variant | who | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | plan GiB (error) | last loss "
-        "| pipeline/reference |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | who | s/step | tokens/s | model TFLOP/s | MFU | peak GiB | plan GiB (error) "
+        "| host peak / plan GiB | last loss | pipeline/reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     refs: dict[str, dict | None] = {}
     built: set[str] = set()

@@ -8,6 +8,7 @@ and time-out is the plugin's own (its checkpoint() resubmits the point; the job 
 its newest Trainer checkpoint into the same run: launchers/slurm_job.py).
 """
 
+import copy
 import json
 import logging
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 import submitit
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
@@ -75,11 +76,11 @@ class SlurmLauncher(PluginSlurmLauncher):
         queued = still_queued(info) if info else {}
         numbered = list(enumerate(job_overrides, initial_job_idx))
         fresh = [(n, list(o)) for n, o in numbered if tuple(o) not in queued]
-        for n, _ in fresh:  # the jobs' dirs (hydra.sweep.subdir is the job's number)
-            watchdog.forget(sweep_dir / str(n))
+        for n, _ in fresh:
+            watchdog.forget(self._point_dir(sweep_dir, n))
         calls = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in fresh]
         submitted = iter(self._executor().map_array(self, *zip(*calls, strict=True)) if calls else [])
-        jobs = [queued.get(tuple(o)) or (next(submitted), sweep_dir / str(n)) for n, o in numbered]
+        jobs = [queued.get(tuple(o)) or (next(submitted), self._point_dir(sweep_dir, n)) for n, o in numbered]
         ids = [job.job_id for job, _ in jobs]
         log.info(f"Slurm jobs {' '.join(ids)}; submitit logs in {sweep_dir}/.submitit/")
         for o, (job, _) in zip(job_overrides, jobs, strict=True):
@@ -100,6 +101,13 @@ class SlurmLauncher(PluginSlurmLauncher):
         except KeyboardInterrupt as stop:
             self._cancel([job for job, _ in jobs], info, why_stopped(stop))
             raise
+
+    def _point_dir(self, sweep_dir: Path, num: int) -> Path:
+        """Job num's output dir as Hydra makes it (hydra.sweep.subdir: its number, or a search's trial-N)."""
+        config = copy.deepcopy(self.config)
+        with open_dict(config):
+            config.hydra.job.num = num
+        return sweep_dir / str(config.hydra.sweep.subdir)
 
     @staticmethod
     def _cancel(jobs: list[submitit.Job], info: SweepInfo | None, why: str) -> None:

@@ -36,8 +36,9 @@ class StepMetrics(TrainerCallback):
         self._t0 = 0.0
         # The Trainer's step when this process started (a resumed checkpoint's, else 0) and its last.
         self.first_step = self.last_step = 0
-        # Without a GPU: the largest host RSS seen at a step's end during this run (the process's
-        # own high-water mark would carry over from earlier points of a local sweep).
+        # The largest host RSS of this rank seen at a step's end during this run (the process's own
+        # high-water mark would carry over from earlier points of a local sweep): offloaded and
+        # pinned optimizer states live there, against the plan's host figure.
         self.peak_host = 0
         # The first step whose loss was nan or inf; training stops there unless told to go on.
         self.diverged_at: int | None = None
@@ -61,8 +62,7 @@ class StepMetrics(TrainerCallback):
         self.step_times.append(now - self._t0)
         self._t0 = now
         self.last_step = state.global_step
-        if not torch.cuda.is_available():
-            self.peak_host = max(self.peak_host, psutil.Process().memory_info().rss)
+        self.peak_host = max(self.peak_host, psutil.Process().memory_info().rss)
 
     def on_evaluate(self, args, state, control, **kw):
         # An evaluation runs between two steps: keep its time out of the next step's.
@@ -103,6 +103,7 @@ class StepMetrics(TrainerCallback):
             "avg_tokens_per_s": tokens_s,
             "model_tflops": self.flops_per_token * tokens_s / 1e12,
             "peak_memory_gib": self.peak_memory() / 2**30,
+            "peak_host_gib": self.peak_host / 2**30,
             "steps": self.last_step,  # the run's, across a requeue
             "resumed_from_step": self.first_step,
             **{f"final_{k}": v for k, v in self.evaluation.items()},  # the last one: at the end

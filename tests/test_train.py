@@ -53,6 +53,7 @@ def test_sweep_is_one_parent_with_a_child_per_point(six_point_sweep):
         assert p["precision"] == "fp32" and p["optimizer.name"] == "AdamW" and p["lr"] == "0.0003"
         m = r.data.metrics
         assert m["tokens_per_s"] > 0 and m["avg_tokens_per_s"] > 0 and m["peak_memory_gib"] > 0.1
+        assert m["peak_host_gib"] == m["peak_memory_gib"]  # without a GPU, the host is the memory
         assert m["avg_step_time_s"] > 0 and m["steps"] == STEPS
         arts = {a.path for a in mlflow_client(outputs).list_artifacts(r.info.run_id)}
         assert {"deepspeed.json", "config.yaml", "training_args.json"} <= arts
