@@ -41,14 +41,13 @@ def worker(job: Job, own_process: bool = True) -> dict[str, float]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     samples = t.max_steps * t.micro_batch_size * t.gradient_accumulation_steps * world
     train_set, eval_set = data.splits(cfg, arch.vocab_size, samples, job.data)
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    rank = int(os.environ.get("RANK", "0"))
+    is_main = rank == 0
     logger = track.MetricLogger(job.run) if is_main and job.run else None
     tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
     clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger, t.stop_on_nan)
-    callbacks = [FreezeHeap(), clock]
-    if t.hang_timeout_s:
-        rank = int(os.environ.get("RANK", "0"))
-        callbacks.append(Watchdog(t.hang_timeout_s, job.out, rank, in_process=not own_process))
+    watchdog = Watchdog(t.hang_timeout_s, job.out, rank, not own_process) if t.hang_timeout_s else None
+    callbacks = [FreezeHeap(), clock, *([watchdog] if watchdog else [])]
     trainer = Trainer(
         model=net, args=args, train_dataset=train_set, eval_dataset=eval_set, callbacks=callbacks
     )
@@ -60,6 +59,8 @@ def worker(job: Job, own_process: bool = True) -> dict[str, float]:
             trainer.evaluate()  # at the end, unless eval_steps just did
         save(trainer, job, is_main)
     finally:
+        if watchdog:
+            watchdog.close()
         gc.unfreeze()  # the next point of a local sweep must be able to collect this one's cycles
         if logger:
             logger.flush()

@@ -27,21 +27,25 @@ class Watchdog(TrainerCallback):
         self._last = time.monotonic()
         self._done = threading.Event()
         self._main = threading.main_thread().ident
+        self.thread = threading.Thread(target=self._watch, name="zerosweep-watchdog", daemon=True)
 
     def on_train_begin(self, args, state, control, **kw):
         self._last = time.monotonic()
-        threading.Thread(target=self._watch, name="zerosweep-watchdog", daemon=True).start()
+        self.thread.start()
 
     def on_step_end(self, args, state, control, **kw):
         self._last = time.monotonic()
-        if (
-            os.environ.get("ZEROSWEEP_TEST_HANG_AT_STEP")
-            == f"{os.environ.get('RANK', '0')}:{state.global_step}"
-        ):
+        if os.environ.get("ZEROSWEEP_TEST_HANG_AT_STEP") == f"{self.rank}:{state.global_step}":
             while True:  # test-only: this rank stops stepping; its peers wait in the next collective
                 time.sleep(0.1)
 
     def on_train_end(self, args, state, control, **kw):
+        self.close()
+
+    def close(self) -> None:
+        """Stop watching. Also when training ends in an error (the Trainer then skips on_train_end):
+        in the job's own process a watchdog left running would raise into the next point of a
+        local sweep, or end the process 60 s after the hang it reported."""
         self._done.set()
 
     def _watch(self) -> None:
