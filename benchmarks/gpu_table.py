@@ -195,7 +195,7 @@ def row(name: str, who: str, r: dict | None, base: dict | None) -> str:
 
 
 def scaling_row(
-    variant: str, extra: list[str], many: dict | None, a: argparse.Namespace, timing: dict, name: str = ""
+    variant: str, extra: list[str], many: dict | None, a: argparse.Namespace, how: dict, name: str = ""
 ) -> str:
     """The pipeline on one GPU (the first), beside its N-GPU mean: N-GPU tokens/s over N times the
     one GPU's, in the ratio column."""
@@ -205,8 +205,7 @@ def scaling_row(
         a.out / "one_gpu" / (name or variant),
         a.timeout,
         env={"CUDA_VISIBLE_DEVICES": "0"},
-        tracking=a.tracking == "on",
-        **timing,
+        **{**how, "gpus": 1},
     )
     text = row(f"{name or variant} on 1 GPU (scaling)", "pipeline", one, None)
     if one and many:
@@ -244,8 +243,8 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     variants = [v for v in a.variants.split(",") if v]
     presets = [p for p in a.presets.split(",") if p]
-    how = {"gpus": a.gpus, "tracking": a.tracking == "on", "steps": a.steps, "warm": a.warm}
     timing = {"steps": a.steps, "warm": a.warm}
+    how = {"gpus": a.gpus, "tracking": a.tracking == "on", **timing}
     lines = [
         f"{a.gpus} GPU(s), pipeline tracking {a.tracking}; tokens/s and TFLOP/s for all GPUs together",
         "",
@@ -298,7 +297,7 @@ def main() -> None:
             ]
             save()
         if a.scaling:
-            lines.append(scaling_row(v, [], mine, a, timing))
+            lines.append(scaling_row(v, [], mine, a, how))
             save()
     for p in presets:
         base, extra = PRESETS[p]
@@ -306,7 +305,7 @@ def main() -> None:
         lines.append(row(p, "pipeline", mine, refs.get(base)))
         print(lines[-1], flush=True)
         if a.scaling:
-            lines.append(scaling_row(base, extra, mine, a, timing, name=p))
+            lines.append(scaling_row(base, extra, mine, a, how, name=p))
         save()
     if a.ceiling:
         ddp = run_reference(a.reference, "torch", a.out / "ref" / "ddp", a.timeout, gpus=a.gpus, **timing)

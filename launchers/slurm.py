@@ -41,19 +41,6 @@ QUEUED = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONF
 QUEUED |= {"RESIZING", "SUSPENDED"}
 
 
-def still_queued(info: SweepInfo) -> dict[tuple[str, ...], tuple[submitit.Job, Path]]:
-    """The sweep's jobs that an earlier driver submitted and Slurm still has, by their overrides, with
-    their point dirs (the earlier driver's sweep dir: <sweep dir>/.submitit/<job id>/)."""
-    tags = track.Store(info.tracking_uri).get(info.parent_run_id).tags
-    found = {}
-    for job_id, folder in json.loads(tags.get(SLURM_JOBS, "{}")).items():
-        job = submitit.SlurmJob(folder=Path(folder).parent / "%j", job_id=job_id)
-        if job.state.split()[0] in QUEUED:
-            overrides, _, num = job.submission().args[:3]
-            found[tuple(overrides)] = (job, Path(folder).parents[1] / str(num))
-    return found
-
-
 def _wait_gone(job_ids: list[str], timeout_s: float = 120) -> None:
     """Until Slurm has none of these jobs: a cancelled job's tasks get SIGTERM, which submitit lets
     pass, and KillWait seconds before SIGKILL, in which a run may still finish; its state is read
@@ -73,14 +60,15 @@ class SlurmLauncher(PluginSlurmLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         state = Singleton.get_state()
         info = SweepInfo.load(sweep_dir)
-        queued = still_queued(info) if info else {}
+        queued = self._still_queued(info) if info else {}
         numbered = list(enumerate(job_overrides, initial_job_idx))
-        fresh = [(n, list(o)) for n, o in numbered if tuple(o) not in queued]
-        for n, _ in fresh:
-            watchdog.forget(self._point_dir(sweep_dir, n))
-        calls = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in fresh]
+        fresh = {n: list(o) for n, o in numbered if tuple(o) not in queued}
+        points = {n: self._point_dir(sweep_dir, n) for n in fresh}
+        for point in points.values():
+            watchdog.forget(point)
+        calls = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in fresh.items()]
         submitted = iter(self._executor().map_array(self, *zip(*calls, strict=True)) if calls else [])
-        jobs = [queued.get(tuple(o)) or (next(submitted), self._point_dir(sweep_dir, n)) for n, o in numbered]
+        jobs = [queued.get(tuple(o)) or (next(submitted), points[n]) for n, o in numbered]
         ids = [job.job_id for job, _ in jobs]
         log.info(f"Slurm jobs {' '.join(ids)}; submitit logs in {sweep_dir}/.submitit/")
         for o, (job, _) in zip(job_overrides, jobs, strict=True):
@@ -102,6 +90,18 @@ class SlurmLauncher(PluginSlurmLauncher):
             self._cancel([job for job, _ in jobs], info, why_stopped(stop))
             raise
 
+    def _still_queued(self, info: SweepInfo) -> dict[tuple[str, ...], tuple[submitit.Job, Path]]:
+        """The sweep's jobs that an earlier driver submitted and Slurm still has, by their overrides,
+        with their point dirs (in the earlier driver's sweep dir: <sweep dir>/.submitit/<job id>/)."""
+        tags = track.Store(info.tracking_uri).get(info.parent_run_id).tags
+        found = {}
+        for job_id, folder in json.loads(tags.get(SLURM_JOBS, "{}")).items():
+            job = submitit.SlurmJob(folder=Path(folder).parent / "%j", job_id=job_id)
+            if job.state.split()[0] in QUEUED:
+                overrides, _, num = job.submission().args[:3]
+                found[tuple(overrides)] = (job, self._point_dir(Path(folder).parents[1], num))
+        return found
+
     def _point_dir(self, sweep_dir: Path, num: int) -> Path:
         """Job num's output dir as Hydra makes it (hydra.sweep.subdir: its number, or a search's trial-N)."""
         config = copy.deepcopy(self.config)
@@ -114,7 +114,7 @@ class SlurmLauncher(PluginSlurmLauncher):
         """Ctrl-C or a kill of this driver (a search so stops a trial it prunes): its jobs are
         cancelled (scancel), so none holds a GPU unwatched, and their runs still open end KILLED.
         A driver that dies without a word (SIGKILL, a lost login node) leaves them to the same
-        command run again (still_queued)."""
+        command run again (_still_queued)."""
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C or kill must not cut this short
             signal.signal(sig, signal.SIG_IGN)
         for job in jobs:
