@@ -7,7 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from pipeline.sweep_info import SweepInfo
-from pipeline.track import OUTPUT_DIR, PARENT
+from pipeline.track import OUTPUT_DIR, PARENT, SWEEP_DIR
 
 
 @dataclass
@@ -31,7 +31,7 @@ class Point:
         multirun = hc.mode == RunMode.MULTIRUN
         sweep = None
         if multirun:
-            tags["zerosweep.sweep_dir"] = str(Path(hc.sweep.dir).absolute())
+            tags[SWEEP_DIR] = str(Path(hc.sweep.dir).absolute())
             tags["zerosweep.job_num"] = str(hc.job.num)
             sweep = SweepInfo.load(hc.sweep.dir)  # None when the sweep tracks nothing
         if sweep:

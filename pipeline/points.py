@@ -4,7 +4,7 @@ the CLI prints it at the sweep's end and the report embeds it."""
 from typing import Any
 
 from pipeline.sweep_info import SweepInfo
-from pipeline.track import POINT_KEY, SLURM_JOB, RunRecord, Store
+from pipeline.track import POINT_KEY, SLURM_JOB, SWEEP_DIR, RunRecord, Store
 
 CHOICES = ["zero", "offload", "precision", "optimizer"]
 RESULTS = ["final_loss", "avg_tokens_per_s", "avg_step_time_s", "peak_memory_gib"]
@@ -35,7 +35,7 @@ def rows(info: SweepInfo, sweep_dir: str | None = None) -> list[dict[str, Any]]:
 
 
 def how(run: RunRecord, tries: int, sweep_dir: str | None) -> str:
-    if sweep_dir and run.tags.get("zerosweep.sweep_dir") not in (None, str(sweep_dir)):
+    if sweep_dir and run.tags.get(SWEEP_DIR) not in (None, str(sweep_dir)):
         return "earlier run"
     said = (
         [f"carried on from step {run.metrics['resumed_from_step']:.0f}"]

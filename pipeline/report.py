@@ -170,7 +170,7 @@ def resolve(target: str, uri: str) -> tuple[SweepInfo, str]:
     if info is not None:
         return info, target
     parent = track.Store(uri).get(target)
-    sweep_dir = parent.tags.get("zerosweep.sweep_dir") or "."
+    sweep_dir = parent.tags.get(track.SWEEP_DIR) or "."
     return SweepInfo(target, parent.experiment_id, uri, overrides=[], varying=[]), sweep_dir
 
 

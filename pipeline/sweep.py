@@ -37,7 +37,7 @@ class SweepRun(Callback):
         name = " ".join(overrides) or "sweep"
         key = " ".join(o for o in overrides if not o.startswith("sweep.")) or "sweep"
         tags = {
-            "zerosweep.sweep_dir": str(sweep_dir),
+            track.SWEEP_DIR: str(sweep_dir),
             track.ROLE: "sweep",
             track.SWEEP_KEY: key,
             **track.owner_tags(),

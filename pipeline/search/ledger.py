@@ -58,15 +58,15 @@ class Ledger:
         """The parent run of this search's command line left unfinished (its driver stopped or was
         killed), reopened; else a new one in a new dir under <outputs_dir>/searches/."""
         found = store.unfinished_sweep(experiment_id, key)
-        if found and Path(found.tags.get("zerosweep.sweep_dir", "")).is_dir():
-            parent, sweep_dir = found.run_id, Path(found.tags["zerosweep.sweep_dir"])
+        if found and Path(found.tags.get(track.SWEEP_DIR, "")).is_dir():
+            parent, sweep_dir = found.run_id, Path(found.tags[track.SWEEP_DIR])
             store.reopen(parent)
         else:
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
             sweep_dir = (Path(outputs_dir) / "searches" / stamp).absolute()
             sweep_dir.mkdir(parents=True)
             tags = {track.ROLE: "sweep", track.SWEEP_KEY: key, SEARCH: "fastest"}
-            tags["zerosweep.sweep_dir"] = str(sweep_dir)
+            tags[track.SWEEP_DIR] = str(sweep_dir)
             name = "search: " + (" ".join(overrides) or "fastest")
             parent = store.create_run(experiment_id, name, tags, {"sweep.overrides": " ".join(overrides)})
         store.tag(parent, track.owner_tags())  # this driver owns it now

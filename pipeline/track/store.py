@@ -35,6 +35,8 @@ ATTEMPT = "zerosweep.attempt"
 CARRIES_ON = "zerosweep.carries_on"
 # A sweep's parent: its command line without sweep.* keys, to find it again when it is rerun.
 SWEEP_KEY = "zerosweep.sweep_key"
+# The dir a sweep's points and its report are in (on the parent and on each point's run).
+SWEEP_DIR = "zerosweep.sweep_dir"
 
 
 class RunState(str, Enum):
