@@ -214,6 +214,16 @@ def scaling_row(
     return text
 
 
+def run_side(who: str, v: str, run_dir: str, a: argparse.Namespace, how: dict, timing: dict) -> dict | None:
+    """One run of a variant's pair (or triple): the reference, the pipeline as asked, or, with
+    --tracking both, the pipeline with tracking off too."""
+    if who == "reference":
+        return run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout, gpus=a.gpus, **timing)
+    if who == "tracking off":
+        return run_pipeline(v, [], a.out / "pipe_off" / run_dir, a.timeout, **{**how, "tracking": False})
+    return run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout, **how)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reference", type=Path, required=True)
@@ -222,7 +232,12 @@ def main() -> None:
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--timeout", type=int, default=400)
     ap.add_argument("--gpus", type=int, default=1, help="ranks, one GPU each, on both sides")
-    ap.add_argument("--tracking", choices=["on", "off"], default="on", help="the pipeline's MLflow tracking")
+    ap.add_argument(
+        "--tracking",
+        choices=["on", "off", "both"],
+        default="on",
+        help="the pipeline's MLflow tracking; both: a tracking-off run beside each pair, and on / off",
+    )
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--warm", type=int, default=WARM, help="steps left out of the timing")
     ap.add_argument(
@@ -244,7 +259,7 @@ def main() -> None:
     variants = [v for v in a.variants.split(",") if v]
     presets = [p for p in a.presets.split(",") if p]
     timing = {"steps": a.steps, "warm": a.warm}
-    how = {"gpus": a.gpus, "tracking": a.tracking == "on", **timing}
+    how = {"gpus": a.gpus, "tracking": a.tracking != "off", **timing}
     lines = [
         f"{a.gpus} GPU(s), pipeline tracking {a.tracking}; tokens/s and TFLOP/s for all GPUs together",
         "",
@@ -268,33 +283,28 @@ def main() -> None:
         if OP[v] not in built:
             run_reference(a.reference, v, a.out / "warm" / v, a.timeout, steps=4, warm=1, gpus=a.gpus)
             built.add(OP[v])
-        pairs = []
+        sides = ["reference", "pipeline", *(["tracking off"] if a.tracking == "both" else [])]
+        runs_of: dict[str, list] = {who: [] for who in sides}
         for i in range(1, a.repeat + 1):
             name, run_dir = (f"{v} #{i}", f"{v}_{i}") if a.repeat > 1 else (v, v)
-            # Alternate who goes first (ABBA): the second run of a pair may find the host warmer or busier.
+            # Rotate who goes first (ABBA for two): a later run may find the host warmer or busier.
+            k = (i - 1) % len(sides)
             runs: dict[str, dict | None] = {}
-            for who in ("reference", "pipeline") if i % 2 else ("pipeline", "reference"):
-                runs[who] = (
-                    run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout, gpus=a.gpus, **timing)
-                    if who == "reference"
-                    else run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout, **how)
-                )
-                print(
-                    row(name, who, runs[who], runs.get("reference")), flush=True
-                )  # kept if the call is cut off
-            pairs.append((runs["reference"], runs["pipeline"]))
-            lines += [
-                row(name, "reference", runs["reference"], None),
-                row(name, "pipeline", runs["pipeline"], runs["reference"]),
-            ]
+            for who in sides[k:] + sides[:k]:
+                runs[who] = run_side(who, v, run_dir, a, how, timing)
+                print(row(name, who, runs[who], runs.get("reference")), flush=True)  # kept if cut off
+                runs_of[who].append(runs[who])
+            lines += [row(name, who, runs[who], runs["reference"]) for who in sides]
             save()
-        refs[v] = mean_run([r for r, _ in pairs])
-        mine = mean_run([m for _, m in pairs])
+        refs[v] = mean_run(runs_of["reference"])
+        mine = mean_run(runs_of["pipeline"])
         if a.repeat > 1:
-            lines += [
-                row(f"{v} mean", "reference", refs[v], None),
-                row(f"{v} mean", "pipeline", mine, refs[v]),
-            ]
+            lines += [row(f"{v} mean", who, mean_run(runs_of[who]), refs[v]) for who in sides]
+            save()
+        if a.tracking == "both":
+            off = mean_run(runs_of["tracking off"])
+            on_off = f"{mine['tok_s'] / off['tok_s']:.3f}" if mine and off else "failed"
+            lines.append(f"| {v} | tracking on / off | | | | | | | | | {on_off} |")
             save()
         if a.scaling:
             lines.append(scaling_row(v, [], mine, a, how))

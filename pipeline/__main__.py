@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 import launchers
 from pipeline import compose, rules, search
 from pipeline.config import Config
-from pipeline.errors import ConfigError, Terminated, why_stopped
+from pipeline.errors import ConfigError, Terminated, raise_terminated, why_stopped
 from pipeline.sweep_info import point_name, varying_keys
 
 if TYPE_CHECKING:  # the job's modules load torch: not before the command line is checked
@@ -153,7 +153,7 @@ def main() -> None:
     # Ctrl-C and a kill end the runs they stop as KILLED, saying why. SIGINT explicitly too: a
     # process started from a background job (or nohup) inherits it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, raise_terminated)
     if search.requested(sys.argv[1:]):  # search=fastest drives trials of its own (pipeline/search)
         from pipeline.search import driver
 
@@ -168,10 +168,6 @@ def main() -> None:
         sweep.close_interrupted()
         print(f"stopped: {why_stopped(stop)}; the runs it ended are KILLED", file=sys.stderr)
         sys.exit(143 if isinstance(stop, Terminated) else 130)
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The one error type users see before anything starts: one line, the key, the fix."""
 
+import signal
+
 
 class ConfigError(Exception):
     """A configuration the pipeline refuses, reported as `key: problem. Fix: ...`."""
@@ -12,6 +14,12 @@ class ConfigError(Exception):
 
 class Terminated(KeyboardInterrupt):
     """A kill signal (SIGTERM), handled as Ctrl-C is: the runs it stops end KILLED, saying why."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """SIGTERM's handler: raised as Terminated, so what finally blocks close (runs, buffered
+    metrics) is closed before the process ends."""
+    raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
 
 def why_stopped(stop: KeyboardInterrupt) -> str:

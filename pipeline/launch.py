@@ -22,7 +22,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from pipeline import track, train, watchdog
-from pipeline.errors import Terminated
+from pipeline.errors import Terminated, raise_terminated
 from pipeline.job import Job
 
 
@@ -122,7 +122,9 @@ def world_of_one() -> None:
 @record  # a failing rank's exception reaches the job's error (else only "ChildFailedError")
 def rank_main(job: Job) -> dict[str, float]:
     """A rank in its own process: train, then leave the process group cleanly (gloo can abort
-    at interpreter exit otherwise)."""
+    at interpreter exit otherwise). The launcher stops the other ranks with SIGTERM when one
+    fails: raised here, so rank 0's buffered metrics are flushed on the way out."""
+    signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return train.worker(job)
     finally:

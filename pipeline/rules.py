@@ -137,6 +137,7 @@ AT_LEAST_ZERO = (
     "trainer.seed",
     "trainer.hang_timeout_s",
     "sweep.retries",
+    "tracking.buffer_s",
     "zero.stage3_param_persistence_threshold",
     "offload.max_in_cpu",
     "precision.loss_scale",

@@ -8,6 +8,7 @@ ranks), or in a Slurm task; takes a pickled Job and returns a plain summary.
 import gc
 import os
 import warnings
+from collections.abc import Callable
 
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -43,11 +44,13 @@ def worker(job: Job, own_process: bool = True) -> dict[str, float]:
     train_set, eval_set = data.splits(cfg, arch.vocab_size, samples, job.data)
     rank = int(os.environ.get("RANK", "0"))
     is_main = rank == 0
-    logger = track.MetricLogger(job.run) if is_main and job.run else None
+    logger = track.MetricLogger(job.run, cfg.tracking.buffer_s) if is_main and job.run else None
     tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
     clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger, t.stop_on_nan)
-    watchdog = Watchdog(t.hang_timeout_s, job.out, rank, not own_process) if t.hang_timeout_s else None
+    flush = logger.flush if logger else None
+    watchdog = Watchdog(t.hang_timeout_s, job.out, rank, not own_process, flush) if t.hang_timeout_s else None
     callbacks = [FreezeHeap(), clock, *([watchdog] if watchdog else [])]
+    callbacks += [FlushOnSave(flush)] if flush else []
     trainer = Trainer(
         model=net, args=args, train_dataset=train_set, eval_dataset=eval_set, callbacks=callbacks
     )
@@ -97,3 +100,14 @@ class FreezeHeap(TrainerCallback):
     def on_train_begin(self, args, state, control, **kw):
         gc.collect()
         gc.freeze()
+
+
+class FlushOnSave(TrainerCallback):
+    """Metrics buffered so far reach the store with each checkpoint: a job killed later and resumed
+    from it has every step up to there in its run."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self.flush = flush
+
+    def on_save(self, args, state, control, **kw):
+        self.flush()

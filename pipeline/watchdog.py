@@ -7,6 +7,7 @@ import faulthandler
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -18,8 +19,12 @@ HANG_EXIT = 75
 
 
 class Watchdog(TrainerCallback):
-    def __init__(self, timeout_s: int, out: Path, rank: int, in_process: bool) -> None:
+    def __init__(
+        self, timeout_s: int, out: Path, rank: int, in_process: bool, flush: Callable[[], None] | None = None
+    ) -> None:
         self.timeout_s = timeout_s
+        # Called before the rank is stopped: its buffered metrics reach the store first.
+        self.flush = flush
         self.rank = rank
         self.stacks = out / f"hang-rank{rank}.txt"
         # In the job's own process (one rank here) the hang is raised there; a rank of its own stops.
@@ -55,6 +60,8 @@ class Watchdog(TrainerCallback):
                     f.write(f"rank {self.rank}: no step for {self.timeout_s} s; every thread's stack:\n")
                     f.flush()
                     faulthandler.dump_traceback(f, all_threads=True)
+                if self.flush:
+                    self.flush()
                 self._stop()
                 return
 

@@ -115,8 +115,9 @@ def test_a_rank_that_stops_stepping_fails_its_point_as_a_hang_with_every_ranks_s
 
 
 def test_a_rank_killed_outright_fails_its_point_and_the_sweep_goes_on(outputs: Path):
-    """SIGKILL of one rank of a 2-rank point: the point ends FAILED saying so, the next point trains,
-    and no run is left RUNNING."""
+    """SIGKILL of one rank of a 2-rank point: the point ends FAILED saying so, with every step rank 0
+    printed in its run (its buffered metrics flushed when the launcher stops it), the next point
+    trains, and no run is left RUNNING."""
     driver = subprocess.Popen(
         pipeline_cmd(outputs, "-m", "trainer.nproc_per_node=2", "trainer.max_steps=400,3"),
         cwd=ROOT,
@@ -129,7 +130,8 @@ def test_a_rank_killed_outright_fails_its_point_and_the_sweep_goes_on(outputs: P
     children = psutil.Process(driver.pid).children(recursive=True)
     ranks = [p for p in children if "spawn_main" in " ".join(p.cmdline())]  # not its resource tracker
     assert len(ranks) == 2
-    os.kill(ranks[1].pid, signal.SIGKILL)
+    rank1 = max(ranks, key=lambda p: (p.create_time(), p.pid))  # the launcher starts rank 0 first
+    os.kill(rank1.pid, signal.SIGKILL)
     stdout, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 1, stderr[-3000:]
     states = {r.info.run_name: r.info.status for r in runs(outputs)}
@@ -137,6 +139,8 @@ def test_a_rank_killed_outright_fails_its_point_and_the_sweep_goes_on(outputs: P
     assert states["trainer.max_steps=400"] == "FAILED" and states["trainer.max_steps=3"] == "FINISHED"
     (killed,) = [r for r in runs(outputs) if r.info.run_name == "trainer.max_steps=400"]
     assert "SIGKILL" in artifact_text(outputs, killed.info.run_id, "error.txt", outputs.parent / "e")
+    printed = stdout.count("{'loss': ") - 3  # rank 0's progress lines, less the 3-step point's
+    assert len(loss_steps(outputs, killed.info.run_id)) == printed > 3
 
 
 def _training(outputs: Path, steps: int) -> bool:

@@ -69,10 +69,11 @@ def test_killed_run_is_closed_by_the_next_start(outputs):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_run_killed_at_once(outputs, tmp_path):
-    proc = start_training(outputs)
+def test_sigterm_ends_the_run_killed_at_once_with_every_step_it_printed(outputs, tmp_path):
+    """Two ranks: the launcher passes the SIGTERM on, and rank 0 flushes its buffered metrics."""
+    proc = start_training(outputs, "trainer.nproc_per_node=2")
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-3000:]
     assert "stopped: terminated by SIGTERM; the runs it ended are KILLED" in err
     (run,) = runs(outputs)
@@ -82,7 +83,8 @@ def test_sigterm_ends_the_run_killed_at_once(outputs, tmp_path):
         .strip()
         .endswith("terminated by SIGTERM")
     )
-    assert mlflow_client(outputs).get_metric_history(run.info.run_id, "loss")  # what it logged is kept
+    logged = mlflow_client(outputs).get_metric_history(run.info.run_id, "loss")
+    assert len(logged) == out.count("{'loss': ") > 0  # every step it printed, none lost
 
 
 @pytest.mark.slow

@@ -26,7 +26,8 @@ from pipeline.track import RunState
 MAX_REPEATS = 50
 # What every trial trains with, besides its point: short, timed each step, nothing saved.
 TRIAL_KEYS = ("trainer.max_steps", "trainer.logging_steps", "trainer.save_model", "trainer.save_steps")
-TRIAL_KEYS += ("trainer.eval_steps", "trainer.export_fp32", "tracking.run_name", "hydra.")
+TRIAL_KEYS += ("trainer.eval_steps", "trainer.export_fp32", "tracking.run_name", "tracking.buffer_s")
+TRIAL_KEYS += ("hydra.",)
 
 
 def main(argv: list[str]) -> None:
@@ -188,6 +189,7 @@ class Search:
         name = self.space.name(point)
         fixed = [f"trainer.max_steps={self.warmup + self.cfg.search.steps}", "trainer.logging_steps=1"]
         fixed += ["trainer.save_model=false", "trainer.save_steps=0", "trainer.eval_steps=0"]
+        fixed += ["tracking.buffer_s=1"]  # each second, not every 10: the pruner reads them live
         overrides = self.overrides + self.space.overrides(point) + fixed
         cfg = compose.compose_point(overrides)
         key = track.point_key(track.flat_params(cfg, {}))
