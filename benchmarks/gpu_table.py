@@ -148,6 +148,9 @@ def run_reference(
     """Runs the hand-written trainer through torchrun and parses its 'RESULT {json}' line (rank 0's:
     its tokens/s and TFLOP/s are one rank's, scaled here to all ranks as the pipeline counts them)."""
     env = {**os.environ, "BENCH_SIZE": size(variant), "BENCH_STEPS": str(steps), "BENCH_WARM": str(warm)}
+    # torchrun gives each of several ranks 1 CPU thread, which ran the reference's CPU Adam 3x slower
+    # than the pipeline's ranks (an equal share of the host's CPUs each): the same share on both sides.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // gpus)))
     cmd = ["torchrun", "--nproc_per_node", str(gpus), str(reference), variant, str(out)]
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import submitit
-import torch
 
 from pipeline import checkpoints, launch, track
 from pipeline.config import Config
@@ -37,11 +36,8 @@ class SlurmTask:
         return checkpoints.newest(out) if self.requeued else None
 
     def launch(self, job: Job) -> dict[str, float]:
-        """CPU threads match the task's CPUs (else accelerate sizes them to the whole node's cores)."""
+        """Each task is a rank, as a local rank is (its CPU threads are the task's CPUs)."""
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        if "SLURM_CPUS_PER_TASK" in os.environ:
-            os.environ.setdefault("OMP_NUM_THREADS", os.environ["SLURM_CPUS_PER_TASK"])
-            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         return launch.rank_main(job)
 
 

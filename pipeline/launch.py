@@ -125,8 +125,19 @@ def rank_main(job: Job) -> dict[str, float]:
     at interpreter exit otherwise). The launcher stops the other ranks with SIGTERM when one
     fails: raised here, so rank 0's buffered metrics are flushed on the way out."""
     signal.signal(signal.SIGTERM, raise_terminated)
+    share_cpus()
     try:
         return train.worker(job)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def share_cpus() -> None:
+    """This rank's CPU threads (torch's and the OpenMP of DeepSpeed's CPU Adam): OMP_NUM_THREADS if
+    given, a Slurm task's CPUs, else an equal share of this host's. torchrun gives each of several
+    ranks 1 thread (its CPU Adam ran 3x slower on 2 GPUs: RESULTS.md), torch alone all to each."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = os.environ.get("SLURM_CPUS_PER_TASK") or str(max(1, len(os.sched_getaffinity(0)) // local))
+    os.environ.setdefault("OMP_NUM_THREADS", share)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
