@@ -1,12 +1,14 @@
 """Per-step measurements inside the Trainer: loss, step time, tokens/s, peak memory."""
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
 
 import psutil
 import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 LogFn = Callable[[dict[str, float], int], None]
@@ -40,6 +42,9 @@ class StepMetrics(TrainerCallback):
         # high-water mark would carry over from earlier points of a local sweep): offloaded and
         # pinned optimizer states live there, against the plan's host figure.
         self.peak_host = 0
+        # Every rank's peak_host on this node, summed once training ended (node_host), as the
+        # plan's host figure counts a node: rank 0's alone is half of it on 2 GPUs.
+        self.node_host: int | None = None
         # The first step whose loss was nan or inf; training stops there unless told to go on.
         self.diverged_at: int | None = None
         self.stop_on_nan = stop_on_nan
@@ -89,6 +94,15 @@ class StepMetrics(TrainerCallback):
                 )
             self.log_fn(values, state.global_step)
 
+    def node_host_peak(self) -> None:
+        """Sum the ranks' host peaks per node (every rank calls it, after training)."""
+        if not (dist.is_initialized() and dist.get_world_size() > 1):
+            return
+        peaks: list[int] = [0] * dist.get_world_size()
+        dist.all_gather_object(peaks, self.peak_host)
+        nodes = dist.get_world_size() // int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+        self.node_host = sum(peaks) // max(1, nodes)
+
     def peak_memory(self) -> int:
         """Peak GPU memory allocated on this rank; without a GPU, the peak host RSS seen."""
         return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else self.peak_host
@@ -103,7 +117,7 @@ class StepMetrics(TrainerCallback):
             "avg_tokens_per_s": tokens_s,
             "model_tflops": self.flops_per_token * tokens_s / 1e12,
             "peak_memory_gib": self.peak_memory() / 2**30,
-            "peak_host_gib": self.peak_host / 2**30,
+            "peak_host_gib": (self.node_host or self.peak_host) / 2**30,
             "steps": self.last_step,  # the run's, across a requeue
             "resumed_from_step": self.first_step,
             **{f"final_{k}": v for k, v in self.evaluation.items()},  # the last one: at the end

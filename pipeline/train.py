@@ -61,6 +61,7 @@ def worker(job: Job, own_process: bool = True) -> dict[str, float]:
         if eval_set is not None and clock.evaluated_at != trainer.state.global_step:
             trainer.evaluate()  # at the end, unless eval_steps just did
         save(trainer, job, is_main)
+        clock.node_host_peak()
     finally:
         if watchdog:
             watchdog.close()

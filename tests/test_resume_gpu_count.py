@@ -51,6 +51,8 @@ def test_a_point_resumes_on_another_gpu_count_and_its_loss_goes_on(outputs: Path
             assert run.info.status == "FINISHED", rerun.stderr[-3000:]
             curve = losses(outputs, run.info.run_id)
             assert sorted(curve) == list(range(11, 21))  # on from checkpoint-10
+            if ranks == "2":  # the host figure is the node's: both ranks' memory, as the plan's
+                assert run.data.metrics["peak_host_gib"] > 1.3 * reference.data.metrics["peak_host_gib"]
             worst = max(abs(v - expected[step]) for step, v in curve.items())
             assert worst < TOLERANCE, f"{run.info.run_name}: off by {worst}"
     assert rerun.returncode == 1 and "FAILED: ConfigError: zero.round_robin_gradients: " in rerun.stderr

@@ -1,0 +1,53 @@
+"""What per-step MLflow logging costs the training process, on this machine (no GPU needed).
+
+Logs the pipeline's per-step metrics (5 values, one step every --step-ms) through the same
+MetricLogger rank 0 uses, into a fresh sqlite store, and prints the process CPU time spent per
+step (the step itself only sleeps): with tracking.buffer_s=0 (one write a step) and with the
+default. That CPU time is Python on MLflow's logging thread, taken from the interpreter the
+training step needs too (benchmarks/RESULTS.md, eighth session).
+usage: python benchmarks/tracking_cost.py [--steps 100] [--step-ms 50] [--buffer-s 0,10]
+"""
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.config import TrackingConf
+from pipeline.track.runs import MetricLogger, RunRef
+from pipeline.track.store import Store
+
+VALUES = ("loss", "grad_norm", "learning_rate", "step_time_s", "tokens_per_s")  # what rank 0 logs a step
+
+
+def cost(buffer_s: int, steps: int, step_ms: float, store_dir: Path) -> float:
+    """CPU milliseconds per step of logging `steps` steps with this buffer, all of it flushed."""
+    uri = f"sqlite:///{store_dir}/mlflow_{buffer_s}.db"
+    store = Store(uri)
+    run_id = store.create_run(store.create_experiment("cost", None), f"buffer_s={buffer_s}", {}, {})
+    logger = MetricLogger(RunRef(uri, run_id), buffer_s)
+    cpu0 = time.process_time()
+    for step in range(1, steps + 1):
+        time.sleep(step_ms / 1000)
+        logger({k: float(step) for k in VALUES}, step)
+    logger.flush()
+    spent = time.process_time() - cpu0
+    assert len(store.history(run_id, "loss")) == steps  # nothing lost
+    return 1000 * spent / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--step-ms", type=float, default=50.0)
+    ap.add_argument("--buffer-s", default=f"0,{TrackingConf.buffer_s}")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for buffer_s in (int(b) for b in a.buffer_s.split(",")):
+            ms = cost(buffer_s, a.steps, a.step_ms, Path(tmp))
+            every = f"{a.steps} steps, one per {a.step_ms:g} ms"
+            print(f"tracking.buffer_s={buffer_s}: {ms:.2f} ms of CPU a step ({every})")
+
+
+if __name__ == "__main__":
+    main()
