@@ -5,7 +5,7 @@ ends); rank them, write the winner's recipe, close the parent."""
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import optuna
@@ -216,11 +216,14 @@ class Search:
 
     def _first_fit(self) -> Point | None:
         """The likely fastest point that fits, to start with (what the memory plan knows)."""
+        return next(self.fitting(), None)
+
+    def fitting(self) -> Iterator[Point]:
+        """The space's points that the rules and the memory plan let start, likely fastest first."""
         for point in self.space.by_preference():
             overrides = self.overrides + self.space.overrides(point)
             if trials.refusal(compose.compose_point(overrides)) is None:
-                return point
-        return None
+                yield point
 
     def _decided(self, point: Point) -> Measured | None:
         return next((r for r in self.results if r.point == point and r.state in _DECIDED), None)
