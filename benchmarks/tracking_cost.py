@@ -5,10 +5,18 @@ MetricLogger rank 0 uses, into a fresh sqlite store, and prints the process CPU 
 step (the step itself only sleeps): with tracking.buffer_s=0 (one write a step) and with the
 default. That CPU time is Python on MLflow's logging thread, taken from the interpreter the
 training step needs too (benchmarks/RESULTS.md, eighth session).
+With --train "OVERRIDES", it trains that point instead, --repeat times each with a write a step
+(tracking.buffer_s=0), with the default buffer and with tracking off, rotating who goes first, and
+prints each side's mean step time (summary.json) and its ratio to tracking off.
 usage: python benchmarks/tracking_cost.py [--steps 100] [--step-ms 50] [--buffer-s 0,10]
+       python benchmarks/tracking_cost.py --train "model=llama_tiny zero=stage3 offload=cpu" [--repeat 3]
 """
 
 import argparse
+import json
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,6 +24,8 @@ from pathlib import Path
 from pipeline.config import TrackingConf
 from pipeline.track.runs import MetricLogger, RunRef
 from pipeline.track.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VALUES = ("loss", "grad_norm", "learning_rate", "step_time_s", "tokens_per_s")  # what rank 0 logs a step
 
@@ -36,13 +46,41 @@ def cost(buffer_s: int, steps: int, step_ms: float, store_dir: Path) -> float:
     return 1000 * spent / steps
 
 
+SIDES = {"buffer_s=0": ["tracking.buffer_s=0"], "buffer_s=10": [], "tracking off": ["tracking.enabled=false"]}
+
+
+def train(overrides: str, repeat: int, steps: int, store_dir: Path) -> None:
+    """The point trained with each side of SIDES, rotating; mean step time per side."""
+    times: dict[str, list[float]] = {side: [] for side in SIDES}
+    sides = list(SIDES)
+    for i in range(repeat):
+        for side in sides[i % 3 :] + sides[: i % 3]:
+            out = store_dir / f"{side}_{i}".replace(" ", "_")
+            cmd = [sys.executable, "-m", "pipeline", *overrides.split(), *SIDES[side]]
+            cmd += [f"trainer.max_steps={steps}", "trainer.save_model=false", f"hydra.run.dir={out}"]
+            cmd += [f"outputs_dir={store_dir}"]
+            subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+            times[side].append(json.loads((out / "summary.json").read_text())["avg_step_time_s"])
+            print(f"{side}: {1000 * times[side][-1]:.1f} ms/step", flush=True)
+    off = statistics.mean(times["tracking off"])
+    for side, values in times.items():
+        mean = statistics.mean(values)
+        ratio = f"throughput / tracking off {off / mean:.3f}"
+        print(f"{side}: mean {1000 * mean:.1f} ms/step over {len(values)}, {ratio}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--step-ms", type=float, default=50.0)
     ap.add_argument("--buffer-s", default=f"0,{TrackingConf.buffer_s}")
+    ap.add_argument("--train", help="a point's overrides: train it instead of the logger alone")
+    ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        if a.train:
+            train(a.train, a.repeat, a.steps, Path(tmp))
+            return
         for buffer_s in (int(b) for b in a.buffer_s.split(",")):
             ms = cost(buffer_s, a.steps, a.step_ms, Path(tmp))
             every = f"{a.steps} steps, one per {a.step_ms:g} ms"

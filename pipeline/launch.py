@@ -91,7 +91,7 @@ class Local:
             monitor_interval=1,
         )
         try:
-            return elastic_launch(config, rank_main)(job)[0]
+            return elastic_launch(config, elastic_rank)(job)[0]
         except SignalException as e:  # the elastic agent's own SIGTERM handler, during the run
             raise Terminated(f"terminated by {signal.Signals(e.sigval).name}") from e
 
@@ -120,11 +120,17 @@ def world_of_one() -> None:
 
 
 @record  # a failing rank's exception reaches the job's error (else only "ChildFailedError")
+def elastic_rank(job: Job) -> dict[str, float]:
+    """A rank under torch's elastic launcher, which stops the other ranks with SIGTERM when one
+    fails: raised here, so rank 0's buffered metrics are flushed on the way out. (A Slurm task
+    keeps submitit's handling: Slurm sends SIGTERM before a preemption's requeue.)"""
+    signal.signal(signal.SIGTERM, raise_terminated)
+    return rank_main(job)
+
+
 def rank_main(job: Job) -> dict[str, float]:
     """A rank in its own process: train, then leave the process group cleanly (gloo can abort
-    at interpreter exit otherwise). The launcher stops the other ranks with SIGTERM when one
-    fails: raised here, so rank 0's buffered metrics are flushed on the way out."""
-    signal.signal(signal.SIGTERM, raise_terminated)
+    at interpreter exit otherwise)."""
     share_cpus()
     try:
         return train.worker(job)

@@ -180,7 +180,8 @@ def sacct_restarts(job_id: str) -> int:
 
 
 def test_scancel_of_one_point_leaves_the_others_and_the_parent_consistent(tmp_path: Path) -> None:
-    proc = start(tmp_path, "zero=stage2,stage3", "trainer.max_steps=60")
+    # Each step written as it ends: the kill must come while point 1 trains (60 steps, ~5 s).
+    proc = start(tmp_path, "zero=stage2,stage3", "trainer.max_steps=60", "tracking.buffer_s=0")
     sweep = wait_for("the sweep dir", lambda: list((tmp_path / "sweeps").glob("*")))[0]
     wait_for("point 1's MLflow run", lambda: (sweep / "1" / "mlflow_run_id").exists())
     job_id = sorted(p.name for p in (sweep / ".submitit").glob("*_1"))[0]
@@ -200,7 +201,8 @@ def test_scancel_of_one_point_leaves_the_others_and_the_parent_consistent(tmp_pa
 def test_crashed_point_is_failed_and_the_others_finish(tmp_path: Path) -> None:
     """Point 1's training process dies by SIGKILL (what the OOM killer or a segfault does): its run
     is FAILED with the end of its Slurm log, the table says so, point 0 finishes."""
-    proc = start(tmp_path, "zero=stage2,stage3", "trainer.max_steps=60")
+    # Each step written as it ends: the kill must come while point 1 trains (60 steps, ~5 s).
+    proc = start(tmp_path, "zero=stage2,stage3", "trainer.max_steps=60", "tracking.buffer_s=0")
     sweep = wait_for("the sweep dir", lambda: list((tmp_path / "sweeps").glob("*")))[0]
     wait_for("point 1's first logged step", lambda: _logged_steps(tmp_path, sweep / "1"))
     job_id = sorted(p.name for p in (sweep / ".submitit").glob("*_1"))[0]

@@ -1,0 +1,42 @@
+"""The model a search is for, under the plain HF Trainer, as DeepSpeed's autotuner launches it:
+`deepspeed --autotuning tune --num_gpus N benchmarks/autotune_train.py --deepspeed ds.json
+--per_device_train_batch_size M --gradient_accumulation_steps G ...` (benchmarks/autotuner.py
+writes that command). The model comes from the pipeline's model group (env ZEROSWEEP_MODEL, e.g.
+llama_1b), the data are random tokens of ZEROSWEEP_SEQ (1024), as in the pipeline's benchmarks.
+"""
+
+import os
+
+import torch
+from torch.utils.data import Dataset
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from pipeline import compose, model, tokenizer
+
+
+class RandomTokens(Dataset):
+    def __init__(self, n: int, seq: int, vocab: int) -> None:
+        self.tokens = torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.tokens[i], "labels": self.tokens[i]}
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses()
+    seq = int(os.environ.get("ZEROSWEEP_SEQ", "1024"))
+    cfg = compose.compose_point(
+        [f"model={os.environ.get('ZEROSWEEP_MODEL', 'llama_1b')}", f"data.seq_len={seq}"]
+    )
+    net = model.build(cfg, model.model_config(cfg, tokenizer.BYTE_VOCAB))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    samples = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world
+    data = RandomTokens(samples, seq, net.config.vocab_size)
+    Trainer(model=net, args=args, train_dataset=data).train()
+
+
+if __name__ == "__main__":
+    main()
