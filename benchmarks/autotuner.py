@@ -65,11 +65,11 @@ def experiments(results: Path, seq: int, flops_per_token: float) -> list[dict]:
             "mbs": ds.get("train_micro_batch_size_per_gpu"),
             "gas": ds.get("gradient_accumulation_steps"),
         }
+        row["batch"] = ds.get("train_batch_size")
         metrics = exp_json.parent / "metrics.json"
         if metrics.exists():
             m = json.loads(metrics.read_text())
-            batch = ds.get("train_batch_size") or row["mbs"] * row["gas"]
-            tokens_s = batch * seq / (m["latency"] / 1000)
+            tokens_s = row["batch"] * seq / (m["latency"] / 1e6)  # latency: microseconds a step
             row.update(tokens_s=tokens_s, tflops=tokens_s * flops_per_token / 1e12)
         rows.append(row)
     return rows
@@ -120,15 +120,22 @@ def main() -> None:
 
     rows = experiments(out / "results", a.seq, per_token)
     lines = [f"DeepSpeed autotuner ({how}): {len(rows)} experiments, {wall:.0f} s wall", ""]
-    lines += ["| # | experiment | ZeRO | mbs x gas | tokens/s | model TFLOP/s |", "|---|---|---|---|---|---|"]
+    head = "| # | experiment | ZeRO | mbs x gas | global batch | tokens/s | model TFLOP/s |"
+    lines += [head, "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, start=1):
-        speed = f"{r['tokens_s']:,.0f} | {r['tflops']:.1f}" if "tflops" in r else "failed | "
-        lines.append(f"| {i} | {r['name']} | {r['stage']} | {r['mbs']} x {r['gas']} | {speed} |")
-    best = max((r for r in rows if "tflops" in r), key=lambda r: r["tflops"], default=None)
+        # The first experiment profiles the model (its size, for the memory estimates), no timed step.
+        missing = "model profile | " if r["name"] == "profile_model_info" else "failed | "
+        speed = f"{r['tokens_s']:,.0f} | {r['tflops']:.2f}" if "tflops" in r else missing
+        lines.append(
+            f"| {i} | {r['name']} | {r['stage']} | {r['mbs']} x {r['gas']} | {r['batch']} | {speed} |"
+        )
     lines.append("")
-    lines.append(
-        f"best: {best['name']}, {best['tflops']:.1f} model-TFLOP/s" if best else "no experiment trained"
-    )
+    # The autotuner ranks by samples/s whatever the global batch; the search keeps the user's.
+    at_batch = [r for r in rows if r["batch"] == a.global_batch]
+    for what, pool in (("any global batch", rows), (f"global batch {a.global_batch}", at_batch)):
+        best = max((r for r in pool if "tflops" in r), key=lambda r: r["tflops"], default=None)
+        said = f"{best['name']}, {best['tflops']:.2f} model-TFLOP/s" if best else "none trained"
+        lines.append(f"best at {what}: {said}")
     text = "\n".join(lines) + "\n"
     (out / "autotuner.md").write_text(f"    {' '.join(cmd)}\n\n{text}")
     print(text)
