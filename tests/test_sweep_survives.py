@@ -38,11 +38,7 @@ def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    wait_for(
-        "point 1's first complete checkpoint",
-        lambda: list(outputs.glob("sweeps/*/1/checkpoints/checkpoint-*/trainer_state.json")),
-        timeout=300,
-    )
+    wait_for("point 1's checkpoint of step 20 or later", lambda: _checkpoints(outputs, "1", 20), timeout=300)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver dies: no handler, no table, nothing closed
     driver.wait()
 
@@ -64,11 +60,19 @@ def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
     resumed = int(carried.data.metrics["resumed_from_step"])
     assert resumed > 0 and resumed % 10 == 0 and carried.data.metrics["steps"] == 400
     assert loss_steps(outputs, carried.info.run_id) == list(range(resumed + 1, 401))  # the curve goes on
+    # Steps buffered for the store were flushed with checkpoint-10, seconds before the SIGKILL.
+    assert set(range(1, 11)) <= set(loss_steps(outputs, stopped.info.run_id))
     table = {
         line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("trainer.max_steps=")
     }
     assert table["trainer.max_steps=3"].rstrip().endswith("earlier run")
     assert f"carried on from step {resumed}, try 2" in table["trainer.max_steps=400"]
+
+
+def _checkpoints(outputs: Path, point: str, least: int) -> list[Path]:
+    """The point's complete checkpoints (the Trainer writes trainer_state.json last) of step >= least."""
+    done = outputs.glob(f"sweeps/*/{point}/checkpoints/checkpoint-*/trainer_state.json")
+    return [p for p in done if int(p.parent.name.split("-")[1]) >= least]
 
 
 def test_retries_try_a_failing_point_again_and_the_last_try_decides(own: Own, outputs: Path, tmp_path: Path):

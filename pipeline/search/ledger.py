@@ -107,7 +107,7 @@ class Ledger:
         state = run.state.value
         if run.state == RunState.KILLED and PRUNED in run.tags:
             state = "PRUNED"
-        how = run.tags.get(PRUNED) or run.tags.get(track.SKIPPED, "")
+        how = run.tags.get(PRUNED, "") if state == "PRUNED" else run.tags.get(track.SKIPPED, "")
         running = self.running_means(run.run_id, warmup) if state in ("FINISHED", "PRUNED") else []
         return Measured(point, name, state, run.run_id, how, running, dict(run.metrics))
 

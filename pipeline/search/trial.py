@@ -121,6 +121,9 @@ def measured(training: Training, point: Point, name: str) -> Measured:
         )
         return Measured(point, name, "FAILED", None, f"no run started: {' '.join(tail)}")
     result = ledger.outcome(ledger.store.get(run_id), point, name, warmup)
+    if training.pruned and result.state == RunState.FINISHED.value:
+        # Pruned as it finished (the stop came after its last step): it measured every step.
+        ledger.store.untag(run_id, PRUNED)
     steps = [value for _, value in ledger.store.history(run_id, "step_time_s")]
     timing = {
         "search_wall_s": wall_s,

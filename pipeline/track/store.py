@@ -138,6 +138,9 @@ class Store:
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
+    def untag(self, run_id: str, key: str) -> None:
+        self.client.delete_tag(run_id, key)
+
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)
 
