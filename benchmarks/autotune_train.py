@@ -7,35 +7,21 @@ llama_1b), the data are random tokens of ZEROSWEEP_SEQ (1024), as in the pipelin
 
 import os
 
-import torch
-from torch.utils.data import Dataset
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from pipeline import compose, model, tokenizer
-
-
-class RandomTokens(Dataset):
-    def __init__(self, n: int, seq: int, vocab: int) -> None:
-        self.tokens = torch.randint(0, vocab, (n, seq), generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.tokens[i], "labels": self.tokens[i]}
+from pipeline import compose, data, model, tokenizer
 
 
 def main() -> None:
     (args,) = HfArgumentParser(TrainingArguments).parse_args_into_dataclasses()
     seq = int(os.environ.get("ZEROSWEEP_SEQ", "1024"))
-    cfg = compose.compose_point(
-        [f"model={os.environ.get('ZEROSWEEP_MODEL', 'llama_1b')}", f"data.seq_len={seq}"]
-    )
+    name = os.environ.get("ZEROSWEEP_MODEL", "llama_1b")
+    cfg = compose.compose_point([f"model={name}", "data=random_tokens", f"data.seq_len={seq}"])
     net = model.build(cfg, model.model_config(cfg, tokenizer.BYTE_VOCAB))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     samples = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world
-    data = RandomTokens(samples, seq, net.config.vocab_size)
-    Trainer(model=net, args=args, train_dataset=data).train()
+    tokens = data.builtin(cfg.data, net.config.vocab_size, samples)
+    Trainer(model=net, args=args, train_dataset=tokens).train()
 
 
 if __name__ == "__main__":

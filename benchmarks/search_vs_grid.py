@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline import track
 from pipeline.search.driver import Search
-from pipeline.search.ledger import POINT, SEARCH
+from pipeline.search.ledger import POINT, PRUNED, SEARCH
 
 ROOT = Path(__file__).resolve().parents[1]
 # The setting: the 1B Llama, seq 1024, bf16, DeepSpeed AdamW, 8 x 4 = 32 sequences a step.
@@ -40,7 +40,7 @@ def trials_in_order(uri: str) -> tuple[list[dict], str]:
         rows.append(
             {
                 "name": run.name,
-                "state": "PRUNED" if "zerosweep.pruned" in run.tags else run.state.value,
+                "state": "PRUNED" if PRUNED in run.tags else run.state.value,
                 "tflops": m.get("model_tflops"),
                 "wall_s": m.get("search_wall_s", 0.0),
             }
