@@ -108,7 +108,8 @@ def main() -> None:
     ]
     cmd += ["--max_steps", "10", "--learning_rate", "3e-4", "--save_strategy", "no", "--report_to", "none"]
     env = {"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": f"sqlite:///{out}/mlflow.db"}
-    env |= {"ZEROSWEEP_MODEL": a.model, "ZEROSWEEP_SEQ": str(a.seq), "PYTHONPATH": str(ROOT)}
+    paths = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # the device's wheels
+    env |= {"ZEROSWEEP_MODEL": a.model, "ZEROSWEEP_SEQ": str(a.seq), "PYTHONPATH": paths}
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     try:
