@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import mlflow
+from deepspeed.autotuning.utils import search_error
 
 from pipeline import compose, model, tokenizer
 
@@ -66,6 +67,9 @@ def experiments(results: Path, seq: int, flops_per_token: float) -> list[dict]:
             "gas": ds.get("gradient_accumulation_steps"),
         }
         row["batch"] = ds.get("train_batch_size")
+        # The autotuner counts an experiment as failed when any stderr line holds "error"
+        # (a library's warning too); say which line, as it prints none.
+        row["error"] = search_error(str(exp_json.parent / "stderr.log"))
         metrics = exp_json.parent / "metrics.json"
         if metrics.exists():
             m = json.loads(metrics.read_text())
@@ -126,6 +130,8 @@ def main() -> None:
     for i, r in enumerate(rows, start=1):
         # The first experiment profiles the model (its size, for the memory estimates), no timed step.
         missing = "model profile | " if r["name"] == "profile_model_info" else "failed | "
+        if r["error"]:
+            missing = f"read as failed: {r['error'].strip()[:100]} | "
         speed = f"{r['tokens_s']:,.0f} | {r['tflops']:.2f}" if "tflops" in r else missing
         lines.append(
             f"| {i} | {r['name']} | {r['stage']} | {r['mbs']} x {r['gas']} | {r['batch']} | {speed} |"
