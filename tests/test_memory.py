@@ -38,6 +38,8 @@ MEASURED = [
 MEASURED_HOST = [
     (["zero=stage2", "offload=cpu", "trainer.nproc_per_node=2"], 2 * 10.8, "8th session, 2 H100"),
     (["zero=stage3", "offload=cpu", "trainer.nproc_per_node=2"], 2 * 12.7, "8th session, 2 H100"),
+    (["zero=stage2", "offload=cpu"], 19.4, "9th session, 1 H100"),
+    (["zero=stage3", "offload=cpu"], 23.2, "9th session, 1 H100"),
 ]
 
 
