@@ -129,7 +129,7 @@ def main() -> None:
     lines += [head, "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, start=1):
         # The first experiment profiles the model (its size, for the memory estimates), no timed step.
-        missing = "model profile | " if r["name"] == "profile_model_info" else "failed | "
+        missing = "model profile | " if r["name"] == "profile_model_info" else "no result (cut off?) | "
         if r["error"]:
             missing = f"read as failed: {r['error'].strip()[:100]} | "
         speed = f"{r['tokens_s']:,.0f} | {r['tflops']:.2f}" if "tflops" in r else missing
