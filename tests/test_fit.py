@@ -5,6 +5,8 @@ them whole: the default's would need 3.7 GiB); the 'GPU' has 15 MiB."""
 
 import pytest
 
+from pipeline.search.driver import Search
+
 from helpers import artifact_text, ok, run_pipeline, runs
 
 SMALL_GPU = ("launcher.gpu_mem_gib=0.015", "zero.reduce_bucket_size=100000")
@@ -50,3 +52,20 @@ def test_check_fit_false_starts_it_anyway(outputs):
     result = ok(run_pipeline(outputs, *SMALL_GPU, "check_fit=false", "trainer.max_steps=2"))
     (run,) = runs(outputs)
     assert run.info.status == "FINISHED" and "final loss" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("gpu_gib", "first"),
+    [
+        ("80", {"micro_batch_size": 32, "gradient_checkpointing": False}),  # the best measured on an H100
+        ("24", {"micro_batch_size": 16, "gradient_checkpointing": True}),  # 32, or 16 without: no fit
+    ],
+)
+def test_the_search_starts_with_the_likely_fastest_point_that_fits(tmp_path, gpu_gib, first):
+    """search=fastest's first trial for the 1B Llama at 8 x 4 sequences: the lowest ZeRO stage, no
+    offload, torch.compile, the largest micro batch the plan lets start on the GPU given."""
+    setting = ["model=llama_1b", "data=random_tokens", "precision=bf16"]
+    setting += ["trainer.gradient_accumulation_steps=4"]
+    overrides = ["search=fastest", *setting, f"launcher.gpu_mem_gib={gpu_gib}", f"outputs_dir={tmp_path}"]
+    point = next(Search.checked(overrides, multirun=False).fitting())
+    assert point == {"zero": "stage0", "offload": "none", "perf": "compile", "bucket_size": None, **first}
