@@ -12,9 +12,7 @@ import psutil
 from pipeline import plan, rules
 from pipeline.config import Config, OffloadDevice
 from pipeline.errors import ConfigError
-from pipeline.memory import MemoryPlan
-
-GIB = 2**30
+from pipeline.memory import GIB, MemoryPlan
 
 
 @dataclass

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pipeline.config import Config, OffloadDevice
 from pipeline.rules import offloads_optimizer, offloads_params
 
+GIB = 2**30  # the unit of every memory figure users see
+
 # Mixed-precision Adam keeps 16 bytes per parameter: fp16/bf16 weights and grads (2 + 2), fp32
 # master weights, momentum and variance (4 + 4 + 4); fp32 training the same 16 (4 + 4 + 8).
 STATE_BYTES_PER_PARAM = 16

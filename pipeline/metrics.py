@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from pipeline.memory import GIB
+
 LogFn = Callable[[dict[str, float], int], None]
 
 
@@ -116,8 +118,8 @@ class StepMetrics(TrainerCallback):
             "avg_step_time_s": step_s,
             "avg_tokens_per_s": tokens_s,
             "model_tflops": self.flops_per_token * tokens_s / 1e12,
-            "peak_memory_gib": self.peak_memory() / 2**30,
-            "peak_host_gib": (self.node_host or self.peak_host) / 2**30,
+            "peak_memory_gib": self.peak_memory() / GIB,
+            "peak_host_gib": (self.node_host or self.peak_host) / GIB,
             "steps": self.last_step,  # the run's, across a requeue
             "resumed_from_step": self.first_step,
             **{f"final_{k}": v for k, v in self.evaluation.items()},  # the last one: at the end

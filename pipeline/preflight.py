@@ -14,8 +14,7 @@ from pathlib import Path
 
 from pipeline.config import Config, OffloadDevice, Provider
 from pipeline.errors import ConfigError
-
-GIB = 2**30
+from pipeline.memory import GIB
 
 
 def check(cfg: Config, nvme_bytes: int, runs_here: bool = True) -> None:

@@ -10,13 +10,11 @@ import torch
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.memory import MemoryPlan
+from pipeline.memory import GIB, MemoryPlan
 from pipeline.plan import Plan
 
 if TYPE_CHECKING:
     from pipeline.fit import Capacity
-
-GIB = 2**30
 
 
 @dataclass
