@@ -72,42 +72,29 @@ def refusal(cfg: Config, memory: MemoryPlan, runs_here: bool) -> ConfigError | N
 
 def _variants(cfg: Config) -> list[tuple[str, Config]]:
     """The usual ways to need less memory per GPU, each as the override that makes it."""
-    z, t, off = cfg.zero, cfg.trainer, cfg.offload
+    z, t = cfg.zero, cfg.trainer
     tried = []
-    if off.device == OffloadDevice.none and z.stage > 0:
-        tried.append(
-            (
-                "offload=cpu",
-                dataclasses.replace(cfg, offload=dataclasses.replace(off, device=OffloadDevice.cpu)),
-            )
-        )
+    if cfg.offload.device == OffloadDevice.none and z.stage > 0:
+        tried.append(_variant(cfg, "offload=cpu", "offload", device=OffloadDevice.cpu))
     if z.stage < 3:
-        tried.append(("zero=stage3", dataclasses.replace(cfg, zero=dataclasses.replace(z, stage=3))))
+        tried.append(_variant(cfg, "zero=stage3", "zero", stage=3))
     if z.stage > 0 and z.reduce_bucket_size and z.contiguous_gradients:
         # DeepSpeed allocates its reduce buckets whole, whatever the model's size.
         tenth = z.reduce_bucket_size // 10
-        tried.append(
-            (
-                f"zero.reduce_bucket_size={tenth}",
-                dataclasses.replace(cfg, zero=dataclasses.replace(z, reduce_bucket_size=tenth)),
-            )
-        )
+        tried.append(_variant(cfg, f"zero.reduce_bucket_size={tenth}", "zero", reduce_bucket_size=tenth))
     if t.micro_batch_size > 1:
         half = t.micro_batch_size // 2
-        tried.append(
-            (
-                f"trainer.micro_batch_size={half}",
-                dataclasses.replace(cfg, trainer=dataclasses.replace(t, micro_batch_size=half)),
-            )
-        )
+        tried.append(_variant(cfg, f"trainer.micro_batch_size={half}", "trainer", micro_batch_size=half))
     if not t.gradient_checkpointing:
         tried.append(
-            (
-                "trainer.gradient_checkpointing=true",
-                dataclasses.replace(cfg, trainer=dataclasses.replace(t, gradient_checkpointing=True)),
-            )
+            _variant(cfg, "trainer.gradient_checkpointing=true", "trainer", gradient_checkpointing=True)
         )
     return tried
+
+
+def _variant(cfg: Config, override: str, group: str, **change: object) -> tuple[str, Config]:
+    """`cfg` as `override` would make it: `change` applied to its `group`."""
+    return override, dataclasses.replace(cfg, **{group: dataclasses.replace(getattr(cfg, group), **change)})
 
 
 def _fits(variant: Config, capacity: Capacity) -> bool:
