@@ -48,7 +48,9 @@ def worker(job: Job, own_process: bool = True) -> dict[str, float]:
     tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
     clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger, t.stop_on_nan)
     flush = logger.flush if logger else None
-    watchdog = Watchdog(t.hang_timeout_s, job.out, rank, not own_process, flush) if t.hang_timeout_s else None
+    watchdog = None
+    if t.hang_timeout_s:
+        watchdog = Watchdog(t.hang_timeout_s, job.out, rank, not own_process, flush, world)
     callbacks = [FreezeHeap(), clock, *([watchdog] if watchdog else [])]
     callbacks += [FlushOnSave(flush)] if flush else []
     trainer = Trainer(

@@ -20,12 +20,19 @@ HANG_EXIT = 75
 
 class Watchdog(TrainerCallback):
     def __init__(
-        self, timeout_s: int, out: Path, rank: int, in_process: bool, flush: Callable[[], None] | None = None
+        self,
+        timeout_s: int,
+        out: Path,
+        rank: int,
+        in_process: bool,
+        flush: Callable[[], None] | None = None,
+        world: int = 1,
     ) -> None:
         self.timeout_s = timeout_s
+        self.poll = min(5.0, timeout_s / 4)
         # Called before the rank is stopped: its buffered metrics reach the store first.
         self.flush = flush
-        self.rank = rank
+        self.rank, self.world, self.out = rank, world, out
         self.stacks = out / f"hang-rank{rank}.txt"
         # In the job's own process (one rank here) the hang is raised there; a rank of its own stops.
         self.in_process = in_process
@@ -54,7 +61,7 @@ class Watchdog(TrainerCallback):
         self._done.set()
 
     def _watch(self) -> None:
-        while not self._done.wait(min(5.0, self.timeout_s / 4)):
+        while not self._done.wait(self.poll):
             if time.monotonic() - self._last > self.timeout_s:
                 with open(self.stacks, "w") as f:
                     f.write(f"rank {self.rank}: no step for {self.timeout_s} s; every thread's stack:\n")
@@ -62,8 +69,17 @@ class Watchdog(TrainerCallback):
                     faulthandler.dump_traceback(f, all_threads=True)
                 if self.flush:
                     self.flush()
+                self._await_peers()
                 self._stop()
                 return
+
+    def _await_peers(self) -> None:
+        """Every rank of a hung job stops stepping, and each one's watchdog notices within one of its
+        polls: this rank stopping sooner would end the job (the launcher stops the others, a peer's
+        collective fails) before a slower peer wrote its stack."""
+        deadline = time.monotonic() + 2 * self.poll
+        while len(list(self.out.glob("hang-rank*.txt"))) < self.world and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def _stop(self) -> None:
         if self.in_process:  # raised in the main thread as soon as it runs Python again
