@@ -65,8 +65,8 @@ def experiments(results: Path, seq: int, flops_per_token: float) -> list[dict]:
             "stage": ds.get("zero_optimization", {}).get("stage"),
             "mbs": ds.get("train_micro_batch_size_per_gpu"),
             "gas": ds.get("gradient_accumulation_steps"),
+            "batch": ds.get("train_batch_size"),
         }
-        row["batch"] = ds.get("train_batch_size")
         # The autotuner counts an experiment as failed when any stderr line holds "error"
         # (a library's warning too); say which line, as it prints none.
         row["error"] = search_error(str(exp_json.parent / "stderr.log"))

@@ -78,7 +78,7 @@ class Watchdog(TrainerCallback):
         polls: this rank stopping sooner would end the job (the launcher stops the others, a peer's
         collective fails) before a slower peer wrote its stack."""
         deadline = time.monotonic() + 2 * self.poll
-        while len(list(self.out.glob("hang-rank*.txt"))) < self.world and time.monotonic() < deadline:
+        while len(stack_files(self.out)) < self.world and time.monotonic() < deadline:
             time.sleep(0.1)
 
     def _stop(self) -> None:
@@ -90,15 +90,20 @@ class Watchdog(TrainerCallback):
             os._exit(HANG_EXIT)
 
 
+def stack_files(out: Path) -> list[Path]:
+    """The stack files the ranks of the job in `out` wrote on a hang, rank 0's first."""
+    return sorted(out.glob("hang-rank*.txt"))
+
+
 def forget(out: Path) -> None:
     """Stack files of an earlier try in this dir would make any later failure read as a hang."""
-    for f in out.glob("hang-rank*.txt"):
+    for f in stack_files(out):
         f.unlink()
 
 
 def collect(out: Path) -> Hung | None:
     """The ranks' stack files after a job failed, as the Hung error to report, if it hung."""
-    files = sorted(out.glob("hang-rank*.txt"))
+    files = stack_files(out)
     if not files:
         return None
     stacks = "\n".join(f"== {f.name}\n{f.read_text()}" for f in files)

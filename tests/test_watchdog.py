@@ -42,5 +42,5 @@ def test_a_hung_rank_stops_only_once_its_peers_wrote_their_stacks(tmp_path: Path
     with pytest.raises(Hung):
         while True:
             time.sleep(0.01)
-    assert peer_wrote and time.monotonic() >= peer_wrote[0]
+    assert peer_wrote, "rank 0 stopped before rank 1 wrote its stack"
     dog.close()
