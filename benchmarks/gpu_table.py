@@ -51,6 +51,9 @@ PRESETS: dict[str, tuple] = {
     "z3+resident_compile": ("z3", ["perf=resident", "trainer.torch_compile=true"]),
     "z2_off+compile_mbs16": ("z2_off", ["perf=compile_mbs16"]),
     "z3_off+compile_mbs16": ("z3_off", ["perf=compile_mbs16"]),
+    # Gradient reductions in fp32 instead of the bf16 that DeepSpeed uses by default with bf16.
+    "z2+comm_fp32": ("z2", ["zero.communication_data_type=fp32"]),
+    "z3+comm_fp32": ("z3", ["zero.communication_data_type=fp32"]),
 }
 
 
