@@ -8,8 +8,13 @@ training step needs too (benchmarks/RESULTS.md, eighth session).
 With --train "OVERRIDES", it trains that point instead, --repeat times each with a write a step
 (tracking.buffer_s=0), with the default buffer and with tracking off, rotating who goes first, and
 prints each side's mean step time (summary.json) and its ratio to tracking off.
+With --sampler, it measures what the system-metrics sampler takes from the training process's
+main thread: the share of time a tight Python loop stood still (gaps above 200 us) with no
+sampler, with MLflow's sampler as a thread of this process, and with the pipeline's (a process of
+its own), --repeat rounds of --seconds each.
 usage: python benchmarks/tracking_cost.py [--steps 100] [--step-ms 50] [--buffer-s 0,10]
        python benchmarks/tracking_cost.py --train "model=llama_tiny zero=stage3 offload=cpu" [--repeat 3]
+       python benchmarks/tracking_cost.py --sampler [--repeat 3] [--seconds 10]
 """
 
 import argparse
@@ -21,8 +26,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
 from pipeline.config import TrackingConf
 from pipeline.track.runs import MetricLogger, RunRef
+from pipeline.track.sampler import Sampler
 from pipeline.track.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +77,47 @@ def train(overrides: str, repeat: int, steps: int, store_dir: Path) -> None:
         print(f"{side}: mean {1000 * mean:.1f} ms/step over {len(values)}, {ratio}")
 
 
+def stood_still(seconds: float) -> float:
+    """The share of `seconds` in which this thread's tight loop did not run for over 200 us."""
+    t0 = last = time.perf_counter()
+    lost = 0.0
+    while last - t0 < seconds:
+        now = time.perf_counter()
+        if now - last > 200e-6:
+            lost += now - last
+        last = now
+    return lost / seconds
+
+
+def sampler(repeat: int, seconds: float, store_dir: Path) -> None:
+    """The main thread's lost share with no sampler, MLflow's as a thread, and the pipeline's."""
+    uri = f"sqlite:///{store_dir}/mlflow.db"
+    store = Store(uri)
+    run_id = store.create_run(store.create_experiment("sampler", None), "sampler", {}, {})
+    sides = {
+        "no sampler": None,
+        "MLflow's sampler, a thread of this process": lambda: SystemMetricsMonitor(
+            run_id, sampling_interval=2, tracking_uri=uri
+        ),
+        "the pipeline's sampler, a process of its own": lambda: Sampler(run_id, uri, 2, True),
+    }
+    lost: dict[str, list[float]] = {side: [] for side in sides}
+    for _ in range(repeat):
+        for side, make in sides.items():
+            running = make() if make else None
+            if running:
+                running.start()
+                time.sleep(4)  # its start-up (the process imports MLflow) is not what is measured
+            lost[side].append(stood_still(seconds))
+            if isinstance(running, Sampler):
+                running.stop()
+            elif running:
+                running.finish()
+    for side, shares in lost.items():
+        each = ", ".join(f"{100 * x:.2f}" for x in shares)
+        print(f"{side}: main thread stood still {100 * statistics.mean(shares):.2f}% of the time ({each})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=100)
@@ -76,8 +125,13 @@ def main() -> None:
     ap.add_argument("--buffer-s", default=f"0,{TrackingConf.buffer_s}")
     ap.add_argument("--train", help="a point's overrides: train it instead of the logger alone")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--sampler", action="store_true", help="the system-metrics sampler's cost instead")
+    ap.add_argument("--seconds", type=float, default=10.0)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        if a.sampler:
+            sampler(a.repeat, a.seconds, Path(tmp))
+            return
         if a.train:
             train(a.train, a.repeat, a.steps, Path(tmp))
             return

@@ -5,9 +5,12 @@ saying why, and an interrupted sweep still closes its parent and writes its tabl
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
+from mlflow import MlflowClient
 
 from helpers import (
     ROOT,
@@ -130,3 +133,33 @@ def test_simultaneous_starts_each_get_their_own_run_and_dir(outputs):
     assert len(set(dirs)) == 6
     for run, run_dir in zip(all_runs, dirs, strict=True):
         assert (run_dir / "mlflow_run_id").read_text().strip() == run.info.run_id
+
+
+def test_the_system_metrics_sampler_is_a_process_that_ends_with_its_owner(tmp_path):
+    """Sampling system metrics runs beside the training process, not as a thread of it (it took
+    ~1% of a rank's main thread: benchmarks/tracking_cost.py --sampler); when the process that
+    started it dies, even by SIGKILL, the sampler ends too, its samples in the run."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("sampler")).info.run_id
+    start = "import sys, time; from pipeline.track.sampler import Sampler; "
+    start += "Sampler(sys.argv[1], sys.argv[2], 1, False).start(); time.sleep(600)"
+    owner = subprocess.Popen([sys.executable, "-c", start, run_id, uri], cwd=ROOT, env=cli_env())
+    (sampler,) = wait_for("the sampler's process", lambda: psutil.Process(owner.pid).children(), 30)
+
+    def samples() -> list:
+        return client.get_metric_history(run_id, "system/cpu_utilization_percentage")
+
+    wait_for("a sample in the run", samples, timeout=60)
+    owner.kill()
+    owner.wait()
+    wait_for("the sampler to end", lambda: _ended(sampler), timeout=30)
+    assert samples()
+
+
+def _ended(process: psutil.Process) -> bool:
+    """Gone, or a zombie left for whichever process reaps orphans here."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -13,11 +13,11 @@ from typing import Any
 
 import mlflow
 from mlflow.environment_variables import MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS
-from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from omegaconf import OmegaConf
 
 from pipeline.config import Config
 from pipeline.errors import Hung, why_stopped
+from pipeline.track.sampler import Sampler
 from pipeline.track.store import RUN_ID_FILE, SKIPPED, RunState, Store, prepare, tracking_uri
 
 
@@ -68,13 +68,14 @@ class TrackedRun:
     fails it with the traceback (KILLED on Ctrl-C). SystemExit leaves it RUNNING: that is
     submitit's exit after a checkpoint and requeue, and the requeued job reopens it."""
 
-    def __init__(self, store: Store, run_id: str, after_step: int, system_metrics: bool) -> None:
+    def __init__(
+        self, store: Store, run_id: str, after_step: int, system_metrics: bool, reopened: bool = False
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.ref = RunRef(store.uri, run_id, after_step)
-        self._monitor = None
-        if system_metrics:
-            self._monitor = SystemMetricsMonitor(run_id, sampling_interval=2, tracking_uri=store.uri)
+        # A reopened run's system metrics go on after the earlier attempt's last sample.
+        self._monitor = Sampler(run_id, store.uri, 2, reopened) if system_metrics else None
 
     def __enter__(self) -> "TrackedRun":
         if self._monitor:
@@ -106,7 +107,7 @@ class TrackedRun:
 
     def _stop_sampling(self) -> None:
         if self._monitor:
-            self._monitor.finish()
+            self._monitor.stop()
             self._monitor = None
 
 
@@ -146,7 +147,7 @@ def open_run(
     saved = out / RUN_ID_FILE
     if resume and saved.exists():
         run_id = saved.read_text().strip()
-        return TrackedRun(store, run_id, store.reopen(run_id), cfg.tracking.system_metrics)
+        return TrackedRun(store, run_id, store.reopen(run_id), cfg.tracking.system_metrics, reopened=True)
     run_id = store.create_run(prepare(cfg), name, tags, params)
     saved.write_text(run_id + "\n")
     return TrackedRun(store, run_id, 0, cfg.tracking.system_metrics)

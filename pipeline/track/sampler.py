@@ -1,0 +1,59 @@
+"""MLflow's system-metrics sampler in a process of its own, beside the training process.
+
+As a thread of the training process (MLflow's way) it took ~1% of the main thread's time, in the
+GIL, away from a one-GPU rank's Python (benchmarks/tracking_cost.py --sampler): the whole of the
+1% that tracking may cost. Its own process samples the same machine-wide figures. It lives as
+long as the pipe from the process that started it: closed at the end of the run, or by the
+kernel when that process dies, so it can never outlive the run.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+# Where the pipeline package lives: the sampler imports it wherever the run was started from.
+ROOT = str(Path(__file__).resolve().parents[2])
+# Started by name, not with -m: the package's __init__ imports this module first.
+ENTRY = f"import sys; from {__name__} import main; main(*sys.argv[1:])"
+
+
+class Sampler:
+    """Samples CPU, memory, disk, network and GPU into a run every interval_s, until stop()."""
+
+    def __init__(self, run_id: str, uri: str, interval_s: int, resume: bool) -> None:
+        self._args = [run_id, uri, str(interval_s), str(int(resume))]
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-c", ENTRY, *self._args]
+        path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
+        # A session of its own: a terminal's Ctrl-C goes to the training process, which stops it.
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, start_new_session=True)
+
+    def stop(self) -> None:
+        """Closes the pipe; the sampler logs its last samples and exits."""
+        if self._proc is None:
+            return
+        self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._proc = None
+
+
+def main(run_id: str, uri: str, interval_s: str, resume: str) -> None:
+    # Slurm signals every process of a job step: the training process decides when the run
+    # ends (a preempted job checkpoints first), and closes the pipe then.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=int(interval_s), resume_logging=resume == "1", tracking_uri=uri
+    )
+    monitor.start()
+    sys.stdin.buffer.read()  # until the pipe closes
+    monitor.finish()
