@@ -66,8 +66,18 @@ def refusal(cfg: Config, memory: MemoryPlan, runs_here: bool) -> ConfigError | N
     if problem is None:
         return None
     fixes = [change for change, variant in _variants(cfg) if _fits(variant, capacity)]
-    fix = f"use {_either(fixes)}" if fixes else "use a GPU with more memory, more GPUs, or offload=nvme"
+    fix = f"use {_either(fixes) if fixes else _fallback(cfg, memory, capacity)}"
     return ConfigError("memory", problem, f"{fix}; check_fit=false starts it anyway")
+
+
+def _fallback(cfg: Config, memory: MemoryPlan, capacity: Capacity) -> str:
+    """What is left when no override fits: more hardware, or NVMe for the GPU's share. NVMe does not
+    spare host memory the plan counts: it swaps the optimizer through pinned host buffers as large
+    as a sub-group (zero.sub_group_size, 1e9 parameters), what CPU offload holds up to there."""
+    if capacity.gpu is not None and memory.gpu_peak > capacity.gpu:
+        nvme = ", or offload=nvme" if cfg.offload.device != OffloadDevice.nvme else ""
+        return f"a GPU with more memory, more GPUs{nvme}"
+    return "a node with more memory or more nodes"
 
 
 def _variants(cfg: Config) -> list[tuple[str, Config]]:

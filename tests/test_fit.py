@@ -5,6 +5,8 @@ them whole: the default's would need 3.7 GiB); the 'GPU' has 15 MiB."""
 
 import pytest
 
+from pipeline import fit, plan
+from pipeline.compose import compose_point
 from pipeline.search.driver import Search
 
 from helpers import artifact_text, ok, run_pipeline, runs
@@ -69,3 +71,15 @@ def test_the_search_starts_with_the_likely_fastest_point_that_fits(tmp_path, gpu
     overrides = ["search=fastest", *setting, f"launcher.gpu_mem_gib={gpu_gib}", f"outputs_dir={tmp_path}"]
     point = next(Search.checked(overrides, multirun=False).fitting())
     assert point == {"zero": "stage0", "offload": "none", "perf": "compile", "bucket_size": None, **first}
+
+
+def test_a_point_short_of_host_memory_is_told_what_would_fit_it(tmp_path):
+    """The 1B Llama's CPU-offloaded states (~23.7 GiB) on Slurm nodes of 8 GB: no override spares
+    host memory, so the fix is more of it (not a GPU, not NVMe, which swaps through host buffers)."""
+    overrides = ["model=llama_1b", "zero=stage3", "offload=cpu", "launcher=slurm", "launcher.mem_gb=8"]
+    cfg = compose_point([*overrides, "launcher.gpu_mem_gib=80", f"outputs_dir={tmp_path}"])
+    error = fit.refusal(cfg, plan.make(cfg, tmp_path, use_cpu=True).memory, runs_here=False)
+    assert str(error).endswith(
+        "needs ~23.7 GiB of host memory for the offloaded states, the node has 7.5 GiB. "
+        "Fix: use a node with more memory or more nodes; check_fit=false starts it anyway"
+    )
