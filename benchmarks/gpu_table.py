@@ -1,8 +1,9 @@
 """Side-by-side GPU benchmark: the pipeline against the hand-written Trainer + DeepSpeed reference.
 
 Runs on the device, in one call. For each variant it first runs a warm-up (JIT op builds and
-compilation land there, not in the timing), then the reference and the pipeline in pairs, the
-first of a pair alternating, and prints a Markdown table: step time, tokens/s, model TFLOP/s, MFU,
+compilation land there, not in the timing), then the reference and the pipeline in pairs (with
+the pipeline with tracking off too, unless --tracking on or off: triples), who goes first rotating,
+and prints a Markdown table: step time, tokens/s, model TFLOP/s, MFU,
 peak GPU memory, final loss and the ratio pipeline / reference. Perf-preset rows run the pipeline
 only and are compared with the reference's same-stage row.
 usage: python benchmarks/gpu_table.py --reference PATH --out DIR [--variants z2,z3 ...] [--presets ...]
@@ -259,7 +260,7 @@ def main() -> None:
         "--repeat",
         type=int,
         default=1,
-        help="reference/pipeline pairs per variant; one-GPU ZeRO-3 varies ~20%% between runs",
+        help="reference/pipeline pairs (or triples) per variant; one-GPU ZeRO-3 varies ~20%% between runs",
     )
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,7 @@ def sampler(repeat: int, seconds: float, store_dir: Path) -> None:
         "MLflow's sampler, a thread of this process": lambda: SystemMetricsMonitor(
             run_id, sampling_interval=2, tracking_uri=uri
         ),
-        "the pipeline's sampler, a process of its own": lambda: Sampler(run_id, uri, 2, True),
+        "the pipeline's sampler, a process of its own": lambda: Sampler(run_id, uri, 2),
     }
     lost: dict[str, list[float]] = {side: [] for side in sides}
     for _ in range(repeat):
@@ -109,9 +109,7 @@ def sampler(repeat: int, seconds: float, store_dir: Path) -> None:
                 running.start()
                 time.sleep(4)  # its start-up (the process imports MLflow) is not what is measured
             lost[side].append(stood_still(seconds))
-            if isinstance(running, Sampler):
-                running.stop()
-            elif running:
+            if running:
                 running.finish()
     for side, shares in lost.items():
         each = ", ".join(f"{100 * x:.2f}" for x in shares)

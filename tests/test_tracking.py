@@ -143,7 +143,7 @@ def test_the_system_metrics_sampler_is_a_process_that_ends_with_its_owner(tmp_pa
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("sampler")).info.run_id
     start = "import sys, time; from pipeline.track.sampler import Sampler; "
-    start += "Sampler(sys.argv[1], sys.argv[2], 1, False).start(); time.sleep(600)"
+    start += "Sampler(sys.argv[1], sys.argv[2], 1).start(); time.sleep(600)"
     owner = subprocess.Popen([sys.executable, "-c", start, run_id, uri], cwd=ROOT, env=cli_env())
     (sampler,) = wait_for("the sampler's process", lambda: psutil.Process(owner.pid).children(), 30)
 

@@ -28,19 +28,19 @@ def test_a_hung_rank_stops_only_once_its_peers_wrote_their_stacks(tmp_path: Path
     (stopping would end the job before the slower one wrote it: the full suite once found a
     2-rank hang reported with rank 0's stack alone)."""
     dog = Watchdog(2, tmp_path, rank=0, in_process=True, world=2)  # polls every 0.5 s
-    peer_wrote: list[float] = []
+    peer_wrote = threading.Event()
 
     def peer() -> None:  # rank 1's watchdog, noticing the hang 0.3 s later than rank 0's
         while not (tmp_path / "hang-rank0.txt").exists():
             time.sleep(0.01)
         time.sleep(0.3)
         (tmp_path / "hang-rank1.txt").write_text("rank 1: no step for 2 s")
-        peer_wrote.append(time.monotonic())
+        peer_wrote.set()
 
     threading.Thread(target=peer, daemon=True).start()
     dog.on_train_begin(None, None, None)
     with pytest.raises(Hung):
         while True:
             time.sleep(0.01)
-    assert peer_wrote, "rank 0 stopped before rank 1 wrote its stack"
+    assert peer_wrote.is_set(), "rank 0 stopped before rank 1 wrote its stack"
     dog.close()

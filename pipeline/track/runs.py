@@ -68,14 +68,11 @@ class TrackedRun:
     fails it with the traceback (KILLED on Ctrl-C). SystemExit leaves it RUNNING: that is
     submitit's exit after a checkpoint and requeue, and the requeued job reopens it."""
 
-    def __init__(
-        self, store: Store, run_id: str, after_step: int, system_metrics: bool, reopened: bool = False
-    ) -> None:
+    def __init__(self, store: Store, run_id: str, after_step: int, system_metrics: bool) -> None:
         self.store = store
         self.run_id = run_id
         self.ref = RunRef(store.uri, run_id, after_step)
-        # A reopened run's system metrics go on after the earlier attempt's last sample.
-        self._monitor = Sampler(run_id, store.uri, 2, reopened) if system_metrics else None
+        self._monitor = Sampler(run_id, store.uri, 2) if system_metrics else None
 
     def __enter__(self) -> "TrackedRun":
         if self._monitor:
@@ -107,7 +104,7 @@ class TrackedRun:
 
     def _stop_sampling(self) -> None:
         if self._monitor:
-            self._monitor.stop()
+            self._monitor.finish()
             self._monitor = None
 
 
@@ -147,7 +144,7 @@ def open_run(
     saved = out / RUN_ID_FILE
     if resume and saved.exists():
         run_id = saved.read_text().strip()
-        return TrackedRun(store, run_id, store.reopen(run_id), cfg.tracking.system_metrics, reopened=True)
+        return TrackedRun(store, run_id, store.reopen(run_id), cfg.tracking.system_metrics)
     run_id = store.create_run(prepare(cfg), name, tags, params)
     saved.write_text(run_id + "\n")
     return TrackedRun(store, run_id, 0, cfg.tracking.system_metrics)

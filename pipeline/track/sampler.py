@@ -22,10 +22,12 @@ ENTRY = f"import sys; from {__name__} import main; main(*sys.argv[1:])"
 
 
 class Sampler:
-    """Samples CPU, memory, disk, network and GPU into a run every interval_s, until stop()."""
+    """Samples CPU, memory, disk, network and GPU into a run every interval_s, until finish(): the
+    start() / finish() of the MLflow monitor it runs. A run reopened after a requeue gets its
+    samples after the earlier attempt's (a new run has none: they start at 0)."""
 
-    def __init__(self, run_id: str, uri: str, interval_s: int, resume: bool) -> None:
-        self._args = [run_id, uri, str(interval_s), str(int(resume))]
+    def __init__(self, run_id: str, uri: str, interval_s: int) -> None:
+        self._args = [run_id, uri, str(interval_s)]
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -35,7 +37,7 @@ class Sampler:
         # A session of its own: a terminal's Ctrl-C goes to the training process, which stops it.
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, start_new_session=True)
 
-    def stop(self) -> None:
+    def finish(self) -> None:
         """Closes the pipe; the sampler logs its last samples and exits."""
         if self._proc is None:
             return
@@ -47,12 +49,12 @@ class Sampler:
         self._proc = None
 
 
-def main(run_id: str, uri: str, interval_s: str, resume: str) -> None:
+def main(run_id: str, uri: str, interval_s: str) -> None:
     # Slurm signals every process of a job step: the training process decides when the run
     # ends (a preempted job checkpoints first), and closes the pipe then.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=int(interval_s), resume_logging=resume == "1", tracking_uri=uri
+        run_id, sampling_interval=int(interval_s), resume_logging=True, tracking_uri=uri
     )
     monitor.start()
     sys.stdin.buffer.read()  # until the pipe closes
