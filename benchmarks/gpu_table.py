@@ -12,8 +12,10 @@ usage: python benchmarks/gpu_table.py --reference PATH --out DIR [--variants z2,
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +57,8 @@ PRESETS: dict[str, tuple] = {
     # Gradient reductions in fp32 instead of the bf16 that DeepSpeed uses by default with bf16.
     "z2+comm_fp32": ("z2", ["zero.communication_data_type=fp32"]),
     "z3+comm_fp32": ("z3", ["zero.communication_data_type=fp32"]),
+    # The 1B on NVMe (z3_nvme's reference trains the small model): its GPU and host peaks, no ratio.
+    "z3_nvme+1b": ("z3_nvme", ["model=llama_1b"]),
 }
 
 
@@ -101,6 +105,38 @@ def pipeline_cmd(
     ]
 
 
+def run_logged(cmd: list[str], timeout: int, env: dict, log: Path) -> str | None:
+    """Runs cmd from the repository root and returns its output (stdout and stderr), or None when it
+    failed or ran past timeout (its output's tail printed). Each line also goes to log with the
+    seconds since launch, so both sides' start-up phases (imports, engine set-up, first step) can
+    be timed from the same clock."""
+    print("$ " + " ".join(cmd), flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    out = subprocess.PIPE
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, text=True, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    # The process group is killed at the deadline: a silent, hung run must not block the read below.
+    timer = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
+    timer.start()
+    lines = []
+    with log.open("w") as stamped:
+        for line in proc.stdout:
+            lines.append(line)
+            stamped.write(f"{time.perf_counter() - t0:8.2f} {line}")
+    proc.wait()
+    timer.cancel()
+    wall = time.perf_counter() - t0
+    output = "".join(lines)
+    if proc.returncode:
+        late = wall >= timeout
+        print(f"timed out after {timeout} s" if late else output[-6000:], flush=True)
+        return None
+    print(f"  ({wall:.0f} s)", flush=True)
+    return output
+
+
 def run_pipeline(
     variant: str, extra: list[str], out: Path, timeout: int, env: dict | None = None, **how
 ) -> dict | None:
@@ -108,22 +144,11 @@ def run_pipeline(
     returns its summary.json (None if it failed)."""
     cmd = pipeline_cmd(variant, extra, out, **how)
     Path("/tmp/nvme_offload_pipeline").mkdir(parents=True, exist_ok=True)
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
-        )
-    except subprocess.TimeoutExpired:
-        print(f"timed out after {timeout} s", flush=True)
-        return None
-    if proc.returncode:
-        print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
+    output = run_logged(cmd, timeout, {**os.environ, **(env or {})}, out / "stamped.log")
+    if output is None:
         return None
     res = json.loads((out / "summary.json").read_text())
     plan = json.loads((out / "memory.json").read_text())
-    res["wall_s"] = round(time.perf_counter() - t0, 1)
-    print(f"  ({res['wall_s']:.0f} s)", flush=True)
     return {
         "step_s": res["avg_step_time_s"],
         "tok_s": res["avg_tokens_per_s"],
@@ -135,7 +160,6 @@ def run_pipeline(
         "host_gib": res["peak_host_gib"],
         "plan_host_gib": plan["host_model_states"] / 2**30,
         "loss_last": res["final_loss"],
-        "wall_s": res["wall_s"],
         "gpus": how.get("gpus", 1),
     }
 
@@ -155,20 +179,12 @@ def run_reference(
     # torchrun gives each of several ranks 1 CPU thread, which ran the reference's CPU Adam 3x slower
     # than the pipeline's ranks (an equal share of the host's CPUs each): the same share on both sides.
     env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // gpus)))
-    cmd = ["torchrun", "--nproc_per_node", str(gpus), str(reference), variant, str(out)]
-    print("$ " + " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        print(f"timed out after {timeout} s", flush=True)
-        return None
-    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    for line in proc.stdout.splitlines():
+    cmd = ["torchrun", "--nproc_per_node", str(gpus), str(reference.resolve()), variant, str(out)]
+    output = run_logged(cmd, timeout, env, out / "stamped.log")
+    for line in (output or "").splitlines():
         if line.startswith("RESULT "):
             res = json.loads(line[len("RESULT ") :])
             return {**res, "tok_s": res["tok_s"] * gpus, "tflops": res["tflops"] * gpus, "gpus": gpus}
-    print(proc.stdout[-3000:] + proc.stderr[-3000:], flush=True)
     return None
 
 
@@ -320,7 +336,9 @@ def main() -> None:
     for p in presets:
         base, extra = PRESETS[p]
         mine = run_pipeline(base, extra, a.out / "preset" / p, a.timeout, **how)
-        lines.append(row(p, "pipeline", mine, refs.get(base)))
+        # A preset that trains another model than its variant's reference has nothing to compare with.
+        same_model = not any(x.startswith("model=") for x in extra)
+        lines.append(row(p, "pipeline", mine, refs.get(base) if same_model else None))
         print(lines[-1], flush=True)
         if a.scaling:
             lines.append(scaling_row(base, extra, mine, a, how, name=p))
