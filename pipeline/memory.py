@@ -31,6 +31,12 @@ ZERO3_OFFLOAD_GPU_BYTES = (2, 4)
 # the 16-bit weights (up to stage3_max_live_parameters) and gradients on their way to the
 # reduce-scatter: 3 bytes a parameter net, measured on 1 and 2 GPUs (28.5 and 23.3 GiB, 1B Llama).
 ZERO3_GATHERED_BYTES = 3
+# Under offload=nvme a rank's host memory holds the pinned swap buffers, not the states: the 16-bit
+# parameters' (param_buffer_count x param_buffer_size), the optimizer's fp32 states'
+# (optimizer_buffer_count x the largest sub-group: sub_group_size or the rank's partition, if
+# smaller), the fp32 gradient partition, and the rank's runtime (Python, torch, the CUDA context:
+# 2.2-2.4 GiB measured on an H100 without offload). Measured: 1B 22.3 GiB, the small Llama 5.1.
+NVME_RANK_RUNTIME = int(2.3 * GIB)
 # Korthikanti et al.'s per-layer activations, s*b*h*34 bytes in 16-bit (the attention score term
 # is dropped: SDPA does not store it); under checkpointing, each layer's 16-bit input only, plus
 # one layer recomputed in full.
@@ -47,7 +53,8 @@ COMPILED_FRACTION = 0.68
 @dataclass
 class MemoryPlan:
     """Expected bytes: per GPU (model states, communication buffers, saved activations and their
-    peak together), per node's host memory, on NVMe."""
+    peak together), per node's host memory for the model states (under NVMe, what they pass
+    through: see nvme_host_bytes), on NVMe."""
 
     gpu_model_states: int
     gpu_buffers: int
@@ -77,6 +84,7 @@ def estimate(cfg: Config, shape: ModelShape) -> MemoryPlan:
     if cfg.offload.device == OffloadDevice.nvme:
         # What leaves host memory for the drive: optimizer states and parameters, this node's share.
         nvme = STATE_BYTES_PER_PARAM * shape.params // cfg.trainer.nnodes
+        host = nvme_host_bytes(cfg, shape.params)
     return MemoryPlan(
         gpu_model_states=int(gpu),
         gpu_buffers=bucket_bytes(cfg),
@@ -84,6 +92,19 @@ def estimate(cfg: Config, shape: ModelShape) -> MemoryPlan:
         host_model_states=int(host),
         nvme=int(nvme),
     )
+
+
+def nvme_host_bytes(cfg: Config, params: int) -> int:
+    """Host memory a node needs under offload=nvme: DeepSpeed's estimate is CPU offload's (all
+    states in host memory), but NVMe keeps there only what passes through (see NVME_RANK_RUNTIME)."""
+    ranks, off = cfg.trainer.nproc_per_node, cfg.offload
+    per_rank = params // (ranks * cfg.trainer.nnodes)
+    host = NVME_RANK_RUNTIME
+    if offloads_params(cfg):
+        host += off.param_buffer_count * off.param_buffer_size * (2 if cfg.precision.half else 4)
+    if offloads_optimizer(cfg):
+        host += (off.optimizer_buffer_count * min(cfg.zero.sub_group_size, per_rank) + per_rank) * 4
+    return ranks * host
 
 
 def model_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:

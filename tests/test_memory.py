@@ -34,14 +34,20 @@ MEASURED = [
     (["zero=stage3", "offload=cpu", "trainer.nproc_per_node=2"], 16.7, "8th session, 2 H100"),
     (["zero=stage2", "zero.communication_data_type=fp32", "trainer.nproc_per_node=2"], 21.5, "10th, 2 H100"),
     (["zero=stage3", "zero.communication_data_type=fp32", "trainer.nproc_per_node=2"], 23.3, "10th, 2 H100"),
+    (NVME, 16.3, "11th session, 1 H100"),
+    (["zero=stage2", "perf=compile"], 21.9, "11th session, 1 H100"),
+    (["zero=stage3", "perf=deepcompile"], 35.1, "11th session, 1 H100"),
 ]
-# Host memory where offload puts the optimizer states there: (overrides, measured GiB per node, where).
+# Host memory where offload puts the optimizer states there or swaps them through it (NVMe):
+# (overrides, measured GiB per node, where).
 # The node's peak RSS, each rank's summed (the 8th session's twice rank 0's gave the same figures).
 MEASURED_HOST = [
     (["zero=stage2", "offload=cpu", "trainer.nproc_per_node=2"], 21.6, "8th/10th session, 2 H100"),
     (["zero=stage3", "offload=cpu", "trainer.nproc_per_node=2"], 25.4, "8th/10th session, 2 H100"),
     (["zero=stage2", "offload=cpu"], 19.4, "9th session, 1 H100"),
     (["zero=stage3", "offload=cpu"], 23.2, "9th session, 1 H100"),
+    (NVME, 22.3, "11th session, 1 H100"),
+    (["model=llama_small", *NVME], 5.1, "11th session, 1 H100, the small Llama"),
 ]
 
 
