@@ -113,9 +113,9 @@ def run_logged(cmd: list[str], timeout: int, env: dict, log: Path) -> str | None
     print("$ " + " ".join(cmd), flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    out = subprocess.PIPE
+    pipe, merged = subprocess.PIPE, subprocess.STDOUT
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, text=True, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        cmd, cwd=ROOT, env=env, text=True, stdout=pipe, stderr=merged, start_new_session=True
     )
     # The process group is killed at the deadline: a silent, hung run must not block the read below.
     timer = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
