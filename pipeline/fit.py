@@ -71,9 +71,8 @@ def refusal(cfg: Config, memory: MemoryPlan, runs_here: bool) -> ConfigError | N
 
 
 def _fallback(cfg: Config, memory: MemoryPlan, capacity: Capacity) -> str:
-    """What is left when no override fits: more hardware, or NVMe for the GPU's share. NVMe does not
-    spare host memory the plan counts: it swaps the optimizer through pinned host buffers as large
-    as a sub-group (zero.sub_group_size, 1e9 parameters), what CPU offload holds up to there."""
+    """What is left when no override fits: more hardware, or NVMe for the GPU's share (short of host
+    memory, NVMe alone does not help: it needs a drive set up and its buffers, see _variants)."""
     if capacity.gpu is not None and memory.gpu_peak > capacity.gpu:
         nvme = ", or offload=nvme" if cfg.offload.device != OffloadDevice.nvme else ""
         return f"a GPU with more memory, more GPUs{nvme}"
@@ -88,6 +87,14 @@ def _variants(cfg: Config) -> list[tuple[str, Config]]:
         tried.append(_variant(cfg, "offload=cpu", "offload", device=OffloadDevice.cpu))
     if z.stage < 3:
         tried.append(_variant(cfg, "zero=stage3", "zero", stage=3))
+    if (
+        cfg.offload.device == OffloadDevice.nvme
+        and rules.offloads_optimizer(cfg)
+        and z.sub_group_size > 10**7
+    ):
+        # NVMe swaps the optimizer through pinned host buffers a sub-group large (memory.nvme_host_bytes).
+        tenth = z.sub_group_size // 10
+        tried.append(_variant(cfg, f"zero.sub_group_size={tenth}", "zero", sub_group_size=tenth))
     if z.stage > 0 and z.reduce_bucket_size and z.contiguous_gradients:
         # DeepSpeed allocates its reduce buckets whole, whatever the model's size.
         tenth = z.reduce_bucket_size // 10

@@ -83,3 +83,16 @@ def test_a_point_short_of_host_memory_is_told_what_would_fit_it(tmp_path):
         "needs ~23.7 GiB of host memory for the offloaded states, the node has 7.5 GiB. "
         "Fix: use a node with more memory or more nodes; check_fit=false starts it anyway"
     )
+
+
+def test_a_point_on_nvme_short_of_host_memory_is_told_to_swap_smaller_sub_groups(tmp_path):
+    """The 1B Llama on NVMe swaps its optimizer through 4 pinned host buffers a sub-group (1e9
+    parameters, so all 0.94e9 here) large: ~21.7 GiB with the rest; nodes of 16 GB fit it with
+    sub-groups a tenth as large."""
+    overrides = ["model=llama_1b", "zero=stage3", "offload=nvme", "launcher=slurm", "launcher.mem_gb=16"]
+    cfg = compose_point([*overrides, "launcher.gpu_mem_gib=80", f"outputs_dir={tmp_path}"])
+    error = fit.refusal(cfg, plan.make(cfg, tmp_path, use_cpu=True).memory, runs_here=False)
+    assert str(error).endswith(
+        "needs ~21.7 GiB of host memory for the offloaded states, the node has 14.9 GiB. "
+        "Fix: use zero.sub_group_size=100000000; check_fit=false starts it anyway"
+    )
