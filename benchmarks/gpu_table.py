@@ -2,8 +2,8 @@
 
 Runs on the device, in one call. For each variant it first runs a warm-up (JIT op builds and
 compilation land there, not in the timing), then the reference and the pipeline in pairs (with
-the pipeline with tracking off too, unless --tracking on or off: triples), who goes first rotating,
-and prints a Markdown table: step time, tokens/s, model TFLOP/s, MFU,
+the pipeline with tracking off too, or without its sampler, unless --tracking on or off: triples),
+who goes first rotating, and prints a Markdown table: step time, tokens/s, model TFLOP/s, MFU,
 peak GPU memory, final loss and the ratio pipeline / reference. Perf-preset rows run the pipeline
 only and are compared with the reference's same-stage row.
 usage: python benchmarks/gpu_table.py --reference PATH --out DIR [--variants z2,z3 ...] [--presets ...]
@@ -237,14 +237,24 @@ def scaling_row(
     return text
 
 
+# --tracking -> the third run of each triple, beside the reference and the pipeline with tracking on:
+# (its name, its folder, pipeline_cmd's keywords it changes, its extra overrides).
+THIRD: dict[str, tuple[str, str, dict, list[str]]] = {
+    "both": ("tracking off", "pipe_off", {"tracking": False}, []),
+    # Tracking on without the system-metrics sampler: what the sampler alone costs.
+    "sampler": ("no sampler", "pipe_nosampler", {}, ["tracking.system_metrics=false"]),
+}
+
+
 def run_side(who: str, v: str, run_dir: str, a: argparse.Namespace, how: dict, timing: dict) -> dict | None:
-    """One run of a variant's pair (or triple): the reference, the pipeline as asked, or, with
-    --tracking both, the pipeline with tracking off too."""
+    """One run of a variant's pair (or triple): the reference, the pipeline as asked, or the
+    triple's third run (THIRD)."""
     if who == "reference":
         return run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout, gpus=a.gpus, **timing)
-    if who == "tracking off":
-        return run_pipeline(v, [], a.out / "pipe_off" / run_dir, a.timeout, **{**how, "tracking": False})
-    return run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout, **how)
+    if who == "pipeline":
+        return run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout, **how)
+    _, folder, change, extra = THIRD[a.tracking]
+    return run_pipeline(v, extra, a.out / folder / run_dir, a.timeout, **{**how, **change})
 
 
 def main() -> None:
@@ -257,10 +267,11 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=1, help="ranks, one GPU each, on both sides")
     ap.add_argument(
         "--tracking",
-        choices=["on", "off", "both"],
+        choices=["on", "off", *THIRD],
         default="both",
         help="the pipeline's MLflow tracking: on (as users run it), off, or both (the default): "
-        "a tracking-off run beside each pair, and the ratio on / off",
+        "a tracking-off run beside each pair, and the ratio on / off; sampler: as both, but the "
+        "third run keeps tracking on without system metrics",
     )
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--warm", type=int, default=WARM, help="steps left out of the timing")
@@ -307,7 +318,7 @@ def main() -> None:
         if OP[v] not in built:
             run_reference(a.reference, v, a.out / "warm" / v, a.timeout, steps=4, warm=1, gpus=a.gpus)
             built.add(OP[v])
-        sides = ["reference", "pipeline", *(["tracking off"] if a.tracking == "both" else [])]
+        sides = ["reference", "pipeline", *([THIRD[a.tracking][0]] if a.tracking in THIRD else [])]
         runs_of: dict[str, list] = {who: [] for who in sides}
         for i in range(1, a.repeat + 1):
             name, run_dir = (f"{v} #{i}", f"{v}_{i}") if a.repeat > 1 else (v, v)
@@ -325,10 +336,11 @@ def main() -> None:
         if a.repeat > 1:
             lines += [row(f"{v} mean", who, mean_run(runs_of[who]), refs[v]) for who in sides]
             save()
-        if a.tracking == "both":
-            off = mean_run(runs_of["tracking off"])
+        if a.tracking in THIRD:
+            third = THIRD[a.tracking][0]
+            off = mean_run(runs_of[third])
             on_off = f"{mine['tok_s'] / off['tok_s']:.3f}" if mine and off else "failed"
-            lines.append(f"| {v} | tracking on / off | | | | | | | | | {on_off} |")
+            lines.append(f"| {v} | tracking on / {third} | | | | | | | | | {on_off} |")
             save()
         if a.scaling:
             lines.append(scaling_row(v, [], mine, a, how))
