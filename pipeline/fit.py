@@ -71,8 +71,9 @@ def refusal(cfg: Config, memory: MemoryPlan, runs_here: bool) -> ConfigError | N
 
 
 def _fallback(cfg: Config, memory: MemoryPlan, capacity: Capacity) -> str:
-    """What is left when no override fits: more hardware, or NVMe for the GPU's share (short of host
-    memory, NVMe alone does not help: it needs a drive set up and its buffers, see _variants)."""
+    """What is left when no override fits: more hardware, or NVMe for the GPU's share. Short of host
+    memory, NVMe at the default zero.sub_group_size needs nearly what CPU offload does (its pinned
+    swap buffers: memory.nvme_host_bytes), so it is not offered there."""
     if capacity.gpu is not None and memory.gpu_peak > capacity.gpu:
         nvme = ", or offload=nvme" if cfg.offload.device != OffloadDevice.nvme else ""
         return f"a GPU with more memory, more GPUs{nvme}"
@@ -80,7 +81,8 @@ def _fallback(cfg: Config, memory: MemoryPlan, capacity: Capacity) -> str:
 
 
 def _variants(cfg: Config) -> list[tuple[str, Config]]:
-    """The usual ways to need less memory per GPU, each as the override that makes it."""
+    """The usual ways to need less memory per GPU (or, on NVMe, on the host), each as the override
+    that makes it."""
     z, t = cfg.zero, cfg.trainer
     tried = []
     if cfg.offload.device == OffloadDevice.none and z.stage > 0:
