@@ -73,26 +73,31 @@ def test_the_search_starts_with_the_likely_fastest_point_that_fits(tmp_path, gpu
     assert point == {"zero": "stage0", "offload": "none", "perf": "compile", "bucket_size": None, **first}
 
 
-def test_a_point_short_of_host_memory_is_told_what_would_fit_it(tmp_path):
-    """The 1B Llama's CPU-offloaded states (~23.7 GiB) on Slurm nodes of 8 GB: no override spares
-    host memory, so the fix is more of it (not a GPU, not NVMe, which swaps through host buffers)."""
-    overrides = ["model=llama_1b", "zero=stage3", "offload=cpu", "launcher=slurm", "launcher.mem_gb=8"]
-    cfg = compose_point([*overrides, "launcher.gpu_mem_gib=80", f"outputs_dir={tmp_path}"])
+@pytest.mark.parametrize(
+    ("offload", "node_gb", "refusal"),
+    [
+        # The 1B Llama's CPU-offloaded states (~23.7 GiB): no override spares host memory, so the fix
+        # is more of it (not a GPU, not NVMe, which swaps through host buffers nearly as large).
+        (
+            "cpu",
+            8,
+            "needs ~23.7 GiB of host memory for the offloaded states, the node has 7.5 GiB. "
+            "Fix: use a node with more memory or more nodes",
+        ),
+        # On NVMe it swaps its optimizer through 4 pinned host buffers a sub-group (1e9 parameters, so
+        # all 0.94e9 here) large: ~21.7 GiB with the rest; sub-groups a tenth as large fit 16 GB.
+        (
+            "nvme",
+            16,
+            "needs ~21.7 GiB of host memory for the offloaded states, the node has 14.9 GiB. "
+            "Fix: use zero.sub_group_size=100000000",
+        ),
+    ],
+)
+def test_a_point_short_of_host_memory_is_told_what_would_fit_it(tmp_path, offload, node_gb, refusal):
+    """The 1B Llama, ZeRO-3, on Slurm nodes with too little host memory for what it offloads."""
+    overrides = ["model=llama_1b", "zero=stage3", f"offload={offload}", "launcher=slurm"]
+    overrides += [f"launcher.mem_gb={node_gb}", "launcher.gpu_mem_gib=80", f"outputs_dir={tmp_path}"]
+    cfg = compose_point(overrides)
     error = fit.refusal(cfg, plan.make(cfg, tmp_path, use_cpu=True).memory, runs_here=False)
-    assert str(error).endswith(
-        "needs ~23.7 GiB of host memory for the offloaded states, the node has 7.5 GiB. "
-        "Fix: use a node with more memory or more nodes; check_fit=false starts it anyway"
-    )
-
-
-def test_a_point_on_nvme_short_of_host_memory_is_told_to_swap_smaller_sub_groups(tmp_path):
-    """The 1B Llama on NVMe swaps its optimizer through 4 pinned host buffers a sub-group (1e9
-    parameters, so all 0.94e9 here) large: ~21.7 GiB with the rest; nodes of 16 GB fit it with
-    sub-groups a tenth as large."""
-    overrides = ["model=llama_1b", "zero=stage3", "offload=nvme", "launcher=slurm", "launcher.mem_gb=16"]
-    cfg = compose_point([*overrides, "launcher.gpu_mem_gib=80", f"outputs_dir={tmp_path}"])
-    error = fit.refusal(cfg, plan.make(cfg, tmp_path, use_cpu=True).memory, runs_here=False)
-    assert str(error).endswith(
-        "needs ~21.7 GiB of host memory for the offloaded states, the node has 14.9 GiB. "
-        "Fix: use zero.sub_group_size=100000000; check_fit=false starts it anyway"
-    )
+    assert str(error).endswith(f"{refusal}; check_fit=false starts it anyway")
