@@ -3,9 +3,10 @@
 Runs on the device, in one call. For each variant it first runs a warm-up (JIT op builds and
 compilation land there, not in the timing), then the reference and the pipeline in pairs (with
 the pipeline with tracking off too, or without its sampler, unless --tracking on or off: triples),
-who goes first rotating, and prints a Markdown table: step time, tokens/s, model TFLOP/s, MFU,
-peak GPU memory, final loss and the ratio pipeline / reference. Perf-preset rows run the pipeline
-only and are compared with the reference's same-stage row.
+who goes first rotating (or, with --alongside, each pipeline run beside a reference run started at
+the same moment on the other of two GPUs), and prints a Markdown table: step time, tokens/s, model
+TFLOP/s, MFU, peak GPU memory, final loss and the ratio pipeline / reference. Perf-preset rows run
+the pipeline only and are compared with the reference's same-stage row.
 usage: python benchmarks/gpu_table.py --reference PATH --out DIR [--variants z2,z3 ...] [--presets ...]
 """
 
@@ -17,11 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CEILING_TFLOPS = 798.0  # the H100's measured bf16 matmul ceiling (shared/reference/README.md)
 STEPS, WARM = 30, 8
+BLANK = "| | | | | | | | |"  # the columns between who and the ratio, in a ratio-only row
 # The DeepSpeed op each variant JIT-builds on its first run (the call's warm-up run builds it once).
 OP = {"z0": "fused_adam", "z1": "fused_adam", "z2": "fused_adam", "z3": "fused_adam"}
 OP |= {"z2_off": "cpu_adam", "z3_off": "cpu_adam", "z3_nvme": "async_io"}
@@ -172,10 +176,12 @@ def run_reference(
     steps: int = STEPS,
     warm: int = WARM,
     gpus: int = 1,
+    env: dict | None = None,
 ) -> dict | None:
     """Runs the hand-written trainer through torchrun and parses its 'RESULT {json}' line (rank 0's:
     its tokens/s and TFLOP/s are one rank's, scaled here to all ranks as the pipeline counts them)."""
-    env = {**os.environ, "BENCH_SIZE": size(variant), "BENCH_STEPS": str(steps), "BENCH_WARM": str(warm)}
+    env = {**os.environ, **(env or {}), "BENCH_SIZE": size(variant), "BENCH_STEPS": str(steps)}
+    env["BENCH_WARM"] = str(warm)
     # torchrun gives each of several ranks 1 CPU thread, which ran the reference's CPU Adam 3x slower
     # than the pipeline's ranks (an equal share of the host's CPUs each): the same share on both sides.
     env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // gpus)))
@@ -246,15 +252,55 @@ THIRD: dict[str, tuple[str, str, dict, list[str]]] = {
 }
 
 
-def run_side(who: str, v: str, run_dir: str, a: argparse.Namespace, how: dict, timing: dict) -> dict | None:
+def run_side(
+    who: str, v: str, run_dir: str, a: argparse.Namespace, how: dict, timing: dict, env: dict | None = None
+) -> dict | None:
     """One run of a variant's pair (or triple): the reference, the pipeline as asked, or the
-    triple's third run (THIRD)."""
+    triple's third run (THIRD); env added to this process's."""
     if who == "reference":
-        return run_reference(a.reference, v, a.out / "ref" / run_dir, a.timeout, gpus=a.gpus, **timing)
+        out = a.out / "ref" / run_dir
+        return run_reference(a.reference, v, out, a.timeout, gpus=a.gpus, env=env, **timing)
     if who == "pipeline":
-        return run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout, **how)
+        return run_pipeline(v, [], a.out / "pipe" / run_dir, a.timeout, env=env, **how)
     _, folder, change, extra = THIRD[a.tracking]
-    return run_pipeline(v, extra, a.out / folder / run_dir, a.timeout, **{**how, **change})
+    return run_pipeline(v, extra, a.out / folder / run_dir, a.timeout, env=env, **{**how, **change})
+
+
+def alongside(
+    v: str, sides: list[str], a: argparse.Namespace, how: dict, timing: dict, emit: Callable[[str], None]
+) -> dict[str, list[float]]:
+    """Each pipeline run (sides) starts at the same moment as a reference run on the other of two
+    GPUs, the GPUs swapping every round: a one-GPU run bound by the host's Python drifts by 10-30%
+    over tens of seconds (RESULTS.md, twelfth session), and two runs side by side meet the same
+    drift. Each row goes to emit as its round ends; returns each side's ratios to the reference
+    beside it."""
+    cores = max(1, len(os.sched_getaffinity(0)) // 2)  # each run a half of the host, as on a 2-GPU node
+    ratios: dict[str, list[float]] = {who: [] for who in sides}
+    order = [who for i in range(a.repeat) for who in sides[i % len(sides) :] + sides[: i % len(sides)]]
+    for k, who in enumerate(order):
+        gpu = {"reference": k % 2, who: 1 - k % 2}
+        run_dir = f"{v}_round{k + 1}"
+        with ThreadPoolExecutor(2) as pool:
+            started = {
+                side: pool.submit(
+                    run_side,
+                    side,
+                    v,
+                    run_dir,
+                    a,
+                    how,
+                    timing,
+                    {"CUDA_VISIBLE_DEVICES": str(g), "OMP_NUM_THREADS": str(cores)},
+                )
+                for side, g in gpu.items()
+            }
+        runs = {side: f.result() for side, f in started.items()}
+        ref, mine = runs["reference"], runs[who]
+        if ref and mine:
+            ratios[who].append(mine["tok_s"] / ref["tok_s"])
+        for side in gpu:
+            emit(row(f"{v} round {k + 1} (GPU {gpu[side]})", side, runs[side], ref))
+    return ratios
 
 
 def main() -> None:
@@ -289,7 +335,15 @@ def main() -> None:
         default=1,
         help="reference/pipeline pairs (or triples) per variant; one-GPU ZeRO-3 varies ~20%% between runs",
     )
+    ap.add_argument(
+        "--alongside",
+        action="store_true",
+        help="each pipeline run beside a reference run started with it on the other of two GPUs "
+        "(one GPU each): ratios of runs that met the same host",
+    )
     a = ap.parse_args()
+    if a.alongside and a.gpus != 1:
+        ap.error("--alongside runs each side on one GPU of two: leave --gpus at 1")
     a.out.mkdir(parents=True, exist_ok=True)
     variants = [v for v in a.variants.split(",") if v]
     presets = [p for p in a.presets.split(",") if p]
@@ -312,6 +366,11 @@ def main() -> None:
         (a.out / "table.md").write_text(table)
         return table
 
+    def emit(text: str) -> None:
+        print(text, flush=True)
+        lines.append(text)
+        save()
+
     for v in variants:
         # Warm-up: the reference builds the ops this variant needs (fused_adam, cpu_adam, async_io).
         # Short (4 steps): only the op builds and caches matter here, not its timing.
@@ -319,6 +378,15 @@ def main() -> None:
             run_reference(a.reference, v, a.out / "warm" / v, a.timeout, steps=4, warm=1, gpus=a.gpus)
             built.add(OP[v])
         sides = ["reference", "pipeline", *([THIRD[a.tracking][0]] if a.tracking in THIRD else [])]
+        if a.alongside:
+            ratios = alongside(v, sides[1:], a, how, timing, emit)
+            means = {who: sum(r) / len(r) if r else float("nan") for who, r in ratios.items()}
+            for who, r in ratios.items():
+                emit(f"| {v} mean of {len(r)} | {who} / reference beside it {BLANK} {means[who]:.3f} |")
+            if a.tracking in THIRD:
+                third = THIRD[a.tracking][0]
+                emit(f"| {v} | tracking on / {third} {BLANK} {means['pipeline'] / means[third]:.3f} |")
+            continue
         runs_of: dict[str, list] = {who: [] for who in sides}
         for i in range(1, a.repeat + 1):
             name, run_dir = (f"{v} #{i}", f"{v}_{i}") if a.repeat > 1 else (v, v)
@@ -340,7 +408,7 @@ def main() -> None:
             third = THIRD[a.tracking][0]
             off = mean_run(runs_of[third])
             on_off = f"{mine['tok_s'] / off['tok_s']:.3f}" if mine and off else "failed"
-            lines.append(f"| {v} | tracking on / {third} | | | | | | | | | {on_off} |")
+            lines.append(f"| {v} | tracking on / {third} {BLANK} {on_off} |")
             save()
         if a.scaling:
             lines.append(scaling_row(v, [], mine, a, how))
