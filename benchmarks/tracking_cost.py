@@ -11,19 +11,23 @@ prints each side's mean step time (summary.json) and its ratio to tracking off.
 With --sampler, it measures what the system-metrics sampler takes from the training process's
 main thread: the share of time a tight Python loop stood still (gaps above 200 us) with no
 sampler, with MLflow's sampler as a thread of this process, and with the pipeline's (a process of
-its own), --repeat rounds of --seconds each.
+its own), --repeat rounds of --seconds each. With --logger, the same share with no logging and
+with rank 0's MetricLogger logging a step every 0.3 s at the default buffer (its writes included).
 usage: python benchmarks/tracking_cost.py [--steps 100] [--step-ms 50] [--buffer-s 0,10]
        python benchmarks/tracking_cost.py --train "model=llama_tiny zero=stage3 offload=cpu" [--repeat 3]
        python benchmarks/tracking_cost.py --sampler [--repeat 3] [--seconds 10]
+       python benchmarks/tracking_cost.py --logger [--repeat 3] [--seconds 25]
 """
 
 import argparse
+import gc
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -77,15 +81,20 @@ def train(overrides: str, repeat: int, steps: int, store_dir: Path) -> None:
         print(f"{side}: mean {1000 * mean:.1f} ms/step over {len(values)}, {ratio}")
 
 
-def stood_still(seconds: float) -> float:
-    """The share of `seconds` in which this thread's tight loop did not run for over 200 us."""
+def stood_still(seconds: float, step: Callable[[int], None] | None = None, step_s: float = 0.3) -> float:
+    """The share of `seconds` in which this thread's tight loop did not run for over 200 us; with
+    step, the loop calls it every step_s (its own time left out), as a training step logs."""
     t0 = last = time.perf_counter()
-    lost = 0.0
+    lost, due, n = 0.0, t0 + step_s, 0
     while last - t0 < seconds:
         now = time.perf_counter()
         if now - last > 200e-6:
             lost += now - last
         last = now
+        if step and now >= due:
+            n, due = n + 1, due + step_s
+            step(n)
+            last = time.perf_counter()
     return lost / seconds
 
 
@@ -116,6 +125,30 @@ def sampler(repeat: int, seconds: float, store_dir: Path) -> None:
         print(f"{side}: main thread stood still {100 * statistics.mean(shares):.2f}% of the time ({each})")
 
 
+def logger(repeat: int, seconds: float, store_dir: Path) -> None:
+    """The main thread's lost share with no logging, and with rank 0's MetricLogger logging a step
+    every 0.3 s (one-GPU ZeRO-3's pace) at the default buffer, its writes inside the window; the
+    heap frozen as FreezeHeap freezes it for training."""
+    uri = f"sqlite:///{store_dir}/mlflow.db"
+    store = Store(uri)
+    run_id = store.create_run(store.create_experiment("logger", None), "logger", {}, {})
+    metrics = MetricLogger(RunRef(uri, run_id), TrackingConf.buffer_s)
+    gc.collect()
+    gc.freeze()
+    sides = {
+        "no logging": None,
+        "MetricLogger, a step every 0.3 s": lambda n: metrics(dict.fromkeys(VALUES, n), n),
+    }
+    lost: dict[str, list[float]] = {side: [] for side in sides}
+    for _ in range(repeat):
+        for side, step in sides.items():
+            lost[side].append(stood_still(seconds, step))
+            metrics.flush()
+    for side, shares in lost.items():
+        each = ", ".join(f"{100 * x:.2f}" for x in shares)
+        print(f"{side}: main thread stood still {100 * statistics.mean(shares):.2f}% of the time ({each})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=100)
@@ -124,11 +157,15 @@ def main() -> None:
     ap.add_argument("--train", help="a point's overrides: train it instead of the logger alone")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--sampler", action="store_true", help="the system-metrics sampler's cost instead")
+    ap.add_argument("--logger", action="store_true", help="rank 0's metric logging's cost instead")
     ap.add_argument("--seconds", type=float, default=10.0)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if a.sampler:
             sampler(a.repeat, a.seconds, Path(tmp))
+            return
+        if a.logger:
+            logger(a.repeat, a.seconds, Path(tmp))
             return
         if a.train:
             train(a.train, a.repeat, a.steps, Path(tmp))
