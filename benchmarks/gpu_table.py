@@ -271,8 +271,9 @@ def alongside(
 ) -> dict[str, list[float]]:
     """Each pipeline run (sides) starts at the same moment as a reference run on the other of two
     GPUs, the GPUs swapping every round: a one-GPU run bound by the host's Python drifts by 10-30%
-    over tens of seconds (RESULTS.md, twelfth session), and two runs side by side meet the same
-    drift. Each row goes to emit as its round ends; returns each side's ratios to the reference
+    over seconds, and runs side by side would share a drift of the host's. (On the device they
+    spread as widely as runs one after the other: the drift is each run's own; RESULTS.md, twelfth
+    session.) Each row goes to emit as its round ends; returns each side's ratios to the reference
     beside it."""
     cores = max(1, len(os.sched_getaffinity(0)) // 2)  # each run a half of the host, as on a 2-GPU node
     ratios: dict[str, list[float]] = {who: [] for who in sides}
@@ -345,8 +346,8 @@ def main() -> None:
         "--no-warmup",
         dest="warmup",
         action="store_false",
-        help="no warm-up run: this machine built the ops in an earlier call (a warm device machine); "
-        "it leaves ~85 s of the call to the timed runs",
+        help="no warm-up run: this machine built the ops in an earlier call (a warm device machine), "
+        "which leaves ~85 s of the call to the timed runs; on a fresh one the first run builds them",
     )
     a = ap.parse_args()
     if a.alongside and a.gpus != 1:
