@@ -25,7 +25,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CEILING_TFLOPS = 798.0  # the H100's measured bf16 matmul ceiling (shared/reference/README.md)
 STEPS, WARM = 30, 8
-BLANK = "| | | | | | | | |"  # the columns between who and the ratio, in a ratio-only row
 # The DeepSpeed op each variant JIT-builds on its first run (the call's warm-up run builds it once).
 OP = {"z0": "fused_adam", "z1": "fused_adam", "z2": "fused_adam", "z3": "fused_adam"}
 OP |= {"z2_off": "cpu_adam", "z3_off": "cpu_adam", "z3_nvme": "async_io"}
@@ -223,6 +222,18 @@ def row(name: str, who: str, r: dict | None, base: dict | None) -> str:
     return f"| {name} | {who} | {speed} | {peak} | {r['loss_last']:.4f} | {ratio} |"
 
 
+def ratio_row(name: str, label: str, ratio: str) -> str:
+    """A row with a ratio only (a mean of paired ratios, or tracking on / off)."""
+    return f"| {name} | {label} | | | | | | | | | {ratio} |"
+
+
+def rotated(sides: list[str], i: int) -> list[str]:
+    """The sides in the order of the i-th round (0 first): who goes first moves on each round, as a
+    later run may find the host warmer or busier."""
+    k = i % len(sides)
+    return sides[k:] + sides[:k]
+
+
 def scaling_row(
     variant: str, extra: list[str], many: dict | None, a: argparse.Namespace, how: dict, name: str = ""
 ) -> str:
@@ -277,7 +288,7 @@ def alongside(
     beside it."""
     cores = max(1, len(os.sched_getaffinity(0)) // 2)  # each run a half of the host, as on a 2-GPU node
     ratios: dict[str, list[float]] = {who: [] for who in sides}
-    order = [who for i in range(a.repeat) for who in sides[i % len(sides) :] + sides[: i % len(sides)]]
+    order = [who for i in range(a.repeat) for who in rotated(sides, i)]
     for k, who in enumerate(order):
         gpu = {"reference": k % 2, who: 1 - k % 2}
         run_dir = f"{v}_round{k + 1}"
@@ -390,18 +401,16 @@ def main() -> None:
             ratios = alongside(v, sides[1:], a, how, timing, emit)
             means = {who: sum(r) / len(r) if r else float("nan") for who, r in ratios.items()}
             for who, r in ratios.items():
-                emit(f"| {v} mean of {len(r)} | {who} / reference beside it {BLANK} {means[who]:.3f} |")
+                emit(ratio_row(f"{v} mean of {len(r)}", f"{who} / reference beside it", f"{means[who]:.3f}"))
             if a.tracking in THIRD:
                 third = THIRD[a.tracking][0]
-                emit(f"| {v} | tracking on / {third} {BLANK} {means['pipeline'] / means[third]:.3f} |")
+                emit(ratio_row(v, f"tracking on / {third}", f"{means['pipeline'] / means[third]:.3f}"))
             continue
         runs_of: dict[str, list] = {who: [] for who in sides}
         for i in range(1, a.repeat + 1):
             name, run_dir = (f"{v} #{i}", f"{v}_{i}") if a.repeat > 1 else (v, v)
-            # Rotate who goes first (ABBA for two): a later run may find the host warmer or busier.
-            k = (i - 1) % len(sides)
             runs: dict[str, dict | None] = {}
-            for who in sides[k:] + sides[:k]:
+            for who in rotated(sides, i - 1):  # ABBA for two
                 runs[who] = run_side(who, v, run_dir, a, how, timing)
                 print(row(name, who, runs[who], runs.get("reference")), flush=True)  # kept if cut off
                 runs_of[who].append(runs[who])
@@ -416,7 +425,7 @@ def main() -> None:
             third = THIRD[a.tracking][0]
             off = mean_run(runs_of[third])
             on_off = f"{mine['tok_s'] / off['tok_s']:.3f}" if mine and off else "failed"
-            lines.append(f"| {v} | tracking on / {third} {BLANK} {on_off} |")
+            lines.append(ratio_row(v, f"tracking on / {third}", on_off))
             save()
         if a.scaling:
             lines.append(scaling_row(v, [], mine, a, how))

@@ -42,11 +42,16 @@ ROOT = Path(__file__).resolve().parents[1]
 VALUES = ("loss", "grad_norm", "learning_rate", "step_time_s", "tokens_per_s")  # what rank 0 logs a step
 
 
+def new_run(db: Path, name: str) -> tuple[str, Store, str]:
+    """A fresh sqlite store at db with one run: (its URI, the store, the run's id)."""
+    uri = f"sqlite:///{db}"
+    store = Store(uri)
+    return uri, store, store.create_run(store.create_experiment(name, None), name, {}, {})
+
+
 def cost(buffer_s: int, steps: int, step_ms: float, store_dir: Path) -> float:
     """CPU milliseconds per step of logging `steps` steps with this buffer, all of it flushed."""
-    uri = f"sqlite:///{store_dir}/mlflow_{buffer_s}.db"
-    store = Store(uri)
-    run_id = store.create_run(store.create_experiment("cost", None), f"buffer_s={buffer_s}", {}, {})
+    uri, store, run_id = new_run(store_dir / f"mlflow_{buffer_s}.db", f"buffer_s={buffer_s}")
     logger = MetricLogger(RunRef(uri, run_id), buffer_s)
     cpu0 = time.process_time()
     for step in range(1, steps + 1):
@@ -98,11 +103,16 @@ def stood_still(seconds: float, step: Callable[[int], None] | None = None, step_
     return lost / seconds
 
 
+def report(lost: dict[str, list[float]]) -> None:
+    """Each side's mean share of time the main thread stood still, and its rounds'."""
+    for side, shares in lost.items():
+        each = ", ".join(f"{100 * x:.2f}" for x in shares)
+        print(f"{side}: main thread stood still {100 * statistics.mean(shares):.2f}% of the time ({each})")
+
+
 def sampler(repeat: int, seconds: float, store_dir: Path) -> None:
     """The main thread's lost share with no sampler, MLflow's as a thread, and the pipeline's."""
-    uri = f"sqlite:///{store_dir}/mlflow.db"
-    store = Store(uri)
-    run_id = store.create_run(store.create_experiment("sampler", None), "sampler", {}, {})
+    uri, _, run_id = new_run(store_dir / "mlflow.db", "sampler")
     sides = {
         "no sampler": None,
         "MLflow's sampler, a thread of this process": lambda: SystemMetricsMonitor(
@@ -120,18 +130,14 @@ def sampler(repeat: int, seconds: float, store_dir: Path) -> None:
             lost[side].append(stood_still(seconds))
             if running:
                 running.finish()
-    for side, shares in lost.items():
-        each = ", ".join(f"{100 * x:.2f}" for x in shares)
-        print(f"{side}: main thread stood still {100 * statistics.mean(shares):.2f}% of the time ({each})")
+    report(lost)
 
 
 def logger(repeat: int, seconds: float, store_dir: Path) -> None:
     """The main thread's lost share with no logging, and with rank 0's MetricLogger logging a step
     every 0.3 s (one-GPU ZeRO-3's pace) at the default buffer, its writes inside the window; the
     heap frozen as FreezeHeap freezes it for training."""
-    uri = f"sqlite:///{store_dir}/mlflow.db"
-    store = Store(uri)
-    run_id = store.create_run(store.create_experiment("logger", None), "logger", {}, {})
+    uri, _, run_id = new_run(store_dir / "mlflow.db", "logger")
     metrics = MetricLogger(RunRef(uri, run_id), TrackingConf.buffer_s)
     gc.collect()
     gc.freeze()
@@ -144,9 +150,7 @@ def logger(repeat: int, seconds: float, store_dir: Path) -> None:
         for side, step in sides.items():
             lost[side].append(stood_still(seconds, step))
             metrics.flush()
-    for side, shares in lost.items():
-        each = ", ".join(f"{100 * x:.2f}" for x in shares)
-        print(f"{side}: main thread stood still {100 * statistics.mean(shares):.2f}% of the time ({each})")
+    report(lost)
 
 
 def main() -> None:
