@@ -7,6 +7,7 @@ Slurm (sacct) and MLflow recorded.
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -73,14 +74,21 @@ def parent_and_children(outputs: Path) -> tuple[Run, list[Run]]:
     return parent, children
 
 
-def sacct_states(job_ids: list[str]) -> dict[str, str]:
-    out = subprocess.run(
-        ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return dict(line.split("|")[:2] for line in out.splitlines())
+def sacct_states(job_ids: list[str], wait_s: float = 60) -> dict[str, str]:
+    """The jobs' states once each has ended: submitit reads a task's result as soon as the task
+    writes it, and Slurm may still list its job RUNNING for a moment while the step winds down."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        states = dict(line.split("|")[:2] for line in out.splitlines())
+        if not {"PENDING", "RUNNING", "COMPLETING"} & set(states.values()) or time.monotonic() > deadline:
+            return states
+        time.sleep(1)
 
 
 def test_four_point_sweep_is_four_jobs_and_nested_runs(tmp_path: Path) -> None:
