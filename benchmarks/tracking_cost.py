@@ -40,6 +40,7 @@ from pipeline.track.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 
 VALUES = ("loss", "grad_norm", "learning_rate", "step_time_s", "tokens_per_s")  # what rank 0 logs a step
+STEP_S = 0.3  # one-GPU ZeRO-3's step time on the device: the pace --logger logs at
 
 
 def new_run(db: Path, name: str) -> tuple[str, Store, str]:
@@ -86,7 +87,7 @@ def train(overrides: str, repeat: int, steps: int, store_dir: Path) -> None:
         print(f"{side}: mean {1000 * mean:.1f} ms/step over {len(values)}, {ratio}")
 
 
-def stood_still(seconds: float, step: Callable[[int], None] | None = None, step_s: float = 0.3) -> float:
+def stood_still(seconds: float, step: Callable[[int], None] | None = None, step_s: float = STEP_S) -> float:
     """The share of `seconds` in which this thread's tight loop did not run for over 200 us; with
     step, the loop calls it every step_s (its own time left out), as a training step logs."""
     t0 = last = time.perf_counter()
@@ -135,7 +136,7 @@ def sampler(repeat: int, seconds: float, store_dir: Path) -> None:
 
 def logger(repeat: int, seconds: float, store_dir: Path) -> None:
     """The main thread's lost share with no logging, and with rank 0's MetricLogger logging a step
-    every 0.3 s (one-GPU ZeRO-3's pace) at the default buffer, its writes inside the window; the
+    every STEP_S (one-GPU ZeRO-3's pace) at the default buffer, its writes inside the window; the
     heap frozen as FreezeHeap freezes it for training."""
     uri, _, run_id = new_run(store_dir / "mlflow.db", "logger")
     metrics = MetricLogger(RunRef(uri, run_id), TrackingConf.buffer_s)
@@ -143,7 +144,7 @@ def logger(repeat: int, seconds: float, store_dir: Path) -> None:
     gc.freeze()
     sides = {
         "no logging": None,
-        "MetricLogger, a step every 0.3 s": lambda n: metrics(dict.fromkeys(VALUES, n), n),
+        f"MetricLogger, a step every {STEP_S} s": lambda n: metrics(dict.fromkeys(VALUES, n), n),
     }
     lost: dict[str, list[float]] = {side: [] for side in sides}
     for _ in range(repeat):
