@@ -7,7 +7,6 @@ Slurm (sacct) and MLflow recorded.
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -74,11 +73,11 @@ def parent_and_children(outputs: Path) -> tuple[Run, list[Run]]:
     return parent, children
 
 
-def sacct_states(job_ids: list[str], wait_s: float = 60) -> dict[str, str]:
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
     """The jobs' states once each has ended: submitit reads a task's result as soon as the task
     writes it, and Slurm may still list its job RUNNING for a moment while the step winds down."""
-    deadline = time.monotonic() + wait_s
-    while True:
+
+    def ended() -> dict[str, str] | None:
         out = subprocess.run(
             ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
             capture_output=True,
@@ -86,9 +85,9 @@ def sacct_states(job_ids: list[str], wait_s: float = 60) -> dict[str, str]:
             check=True,
         ).stdout
         states = dict(line.split("|")[:2] for line in out.splitlines())
-        if not {"PENDING", "RUNNING", "COMPLETING"} & set(states.values()) or time.monotonic() > deadline:
-            return states
-        time.sleep(1)
+        return None if {"PENDING", "RUNNING", "COMPLETING"} & set(states.values()) else states
+
+    return wait_for(f"Slurm jobs {', '.join(job_ids)} to end", ended, timeout=60)
 
 
 def test_four_point_sweep_is_four_jobs_and_nested_runs(tmp_path: Path) -> None:
