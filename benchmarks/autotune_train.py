@@ -9,7 +9,8 @@ import os
 
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from pipeline import compose, data, model, tokenizer
+from pipeline.check import compose
+from pipeline.rank import data, model, tokenizer
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 import mlflow
 from deepspeed.autotuning.utils import search_error
 
-from pipeline import compose, model, tokenizer
+from pipeline.check import compose
+from pipeline.rank import model, tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ARG_MAPPINGS = {

@@ -13,7 +13,8 @@ from pathlib import Path
 import gpu_table
 import torch
 
-from pipeline import compose, model, tokenizer
+from pipeline.check import compose
+from pipeline.rank import model, tokenizer
 
 
 def save_1b(path: Path) -> None:

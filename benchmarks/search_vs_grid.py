@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from pipeline import track
-from pipeline.search.driver import Search
-from pipeline.search.ledger import POINT, PRUNED, SEARCH
+from pipeline.sweep.search.driver import Search
+from pipeline.sweep.search.ledger import POINT, PRUNED, SEARCH
 
 ROOT = Path(__file__).resolve().parents[1]
 # The setting: the 1B Llama, seq 1024, bf16, DeepSpeed AdamW, 8 x 4 = 32 sequences a step.

@@ -5,7 +5,7 @@ sweep's end (table, parent run status) never comes and the point's MLflow run st
 Here every point yields a result: a lost job's run is marked KILLED/FAILED with the end of its
 Slurm log, and the parent run is tagged with the sweep's Slurm job ids. Requeue on preemption
 and time-out is the plugin's own (its checkpoint() resubmits the point; the job resumes from
-its newest Trainer checkpoint into the same run: launchers/slurm_job.py).
+its newest Trainer checkpoint into the same run: pipeline/launch/slurm.py).
 """
 
 import copy
@@ -24,10 +24,11 @@ from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
-from pipeline import track, watchdog
+from pipeline import track
 from pipeline.errors import Hung, why_stopped
 from pipeline.job import Outcome
-from pipeline.sweep_info import SweepInfo
+from pipeline.rank import watchdog
+from pipeline.sweep.info import SweepInfo
 from pipeline.track import RunState
 
 log = logging.getLogger(__name__)

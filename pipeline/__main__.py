@@ -17,11 +17,12 @@ import hydra
 from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
 
-import launchers
-from pipeline import compose, rules, search
+from pipeline import launch
+from pipeline.check import compose, rules
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Terminated, raise_terminated, why_stopped
-from pipeline.sweep_info import point_name, varying_keys
+from pipeline.sweep import search
+from pipeline.sweep.info import point_name, varying_keys
 
 if TYPE_CHECKING:  # the job's modules load torch: not before the command line is checked
     from pipeline.job import Outcome
@@ -37,7 +38,7 @@ def check_command_line(argv: list[str]) -> None:
     points = _composed(args.overrides, args.multirun)
     first = points[0].cfg
     # The GPU checks apply where the points train: not here when they go to a cluster's nodes.
-    runs_here = not launchers.submits(first.launcher.name, args.multirun)
+    runs_here = not launch.submits(first.launcher.name, args.multirun)
     dry_sweep = args.multirun and args.cfg is None and all(p.cfg.dry_run for p in points)
     _check(points, runs_here, refuse=not dry_sweep)
     if dry_sweep:
@@ -80,16 +81,17 @@ def _hold_to_memory(points: list["Checked"], multirun: bool) -> None:
 
 
 def _print_fit_table(points: list["Checked"], runs_here: bool) -> None:
-    from pipeline import fit, summary
+    from pipeline.check import fit
+    from pipeline.report import console
 
     rows = [(p.name, p.plan.memory if p.plan else None, p.error or p.misfit) for p in points]
-    summary.print_fit_table(rows, fit.Capacity.of(points[0].cfg, runs_here))
+    console.print_fit_table(rows, fit.Capacity.of(points[0].cfg, runs_here))
 
 
 def _make_store(cfg: Config, multirun: bool) -> None:
     """The store, made once; and the sweep named by sweep.resume, if one is, must be in it."""
     from pipeline import track
-    from pipeline.sweep_info import SweepInfo
+    from pipeline.sweep.info import SweepInfo
 
     named = cfg.sweep.resume
     if multirun and named not in ("auto", "new") and SweepInfo.load(named) is None:
@@ -135,10 +137,10 @@ def _refuse(errors: list[ConfigError]) -> None:
 def _plan(point: Checked, runs_here: bool) -> None:
     """The user's model and data, then this machine with the point's plan (cheap: meta-device
     sizes), then whether it fits."""
-    from pipeline import fit, plan, preflight
+    from pipeline.check import fit, gate, preflight
 
     with preflight.quiet():  # DeepSpeed's estimators announce the accelerator on import
-        point.plan = plan.checked(point.cfg, Path(point.cfg.outputs_dir), use_cpu=True, runs_here=runs_here)
+        point.plan = gate.checked(point.cfg, Path(point.cfg.outputs_dir), use_cpu=True, runs_here=runs_here)
         point.misfit = fit.refusal(point.cfg, point.plan.memory, runs_here)
 
 
@@ -155,7 +157,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, raise_terminated)
     if search.requested(sys.argv[1:]):  # search=fastest drives trials of its own (pipeline/search)
-        from pipeline.search import driver
+        from pipeline.sweep.search import driver
 
         driver.main(sys.argv[1:])
         return
@@ -163,9 +165,9 @@ def main() -> None:
     try:
         hydra_main()
     except KeyboardInterrupt as stop:
-        from pipeline import sweep
+        from pipeline.sweep import callback
 
-        sweep.close_interrupted()
+        callback.close_interrupted()
         print(f"stopped: {why_stopped(stop)}; the runs it ended are KILLED", file=sys.stderr)
         sys.exit(143 if isinstance(stop, Terminated) else 130)
 

@@ -8,13 +8,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from launchers import slurm_job
-from pipeline import checkpoints, config, data, fit, plan, summary, track
+from pipeline import config, track
+from pipeline.check import fit, gate
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.job import Job, Outcome
-from pipeline.launch import Placement
-from pipeline.point import Point
+from pipeline.launch import slurm
+from pipeline.launch.local import Placement
+from pipeline.rank import checkpoints, data
+from pipeline.report import console
+from pipeline.sweep.point import Point
 from pipeline.track import RunRecord, RunState
 
 
@@ -45,12 +48,12 @@ def failure_policy(task: Callable[[Config, Point], Outcome]) -> Callable[[DictCo
 
 @failure_policy
 def run(cfg: Config, point: Point) -> Outcome:
-    the_plan = plan.checked(cfg, point.out, use_cpu=not torch.cuda.is_available())
-    files = summary.write_plan(point.out, the_plan)
+    the_plan = gate.checked(cfg, point.out, use_cpu=not torch.cuda.is_available())
+    files = console.write_plan(point.out, the_plan)
     if cfg.dry_run:
-        summary.print_plan(the_plan, files)
+        console.print_plan(the_plan, files)
         return Outcome(state=None)
-    where = slurm_job.placement(cfg)
+    where = slurm.placement(cfg)
     misfit = fit.refusal(cfg, the_plan.memory, runs_here=True)
     if misfit:
         return skip(cfg, point, where, misfit)
@@ -63,8 +66,8 @@ def run(cfg: Config, point: Point) -> Outcome:
         job = Job.of(cfg, the_plan, point.out, tracked.ref, resume_from, data.prepare(cfg))
         result = where.launch(job)
         tracked.finish(result, files.all(), job.saved_models())
-    summary.write_result(point.out, result)
-    summary.print_result(cfg, point.name, result, files, job.saved_models(), tracked.run_id)
+    console.write_result(point.out, result)
+    console.print_result(cfg, point.name, result, files, job.saved_models(), tracked.run_id)
     return Outcome(RunState.FINISHED, result)
 
 

@@ -9,10 +9,17 @@ attributes, and they pickle to the ranks and Slurm tasks as they are.
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+
+GIB = 2**30  # the unit of every memory figure users see
+# Where conf/ and the shipped data are: relative data paths are taken from here.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# data=files: a file's suffix -> the datasets library's builder that reads it.
+READERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
 class OffloadDevice(Enum):
@@ -199,6 +206,31 @@ class DataConf:
     tokenizer: Tokenizer = Tokenizer.auto
     seq_len: int = 128
 
+    @property
+    def train_paths(self) -> list[Path]:
+        return _as_paths(self.train_files)
+
+    @property
+    def eval_paths(self) -> list[Path]:
+        return _as_paths(self.eval_files)
+
+    @property
+    def has_eval(self) -> bool:
+        """An eval set: eval files, or a held-out fraction of the train files."""
+        return self.source == DataSource.files and (self.eval_files is not None or self.eval_fraction > 0)
+
+
+def _as_paths(value: str | list[str] | None) -> list[Path]:
+    """data.train_files / eval_files: one path or a list of them."""
+    if value is None:
+        return []
+    return [Path(p).expanduser().absolute() for p in ([value] if isinstance(value, str) else value)]
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A directory written by Dataset(Dict).save_to_disk, which data.train_files may name."""
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
 
 @dataclass
 class TrainerConf:
@@ -343,6 +375,39 @@ class Config:
     # Hold each point's memory plan against the GPU (and host) memory before it starts: a single
     # run that does not fit is refused, a sweep's point skipped. false: start it anyway.
     check_fit: bool = True
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in all: trainer.nproc_per_node on each of trainer.nnodes nodes."""
+        return self.trainer.nproc_per_node * self.trainer.nnodes
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step: micro batch x accumulation x ranks."""
+        t = self.trainer
+        return t.micro_batch_size * t.gradient_accumulation_steps * self.world_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.data.seq_len
+
+    @property
+    def offloads_optimizer(self) -> bool:
+        return self.offload.device != OffloadDevice.none and self.offload.optimizer
+
+    @property
+    def offloads_params(self) -> bool:
+        """Parameter offload is on when asked for, or by default whenever ZeRO-3 offloads at all."""
+        off = self.offload
+        if off.device == OffloadDevice.none:
+            return False
+        return off.params if off.params is not None else self.zero.stage == 3
+
+    @property
+    def round_robin(self) -> bool:
+        """zero.round_robin_gradients as DeepSpeed gets it: unset, on where the optimizer is offloaded."""
+        z = self.zero
+        return z.round_robin_gradients if z.round_robin_gradients is not None else self.offloads_optimizer
 
 
 def load(node: DictConfig | dict) -> Config:

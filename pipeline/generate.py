@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from pipeline import launch, track
+from pipeline import track
+from pipeline.launch import local
 
 
 def model_dir(target: str, uri: str, scratch: Path) -> Path:
@@ -61,7 +62,7 @@ def _zero3(path: Path) -> PreTrainedModel:
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
-    launch.world_of_one()
+    local.world_of_one()
     config = {
         "train_micro_batch_size_per_gpu": 1,
         "zero_optimization": {

@@ -3,18 +3,20 @@ ranks and Slurm tasks) and the outcome Hydra hands back to the sweep (from a Slu
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline import checkpoints
 from pipeline.config import Config
-from pipeline.plan import Plan
+from pipeline.rank import checkpoints
 from pipeline.track import RunRef, RunState
+
+if TYPE_CHECKING:  # the ranks unpickle a Job: they import nothing of the driver's side
+    from pipeline.plan import Plan
 
 
 @dataclass
 class Job:
     cfg: Config
-    # transformers.TrainingArguments' keywords, the DeepSpeed dict among them (plan.py).
+    # transformers.TrainingArguments' keywords, the DeepSpeed dict among them (plan/settings.py).
     training_args: dict[str, Any]
     flops_per_token: float
     # The run dir: the trained model lands in its model/ (and model_fp32/).
@@ -30,7 +32,7 @@ class Job:
     def of(
         cls,
         cfg: Config,
-        plan: Plan,
+        plan: "Plan",
         out: Path,
         run: RunRef | None = None,
         resume_from: str | None = None,

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from transformers import Trainer
 
-from pipeline import compose, launch, plan
+from pipeline import plan
+from pipeline.check import compose
 from pipeline.job import Job
+from pipeline.launch import local
 
 frozen, step = [], Trainer.training_step
 
@@ -21,5 +23,5 @@ def counting_step(self, *args, **kwargs):
 Trainer.training_step = counting_step
 cfg = compose.compose_point(["trainer.max_steps=3", "tracking.enabled=false"])
 out = Path(sys.argv[1])
-launch.Local(nproc=1).launch(Job.of(cfg, plan.make(cfg, out, use_cpu=True), out))
+local.Local(nproc=1).launch(Job.of(cfg, plan.make(cfg, out, use_cpu=True), out))
 print("FROZEN", min(frozen), len(frozen), gc.get_freeze_count())

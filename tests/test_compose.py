@@ -19,10 +19,11 @@ from omegaconf import OmegaConf
 from transformers import TrainingArguments
 from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-from pipeline import plan, rules
-from pipeline.compose import compose_point
+from pipeline.check import gate, rules
+from pipeline.check.compose import compose_point
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.plan import settings
 
 from helpers import ROOT, ok, run_pipeline
 
@@ -38,7 +39,7 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def expected_error(zero: str, offload: str, optimizer: str) -> str:
-    """The guide's rules, written independently of pipeline/rules.py: the key each breaks."""
+    """The guide's rules, written independently of pipeline/check/rules.py: the key each breaks."""
     stage = int(zero[-1])
     if offload != "none" and stage == 0:
         return "offload.device"
@@ -92,9 +93,9 @@ def test_deepspeed_names_are_the_ones_deepspeed_knows():
 def test_what_deepspeed_refuses_is_refused_before_start():
     """DeepSpeed's own config models run on the planned dict (a backstop behind the range checks)."""
     ok_dict = {"zero_optimization": {"stage": 2}, "fp16": {"enabled": False}, "bf16": {"enabled": True}}
-    plan.deepspeed_accepts(ok_dict)
+    gate.deepspeed_accepts(ok_dict)
     with pytest.raises(ConfigError, match=r"^zero: DeepSpeed refuses zero_optimization.reduce_bucket_size"):
-        plan.deepspeed_accepts({**ok_dict, "zero_optimization": {"stage": 2, "reduce_bucket_size": -5}})
+        gate.deepspeed_accepts({**ok_dict, "zero_optimization": {"stage": 2, "reduce_bucket_size": -5}})
 
 
 def test_options_state_only_what_differs_from_the_schema():
@@ -137,7 +138,7 @@ def test_every_combination_composes_and_only_the_guides_rules_refuse():
             seen_invalid += 1
             continue
         seen_valid += 1
-        ds = plan.deepspeed_config(cfg, hidden=128, world=1)
+        ds = settings.deepspeed_config(cfg, hidden=128, world=1)
         # DeepSpeed ignores unknown top-level keys silently: every key we write must be one it reads.
         assert set(ds) <= DS_TOP_LEVEL, set(ds) - DS_TOP_LEVEL
         DeepSpeedZeroConfig(**ds["zero_optimization"])  # its pydantic model forbids unknown keys
@@ -154,7 +155,7 @@ def test_zero1_is_the_guides_zero1_as_deepspeed_reads_it():
     """The guide writes ZeRO-1 as {"stage": 1}: whatever else we spell out must be DeepSpeed's own
     default for it (ZeRO-2/3's overlap and hidden^2 reduce bucket cost ZeRO-1 ~20% of a 1B step)."""
     cfg = compose_point(["zero=stage1"])
-    ds = plan.deepspeed_config(cfg, hidden=2048, world=1)
+    ds = settings.deepspeed_config(cfg, hidden=2048, world=1)
     assert DeepSpeedZeroConfig(**ds["zero_optimization"]) == DeepSpeedZeroConfig(stage=1)
 
 
@@ -171,8 +172,8 @@ def test_hf_finds_nothing_to_correct(overrides):
     """HF's own check ('Please correct the following DeepSpeed config values that mismatch
     TrainingArguments') over our dict and our TrainingArguments: one source, so no mismatch."""
     cfg = compose_point(overrides)
-    ds = plan.deepspeed_config(cfg, hidden=cfg.model.hidden_size, world=1)
-    kwargs = plan.training_args(cfg, ds, Path("/tmp/unused"), use_cpu=True)
+    ds = settings.deepspeed_config(cfg, hidden=cfg.model.hidden_size, world=1)
+    kwargs = settings.training_args(cfg, ds, Path("/tmp/unused"), use_cpu=True)
     kwargs.update(deepspeed=None, fp16=False)  # TrainingArguments refuses fp16 on CPU; compare the flag below
     args = TrainingArguments(**kwargs)
     hf = HfTrainerDeepSpeedConfig(copy.deepcopy(ds))

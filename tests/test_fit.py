@@ -5,9 +5,10 @@ them whole: the default's would need 3.7 GiB); the 'GPU' has 15 MiB."""
 
 import pytest
 
-from pipeline import fit, plan
-from pipeline.compose import compose_point
-from pipeline.search.driver import Search
+from pipeline import plan
+from pipeline.check import fit
+from pipeline.check.compose import compose_point
+from pipeline.sweep.search.driver import Search
 
 from helpers import artifact_text, ok, run_pipeline, runs
 

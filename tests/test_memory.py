@@ -2,10 +2,12 @@
 reference's 1B Llama at seq 1024, bf16, micro batch 8, DeepSpeed AdamW): within 10% on every
 row, and the host plan where offload puts states there. New device measurements add rows here."""
 
+from pathlib import Path
+
 import pytest
 
 from pipeline import plan
-from pipeline.compose import compose_point
+from pipeline.check.compose import compose_point
 
 # micro batch 8 is the default; the perf presets set theirs.
 BENCH = ["model=llama_1b", "data=random_tokens", "precision=bf16", "optimizer=adamw"]
@@ -60,7 +62,7 @@ ROWS = [(*m, "gpu_peak") for m in MEASURED] + [(*m, "host_model_states") for m i
 )
 def test_the_plan_is_within_10_percent_of_the_measured_peak(overrides, peak_gib, where, figure):
     cfg = compose_point([*BENCH, *overrides])
-    planned = getattr(plan.make(cfg, plan.Path("/tmp/zerosweep-plan"), use_cpu=True).memory, figure) / 2**30
+    planned = getattr(plan.make(cfg, Path("/tmp/zerosweep-plan"), use_cpu=True).memory, figure) / 2**30
     assert abs(planned / peak_gib - 1) <= 0.10, (
         f"{figure}: plan {planned:.1f} GiB, measured {peak_gib} ({where})"
     )

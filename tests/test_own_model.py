@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline import corpus, tokenizer
+from pipeline.rank import corpus, tokenizer
 
 from helpers import ROOT, Own, artifact_text, mlflow_client, nan_model, ok, run_pipeline, runs
 

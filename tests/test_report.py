@@ -11,8 +11,8 @@ import pytest
 from mlflow.entities import Metric
 from PIL import Image
 
-from pipeline import points, report
-from pipeline.sweep_info import SweepInfo
+from pipeline.report import page, table
+from pipeline.sweep.info import SweepInfo
 from pipeline.track import RunState
 
 from helpers import ROOT, Sweep, ok
@@ -65,7 +65,7 @@ def assert_report_matches_runs(s: Sweep, expected_names: list[str]) -> None:
             assert row[key] == r.data.params[key]
         for key in METRICS:
             logged = r.data.metrics.get(key)
-            assert row[key] == ("-" if logged is None else points.fmt(logged)), (key, row, logged)
+            assert row[key] == ("-" if logged is None else table.fmt(logged)), (key, row, logged)
             assert f"<td>{html.escape(row[key])}</td>" in page
     assert page.count("data:image/png;base64,") == len(PNGS)
     for name in PNGS:
@@ -94,7 +94,7 @@ def test_pareto_front() -> None:
         row("diverged", 5000.0, 1.0, float("nan")),  # would top the front: never ranked
         row("killed midway", 4000.0, 1.5, 4.3, RunState.KILLED),
     ]
-    assert [r["name"] for r in report.pareto(rows)] == ["lean", "fast"]
+    assert [r["name"] for r in page.pareto(rows)] == ["lean", "fast"]
 
 
 @pytest.mark.slow
@@ -145,4 +145,4 @@ def test_unfinished_points(sweep: Sweep, tmp_path: Path) -> None:
     assert rows["zero=stage1,offload=nvme"]["state"] == "FAILED"
     assert all(rows[n][k] == "-" for n in rows for k in METRICS)
     assert_valid_png(tmp_path / "loss.png")
-    assert report.pareto(points.rows(SweepInfo(parent, eid, sweep.client.tracking_uri, [], []))) == []
+    assert page.pareto(table.rows(SweepInfo(parent, eid, sweep.client.tracking_uri, [], []))) == []

@@ -1,5 +1,5 @@
 """A point carried on with another GPU count: a checkpoint written by 2 ranks resumes on 1 and one
-written by 1 resumes on 2, through DeepSpeed's universal checkpoint (pipeline/checkpoints.py), and
+written by 1 resumes on 2, through DeepSpeed's universal checkpoint (pipeline/rank/checkpoints.py), and
 the loss goes on as the uninterrupted run's."""
 
 from pathlib import Path

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import Hung
-from pipeline.watchdog import Watchdog
+from pipeline.rank.watchdog import Watchdog
 
 
 def test_a_hang_in_the_jobs_own_process_is_raised_there_and_its_watchdog_ends(tmp_path: Path):

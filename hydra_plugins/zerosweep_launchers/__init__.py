@@ -1,8 +1,8 @@
 """Registers launchers/slurm.py with Hydra, which takes launcher classes only from hydra_plugins, and
-the search path of the recipes a search writes (pipeline/search/recipes.py)."""
+the search path of the recipes a search writes (pipeline/sweep/search/recipes.py)."""
 
 from launchers import slurm
-from pipeline.search.recipes import FoundRecipes  # noqa: F401 (Hydra finds plugins by module member)
+from pipeline.sweep.search.recipes import FoundRecipes  # noqa: F401 (Hydra finds plugins by module member)
 
 
 class SlurmLauncher(slurm.SlurmLauncher):

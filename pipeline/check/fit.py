@@ -1,0 +1,128 @@
+"""Does a point fit the machine it will run on? Its memory plan against the GPU's memory (the local
+GPU, or launcher.gpu_mem_gib: the cluster's nodes, or a stand-in for the local GPU) and, where
+offload puts states there, host memory. A point that does not fit never starts: a single run is
+refused, a sweep's point is skipped (recorded as such); check_fit=false starts it anyway."""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from pipeline import plan
+from pipeline.check import rules
+from pipeline.config import GIB, Config, OffloadDevice
+from pipeline.errors import ConfigError
+from pipeline.plan.memory import MemoryPlan
+
+
+@dataclass
+class Capacity:
+    """Bytes per GPU and per node's host memory where the point will run (None: not known)."""
+
+    gpu: int | None
+    host: int | None
+
+    @classmethod
+    def of(cls, cfg: Config, runs_here: bool) -> "Capacity":
+        gpu = None
+        if cfg.launcher.gpu_mem_gib is not None:
+            gpu = int(cfg.launcher.gpu_mem_gib * GIB)
+        elif runs_here:
+            gpu = _local_gpu()
+        host = psutil.virtual_memory().total if runs_here else None
+        if cfg.launcher.mem_gb is not None and not runs_here:
+            host = cfg.launcher.mem_gb * 10**9
+        return cls(gpu, host)
+
+
+def _local_gpu() -> int | None:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+
+
+def shortfall(cfg: Config, memory: MemoryPlan, capacity: Capacity) -> str | None:
+    """What does not fit, in words with the figures; None if it fits (or nothing is known)."""
+    gpu = memory.gpu_peak
+    if capacity.gpu is not None and gpu > capacity.gpu:
+        return f"needs ~{size(gpu)} per GPU, the GPU has {size(capacity.gpu)}"
+    if cfg.offload.device != OffloadDevice.none and capacity.host is not None:
+        if memory.host_model_states > capacity.host:
+            need, have = size(memory.host_model_states), size(capacity.host)
+            return f"needs ~{need} of host memory for the offloaded states, the node has {have}"
+    return None
+
+
+def size(n: int) -> str:
+    return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2**20:.0f} MiB"
+
+
+def refusal(cfg: Config, memory: MemoryPlan, runs_here: bool) -> ConfigError | None:
+    """The one line that refuses a point that does not fit, with the changes that would fit it."""
+    if not cfg.check_fit:
+        return None
+    capacity = Capacity.of(cfg, runs_here)
+    problem = shortfall(cfg, memory, capacity)
+    if problem is None:
+        return None
+    fixes = [change for change, variant in _variants(cfg) if _fits(variant, capacity)]
+    fix = f"use {_either(fixes) if fixes else _fallback(cfg, memory, capacity)}"
+    return ConfigError("memory", problem, f"{fix}; check_fit=false starts it anyway")
+
+
+def _fallback(cfg: Config, memory: MemoryPlan, capacity: Capacity) -> str:
+    """What is left when no override fits: more hardware, or NVMe for the GPU's share. Short of host
+    memory, NVMe at the default zero.sub_group_size needs nearly what CPU offload does (its pinned
+    swap buffers: memory.nvme_host_bytes), so it is not offered there."""
+    if capacity.gpu is not None and memory.gpu_peak > capacity.gpu:
+        nvme = ", or offload=nvme" if cfg.offload.device != OffloadDevice.nvme else ""
+        return f"a GPU with more memory, more GPUs{nvme}"
+    return "a node with more memory or more nodes"
+
+
+def _variants(cfg: Config) -> list[tuple[str, Config]]:
+    """The usual ways to need less memory per GPU (or, on NVMe, on the host), each as the override
+    that makes it."""
+    z, t = cfg.zero, cfg.trainer
+    tried = []
+    if cfg.offload.device == OffloadDevice.none and z.stage > 0:
+        tried.append(_variant(cfg, "offload=cpu", "offload", device=OffloadDevice.cpu))
+    if z.stage < 3:
+        tried.append(_variant(cfg, "zero=stage3", "zero", stage=3))
+    if cfg.offload.device == OffloadDevice.nvme and cfg.offloads_optimizer and z.sub_group_size > 10**7:
+        # NVMe swaps the optimizer through pinned host buffers a sub-group large (memory.nvme_host_bytes).
+        tenth = z.sub_group_size // 10
+        tried.append(_variant(cfg, f"zero.sub_group_size={tenth}", "zero", sub_group_size=tenth))
+    if z.stage > 0 and z.reduce_bucket_size and z.contiguous_gradients:
+        # DeepSpeed allocates its reduce buckets whole, whatever the model's size.
+        tenth = z.reduce_bucket_size // 10
+        tried.append(_variant(cfg, f"zero.reduce_bucket_size={tenth}", "zero", reduce_bucket_size=tenth))
+    if t.micro_batch_size > 1:
+        half = t.micro_batch_size // 2
+        tried.append(_variant(cfg, f"trainer.micro_batch_size={half}", "trainer", micro_batch_size=half))
+    if not t.gradient_checkpointing:
+        tried.append(
+            _variant(cfg, "trainer.gradient_checkpointing=true", "trainer", gradient_checkpointing=True)
+        )
+    return tried
+
+
+def _variant(cfg: Config, override: str, group: str, **change: object) -> tuple[str, Config]:
+    """`cfg` as `override` would make it: `change` applied to its `group`."""
+    return override, dataclasses.replace(cfg, **{group: dataclasses.replace(getattr(cfg, group), **change)})
+
+
+def _fits(variant: Config, capacity: Capacity) -> bool:
+    try:
+        rules.check(variant)
+    except ConfigError:
+        return False
+    return (
+        shortfall(variant, plan.make(variant, Path(variant.outputs_dir), use_cpu=True).memory, capacity)
+        is None
+    )
+
+
+def _either(changes: list[str]) -> str:
+    return changes[0] if len(changes) == 1 else f"{', '.join(changes[:-1])} or {changes[-1]}"

@@ -1,0 +1,136 @@
+"""Checks of the machine a point will run on: NVMe path, libaio, GPU-only features, HF names.
+
+Run before any process or job starts (locally) and again at the start of a cluster job, on
+the node that runs it. Each failure is one ConfigError naming the key to change.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+from pipeline.config import GIB, Config, OffloadDevice, Provider
+from pipeline.errors import ConfigError
+
+
+def check(cfg: Config, nvme_bytes: int, runs_here: bool = True) -> None:
+    """Raise ConfigError for the first problem of this machine with this config. The GPU checks
+    only where the point will train (runs_here): a cluster's nodes check themselves, in the job."""
+    _check_hf_names(cfg)
+    if cfg.offload.device == OffloadDevice.nvme:
+        _check_nvme_path(cfg, nvme_bytes)
+        if not libaio_usable():
+            raise ConfigError(
+                "offload.device",
+                "NVMe offload needs libaio, which DeepSpeed cannot build against here",
+                "install libaio-dev (apt-get install libaio-dev), or use offload=cpu",
+            )
+    if runs_here and not cfg.dry_run:
+        _check_accelerator(cfg)
+
+
+def nvme_path(cfg: Config) -> Path:
+    return Path(cfg.offload.nvme_path).expanduser().absolute()
+
+
+def _check_nvme_path(cfg: Config, need: int) -> None:
+    path = nvme_path(cfg)
+    if path == Path(cfg.outputs_dir).absolute() / "nvme":
+        path.mkdir(parents=True, exist_ok=True)  # the default lives in our own outputs/
+    if not path.is_dir():
+        raise ConfigError(
+            "offload.nvme_path",
+            f"{path} does not exist",
+            "create it, or point offload.nvme_path at a directory on an NVMe drive",
+        )
+    try:
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            "offload.nvme_path",
+            f"{path} is not writable ({e.strerror})",
+            "point offload.nvme_path at a writable directory",
+        ) from None
+    need = cfg.offload.nvme_min_free if cfg.offload.nvme_min_free is not None else need
+    free = shutil.disk_usage(path).free
+    if free < need:
+        raise ConfigError(
+            "offload.nvme_path",
+            f"{path} has {free / GIB:.1f} GiB free, the offloaded states need {need / GIB:.1f} GiB",
+            "free space there, or choose a larger drive",
+        )
+
+
+@lru_cache(maxsize=1)
+def libaio_usable() -> bool:
+    """DeepSpeed's own test: can its async_io op be built here (libaio and its headers)?"""
+    with quiet():
+        from deepspeed.ops.op_builder import AsyncIOBuilder
+
+        return bool(AsyncIOBuilder().is_compatible(verbose=False))
+
+
+def _check_accelerator(cfg: Config) -> None:
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if cfg.precision.fp16 and gpus == 0:
+        raise ConfigError(
+            "precision",
+            "fp16 needs a GPU (DeepSpeed on CPU has no fp16)",
+            "use precision=bf16 or precision=fp32 here, or dry_run=true to check the plan",
+        )
+    cores = len(os.sched_getaffinity(0))
+    if not gpus and cfg.trainer.nproc_per_node > cores:
+        raise ConfigError(
+            "trainer.nproc_per_node",
+            f"{cfg.trainer.nproc_per_node} ranks but {cores} CPU cores here and no GPU",
+            f"set trainer.nproc_per_node={cores} or fewer",
+        )
+    if gpus and cfg.trainer.nproc_per_node > gpus:
+        raise ConfigError(
+            "trainer.nproc_per_node",
+            f"{cfg.trainer.nproc_per_node} ranks but {gpus} GPUs here",
+            f"set trainer.nproc_per_node={gpus} or fewer",
+        )
+
+
+def _check_hf_names(cfg: Config) -> None:
+    if cfg.optimizer.provider == Provider.hf:
+        from transformers.training_args import OptimizerNames
+
+        if cfg.optimizer.name not in {o.value for o in OptimizerNames}:
+            raise ConfigError(
+                "optimizer.name",
+                f"the HF Trainer has no optim '{cfg.optimizer.name}'",
+                "use adamw_torch, adamw_torch_fused, adafactor, sgd, ... (transformers OptimizerNames)",
+            )
+    if cfg.scheduler.provider == Provider.hf:
+        from transformers.trainer_utils import SchedulerType
+
+        if cfg.scheduler.name not in {s.value for s in SchedulerType}:
+            raise ConfigError(
+                "scheduler.name",
+                f"the HF Trainer has no lr_scheduler_type '{cfg.scheduler.name}'",
+                "use linear, cosine, constant_with_warmup, ... (transformers SchedulerType)",
+            )
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence what DeepSpeed prints at import and build-test time, down to the file descriptors."""
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

@@ -1,0 +1,275 @@
+"""The guide's rules for combining ZeRO, offload, precision and optimizers, one message each.
+
+Pure checks on a composed config: no environment, no imports of heavy libraries, so a whole
+sweep is checked in well under a second before any point starts.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+from pipeline.config import Config, DataSource, ModelConf, ModelSource, OffloadDevice, Provider, Tokenizer
+from pipeline.errors import ConfigError
+
+# DeepSpeed 0.19's built-in optimizer and scheduler types (deepspeed.runtime.config, lr_schedules).
+DS_OPTIMIZERS = {"Adam", "AdamW", "Lamb", "Adagrad", "Lion"}
+# The guide's 1-bit optimizers: DeepSpeed 0.19 no longer ships them (its engine would look them up
+# in torch.optim and fail only once the ranks have started).
+# perf=resident's threshold: every parameter stays whole on each GPU.
+RESIDENT = 10**12
+ONE_BIT = {"onebitadam", "onebitlamb", "zerooneadam"}
+DS_SCHEDULERS = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"}
+
+
+def check(cfg: Config) -> None:
+    """Raise ConfigError for the first rule the config breaks."""
+    _check_ranges(cfg)
+    _check_offload(cfg)
+    _check_optimizer(cfg)
+    _check_scheduler(cfg)
+    _check_resident(cfg)
+    _check_model(cfg)
+    _check_data(cfg)
+    _check_saving(cfg)
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every count and size in range, before DeepSpeed or the Trainer meet it (a zero seq_len or a
+    negative bucket would fail only in the ranks, as a traceback)."""
+    if cfg.zero.stage not in (0, 1, 2, 3):
+        raise ConfigError(
+            "zero.stage", f"ZeRO has stages 0-3, not {cfg.zero.stage}", "use zero=stage0..stage3"
+        )
+    for key, least in {**{k: 1 for k in AT_LEAST_ONE}, **{k: 0 for k in AT_LEAST_ZERO}}.items():
+        value = _value(cfg, key)
+        if value is not None and value < least:
+            raise ConfigError(key, f"must be at least {least}, got {value}", f"set {key}={least} or more")
+    o = cfg.optimizer
+    if not (math.isfinite(o.lr) and o.lr > 0):
+        raise ConfigError(
+            "optimizer.lr", f"must be a finite number above 0, got {o.lr}", "set e.g. optimizer.lr=3e-4"
+        )
+    for key in ("optimizer.beta1", "optimizer.beta2"):
+        if not 0 <= _value(cfg, key) < 1:
+            raise ConfigError(key, f"must be in [0, 1), got {_value(cfg, key)}", f"set e.g. {key}=0.9")
+    for key in ("optimizer.eps", "optimizer.weight_decay", "trainer.max_grad_norm"):
+        value = _value(cfg, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(key, f"must be a finite number, 0 or more, got {value}", f"set {key}=0 or more")
+    m = cfg.model
+    if m.source == ModelSource.built and m.hidden_size % m.num_attention_heads:
+        raise ConfigError(
+            "model.hidden_size",
+            f"{m.hidden_size} is not a multiple of model.num_attention_heads ({m.num_attention_heads})",
+            "make model.hidden_size a multiple of model.num_attention_heads",
+        )
+
+
+def _value(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+# Counts and sizes (None: derived later, not checked here).
+AT_LEAST_ONE = (
+    "trainer.micro_batch_size",
+    "trainer.gradient_accumulation_steps",
+    "trainer.max_steps",
+    "trainer.nproc_per_node",
+    "trainer.nnodes",
+    "trainer.logging_steps",
+    "trainer.save_total_limit",
+    "data.seq_len",
+    "model.hidden_size",
+    "model.intermediate_size",
+    "model.num_hidden_layers",
+    "model.num_attention_heads",
+    "model.num_key_value_heads",
+    "model.vocab_size",
+    "zero.allgather_bucket_size",
+    "zero.reduce_bucket_size",
+    "zero.sub_group_size",
+    "zero.stage3_prefetch_bucket_size",
+    "zero.stage3_max_live_parameters",
+    "zero.stage3_max_reuse_distance",
+    "offload.optimizer_buffer_count",
+    "offload.param_buffer_count",
+    "offload.param_buffer_size",
+    "offload.aio.block_size",
+    "offload.aio.queue_depth",
+    "offload.aio.thread_count",
+    "launcher.timeout_min",
+    "launcher.cpus_per_gpu",
+    "launcher.array_parallelism",
+)
+AT_LEAST_ZERO = (
+    "scheduler.warmup_steps",
+    "trainer.eval_steps",
+    "trainer.save_steps",
+    "trainer.timing_warmup_steps",
+    "trainer.dataloader_num_workers",
+    "trainer.seed",
+    "trainer.hang_timeout_s",
+    "sweep.retries",
+    "tracking.buffer_s",
+    "zero.stage3_param_persistence_threshold",
+    "offload.max_in_cpu",
+    "precision.loss_scale",
+)
+
+
+def _check_offload(cfg: Config) -> None:
+    off, stage = cfg.offload, cfg.zero.stage
+    if off.device == OffloadDevice.none:
+        if off.params:
+            raise ConfigError(
+                "offload.params",
+                "parameter offload needs an offload device",
+                "use offload=cpu or offload=nvme with zero=stage3",
+            )
+        return
+    if stage == 0:
+        raise ConfigError(
+            "offload.device",
+            f"offload to {off.device.value} needs ZeRO (stage 1-3)",
+            "use zero=stage2 (optimizer offload) or zero=stage3",
+        )
+    if off.device == OffloadDevice.nvme and stage != 3:
+        raise ConfigError(
+            "offload.device",
+            "NVMe offload (ZeRO-Infinity) needs ZeRO-3",
+            "use zero=stage3, or offload=cpu with this stage",
+        )
+    if off.params and stage != 3:
+        raise ConfigError(
+            "offload.params", "parameter offload needs ZeRO-3", "use zero=stage3, or offload.params=false"
+        )
+    if off.device == OffloadDevice.nvme and not off.nvme_path:
+        raise ConfigError(
+            "offload.nvme_path", "NVMe offload needs a path", "set offload.nvme_path=/local_nvme"
+        )
+    if not (off.optimizer or cfg.offloads_params):
+        raise ConfigError(
+            "offload", "offload is on but nothing is offloaded", "use offload=none, or offload.optimizer=true"
+        )
+
+
+def _check_optimizer(cfg: Config) -> None:
+    opt = cfg.optimizer
+    if opt.provider == Provider.deepspeed and opt.name.lower() in ONE_BIT:
+        raise ConfigError(
+            "optimizer.name",
+            f"DeepSpeed 0.19 has no {opt.name} (its 1-bit optimizers were removed)",
+            "use optimizer=adamw; for less gradient traffic, zero.communication_data_type=bf16",
+        )
+    if opt.provider == Provider.deepspeed and opt.name not in DS_OPTIMIZERS:
+        raise ConfigError(
+            "optimizer.name",
+            f"DeepSpeed has no optimizer '{opt.name}'",
+            f"use one of {', '.join(sorted(DS_OPTIMIZERS))}, or optimizer.provider=hf",
+        )
+    if not cfg.offloads_optimizer:
+        return
+    if opt.name.lower() == "lamb":
+        raise ConfigError(
+            "optimizer", "LAMB cannot be used with optimizer offload", "use optimizer=adamw, or offload=none"
+        )
+    if opt.provider == Provider.hf and not opt.cpu_impl:
+        raise ConfigError(
+            "optimizer",
+            f"'{opt.name}' has no CPU implementation, which optimizer offload needs",
+            "use optimizer=adamw (DeepSpeedCPUAdam), or offload=none",
+        )
+
+
+def _check_scheduler(cfg: Config) -> None:
+    sch = cfg.scheduler
+    if sch.provider == Provider.deepspeed and sch.name not in DS_SCHEDULERS:
+        raise ConfigError(
+            "scheduler.name",
+            f"DeepSpeed has no scheduler '{sch.name}'",
+            f"use one of {', '.join(sorted(DS_SCHEDULERS))}, or scheduler.provider=hf",
+        )
+
+
+def _check_resident(cfg: Config) -> None:
+    """A persistence threshold is ZeRO-3's (perf=resident sets one above the largest tensor)."""
+    if cfg.zero.stage3_param_persistence_threshold is None:
+        return
+    key = "zero.stage3_param_persistence_threshold"
+    if cfg.zero.stage != 3:
+        raise ConfigError(
+            key,
+            f"keeps ZeRO-3 parameters whole, but zero.stage is {cfg.zero.stage}",
+            "use it with zero=stage3, or perf=none",
+        )
+    if cfg.offloads_params and cfg.zero.stage3_param_persistence_threshold >= RESIDENT:
+        raise ConfigError(
+            key,
+            "parameters cannot stay on the GPU and be offloaded",
+            "use offload=none, or offload.params=false",
+        )
+
+
+def _check_model(cfg: Config) -> None:
+    m = cfg.model
+    if m.source != ModelSource.pretrained:
+        return
+    if not m.name_or_path:
+        raise ConfigError(
+            "model.name_or_path",
+            "model=hf needs the pretrained model",
+            "set model.name_or_path=/path/to/model",
+        )
+    if cfg.data.source == DataSource.text and cfg.data.tokenizer == Tokenizer.auto:
+        raise ConfigError(
+            "data",
+            "the shipped corpus is byte tokens, not the pretrained model's tokenizer",
+            f"use data=files data.train_files={cfg.data.path} (the model's tokens), or data.tokenizer=byte",
+        )
+    sizes = {
+        f.name: f.default for f in dataclasses.fields(ModelConf) if f.name not in ("source", "name_or_path")
+    }
+    for key, default in sizes.items():
+        if getattr(m, key) != default:
+            raise ConfigError(
+                f"model.{key}", "the pretrained model's own config decides it", f"remove model.{key}=..."
+            )
+
+
+def _check_data(cfg: Config) -> None:
+    d = cfg.data
+    if d.source != DataSource.files:
+        return
+    if d.train_files is None:
+        raise ConfigError(
+            "data.train_files", "data=files needs the training data", "set data.train_files=/data/train.jsonl"
+        )
+    if not 0 <= d.eval_fraction < 1:
+        raise ConfigError(
+            "data.eval_fraction", f"{d.eval_fraction} is not in [0, 1)", "set e.g. data.eval_fraction=0.05"
+        )
+    if d.eval_files is not None and d.eval_fraction > 0:
+        raise ConfigError(
+            "data.eval_fraction",
+            "there are eval files already",
+            "give data.eval_files or data.eval_fraction, not both",
+        )
+
+
+def _check_saving(cfg: Config) -> None:
+    t, z = cfg.trainer, cfg.zero
+    if t.export_fp32 and z.stage == 0:
+        raise ConfigError(
+            "trainer.export_fp32",
+            "zero_to_fp32 reads ZeRO checkpoints (stages 1-3)",
+            "use zero=stage1..stage3, or trainer.export_fp32=false (ZeRO-0 saves the whole weights)",
+        )
+    if t.save_model and z.stage == 3 and not z.stage3_gather_16bit_weights_on_model_save:
+        raise ConfigError(
+            "zero.stage3_gather_16bit_weights_on_model_save",
+            "ZeRO-3 cannot save the trained model whole without it",
+            "set it true, or trainer.save_model=false (with trainer.export_fp32=true for fp32 weights)",
+        )

@@ -1,0 +1,150 @@
+"""Where a point's ranks run. Here (`Local`): one rank in-process, or N under torch's elastic
+launcher; the Slurm side (slurm.py) is the other `Placement`.
+
+Hydra runs the job function once; the N ranks are spawned from inside it, so Hydra never runs
+twice (the usual Hydra + DDP trap) and each rank gets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_*.
+"""
+
+import atexit
+import gc
+import os
+import signal
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+from pipeline import track
+from pipeline.errors import Terminated, raise_terminated
+from pipeline.job import Job
+from pipeline.rank import train, watchdog
+
+
+class Placement(Protocol):
+    """What app.run asks of where the ranks run, instead of reading the environment itself."""
+
+    # This process opens and closes the point's MLflow run (Slurm: only the task of rank 0).
+    owns_run: bool
+    # An earlier attempt of this job ran (a Slurm requeue): reopen its run, resume its checkpoint.
+    requeued: bool
+
+    def tags(self) -> dict[str, str]:
+        """Tags that let a run left RUNNING be settled later (its owner process, or Slurm job)."""
+
+    @property
+    def ranks(self) -> int:
+        """The world size this attempt trains with (a requeued Slurm job may have another)."""
+
+    def checkpoint(self, out: Path) -> str | None:
+        """The checkpoint to resume from, if this attempt resumes one."""
+
+    def launch(self, job: Job) -> dict[str, float]:
+        """Train the job's ranks; returns rank 0's summary."""
+
+
+@dataclass
+class Local:
+    """This machine: one rank in this process, or nproc ranks under torch's elastic launcher."""
+
+    nproc: int
+    owns_run: bool = True
+    requeued: bool = False
+
+    @property
+    def ranks(self) -> int:
+        return self.nproc
+
+    def tags(self) -> dict[str, str]:
+        return track.owner_tags()
+
+    def checkpoint(self, out: Path) -> str | None:
+        return None
+
+    def launch(self, job: Job) -> dict[str, float]:
+        watchdog.forget(job.out)
+        try:
+            return self._ranks(job)
+        except Exception as e:  # a hang stops the ranks; their stacks say where they waited
+            hung = watchdog.collect(job.out)
+            if hung is None:
+                raise
+            raise hung from e
+
+    def _ranks(self, job: Job) -> dict[str, float]:
+        if self.nproc == 1:
+            return _in_process(job)
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=self.nproc,
+            run_id=f"zerosweep-{uuid.uuid4().hex[:8]}",
+            rdzv_backend="c10d",
+            rdzv_endpoint="127.0.0.1:0",
+            start_method="spawn",
+            max_restarts=0,
+            monitor_interval=1,
+        )
+        try:
+            return elastic_launch(config, elastic_rank)(job)[0]
+        except SignalException as e:  # the elastic agent's own SIGTERM handler, during the run
+            raise Terminated(f"terminated by {signal.Signals(e.sigval).name}") from e
+
+
+def _in_process(job: Job) -> dict[str, float]:
+    world_of_one()
+    try:
+        return train.worker(job, own_process=False)
+    finally:  # the next point of a local sweep runs in this process: hand its memory back
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def world_of_one() -> None:
+    """A world of one rank in this process; it stays up across the points of a local sweep."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
+    )
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+
+
+@record  # a failing rank's exception reaches the job's error (else only "ChildFailedError")
+def elastic_rank(job: Job) -> dict[str, float]:
+    """A rank under torch's elastic launcher, which stops the other ranks with SIGTERM when one
+    fails: raised here, so rank 0's buffered metrics are flushed on the way out. (A Slurm task
+    keeps submitit's handling: Slurm sends SIGTERM before a preemption's requeue.)"""
+    signal.signal(signal.SIGTERM, raise_terminated)
+    return rank_main(job)
+
+
+def rank_main(job: Job) -> dict[str, float]:
+    """A rank in its own process: train, then leave the process group cleanly (gloo can abort
+    at interpreter exit otherwise)."""
+    share_cpus()
+    try:
+        return train.worker(job)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def share_cpus() -> None:
+    """This rank's CPU threads (torch's and the OpenMP of DeepSpeed's CPU Adam): OMP_NUM_THREADS if
+    given, a Slurm task's CPUs, else an equal share of this host's. torchrun gives each of several
+    ranks 1 thread (its CPU Adam ran 3x slower on 2 GPUs: RESULTS.md), torch alone all to each."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = os.environ.get("SLURM_CPUS_PER_TASK") or str(max(1, len(os.sched_getaffinity(0)) // local))
+    os.environ.setdefault("OMP_NUM_THREADS", share)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

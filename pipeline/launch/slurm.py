@@ -1,0 +1,51 @@
+"""The job side of launcher=slurm: each task of a point's Slurm job is one rank.
+
+torch's variables come from Slurm's (submitit's TorchDistributedEnvironment); the task of rank 0
+owns the point's MLflow run; a requeued job (preemption, time limit) reopens that run and
+resumes from its newest checkpoint.
+"""
+
+import os
+from pathlib import Path
+
+import submitit
+
+from pipeline import track
+from pipeline.config import Config
+from pipeline.job import Job
+from pipeline.launch import local
+from pipeline.rank import checkpoints
+
+
+class SlurmTask:
+    """This process: one task of a Slurm job that launcher=slurm submitted."""
+
+    def __init__(self) -> None:
+        self.owns_run = os.environ["SLURM_PROCID"] == "0"
+        self.requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+
+    def tags(self) -> dict[str, str]:
+        """The job as submitit and sacct name it (123, or 123_4 in an array): a run this job leaves
+        RUNNING is settled from the job's state (launchers/slurm.py)."""
+        return {track.SLURM_JOB: submitit.JobEnvironment().job_id}
+
+    @property
+    def ranks(self) -> int:
+        """The job's tasks as Slurm runs them now (after a requeue onto other nodes, too)."""
+        return submitit.JobEnvironment().num_tasks
+
+    def checkpoint(self, out: Path) -> str | None:
+        return checkpoints.newest(out) if self.requeued else None
+
+    def launch(self, job: Job) -> dict[str, float]:
+        """Each task is a rank, as a local rank is (its CPU threads are the task's CPUs)."""
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        return local.rank_main(job)
+
+
+def placement(cfg: Config) -> local.Placement:
+    """Where this job's ranks run: as the tasks of a Slurm job that launcher=slurm submitted (not a
+    plain run inside an allocation), or here."""
+    if cfg.launcher.name == "slurm" and "SLURM_PROCID" in os.environ:
+        return SlurmTask()
+    return local.Local(cfg.trainer.nproc_per_node)

@@ -1,0 +1,42 @@
+"""The plan of one point: what DeepSpeed and the Trainer get (settings.py, from one source of
+truth) and the memory it needs (memory.py), from the composed config and the model's shape (read
+from its config, never its weights)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Config
+from pipeline.plan import memory, settings
+from pipeline.plan.memory import MemoryPlan
+from pipeline.rank import model, tokenizer
+
+
+@dataclass
+class Plan:
+    deepspeed: dict[str, Any]
+    training_args: dict[str, Any]
+    world_size: int
+    params: int
+    flops_per_token: float
+    memory: MemoryPlan
+
+
+def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
+    model_cfg = model.model_config(cfg, tokenizer.BYTE_VOCAB)
+    params, largest = model.sizes(model_cfg)
+    world = cfg.trainer.nproc_per_node * cfg.trainer.nnodes
+    ds = settings.deepspeed_config(cfg, model_cfg.hidden_size, world)
+    return Plan(
+        deepspeed=ds,
+        training_args=settings.training_args(cfg, ds, output_dir, use_cpu),
+        world_size=world,
+        params=params,
+        flops_per_token=model.flops_per_token(model_cfg, params, cfg.data.seq_len),
+        memory=memory.estimate(
+            cfg,
+            memory.ModelShape(
+                params, largest, model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
+            ),
+        ),
+    )

@@ -1,0 +1,164 @@
+"""Memory a point is expected to need per GPU, on the host and on NVMe.
+
+Host and NVMe come from DeepSpeed's own model-state estimators. The GPU figure is the peak of
+the backward pass, which is where the measured peaks sit (benchmarks/RESULTS.md: 1B Llama on
+H100s, every ZeRO stage, CPU and NVMe offload, the perf presets, 1 and 2 GPUs): the model states
+that live through it, ZeRO's communication buckets, and everything the forward pass saved
+(activations and the loss's fp32 logits). The constants below are counts of bytes, checked
+against those peaks (tests/test_memory.py holds the table; the bar is 10%).
+"""
+
+from dataclasses import dataclass, field
+
+from pipeline.config import GIB, Config, OffloadDevice
+
+# Mixed-precision Adam keeps 16 bytes per parameter: fp16/bf16 weights and grads (2 + 2), fp32
+# master weights, momentum and variance (4 + 4 + 4); fp32 training the same 16 (4 + 4 + 8).
+STATE_BYTES_PER_PARAM = 16
+# ZeRO-0 with bf16 (DeepSpeed's BF16_Optimizer): 16-bit weights 2, fp32 master 4, fp32 gradient
+# accumulator 4, Adam 8; each 16-bit gradient is folded into the accumulator as it is made.
+ZERO0_BYTES_PER_PARAM = 18
+# ZeRO-1/2 make the fp32 gradient partition (4 bytes a parameter, per rank) in the optimizer step
+# only, after backward has freed the activations: the backward peak does without it.
+FP32_GRAD_BYTES = 4
+# ZeRO-3 with its parameters offloaded still holds on each GPU the gathered 16-bit weights (up to
+# stage3_max_live_parameters) and the fp32 gradient partition on its way to the host.
+ZERO3_OFFLOAD_GPU_BYTES = (2, 4)
+# ZeRO-3 on GPU: beside DeepSpeed's estimate (its partitions), every rank holds what it gathered,
+# the 16-bit weights (up to stage3_max_live_parameters) and gradients on their way to the
+# reduce-scatter: 3 bytes a parameter net, measured on 1 and 2 GPUs (28.5 and 23.3 GiB, 1B Llama).
+ZERO3_GATHERED_BYTES = 3
+# Under offload=nvme a rank's host memory holds the pinned swap buffers, not the states: the 16-bit
+# parameters' (param_buffer_count x param_buffer_size), the optimizer's fp32 states'
+# (optimizer_buffer_count x the largest sub-group: sub_group_size or the rank's partition, if
+# smaller), the fp32 gradient partition, and the rank's runtime (Python, torch, the CUDA context:
+# 2.2-2.4 GiB measured on an H100 without offload). Measured: 1B 22.3 GiB, the small Llama 5.1.
+NVME_RANK_RUNTIME = int(2.3 * GIB)
+# Korthikanti et al.'s per-layer activations, s*b*h*34 bytes in 16-bit (the attention score term
+# is dropped: SDPA does not store it); under checkpointing, each layer's 16-bit input only, plus
+# one layer recomputed in full.
+ACTIVATION_BYTES, CHECKPOINTED_BYTES = 34, 2
+# The loss's logits (vocab x tokens), alive at the start of backward: the 16-bit logits the model
+# returns (2), their fp32 log-softmax (4), its gradient and the logits' fp32 gradient (4 + 4);
+# 12 in all fits the measured peaks (the fp32 upcast and the softmax gradient do not overlap fully).
+LOGIT_BYTES = 12
+# torch.compile fuses elementwise ops and keeps fewer intermediates: 0.68 of the eager bytes
+# (measured: ZeRO-2 micro batch 16 and 32 on 1 and 2 GPUs, ZeRO-3 resident, both offloads).
+COMPILED_FRACTION = 0.68
+
+
+@dataclass
+class MemoryPlan:
+    """Expected bytes: per GPU (model states, communication buffers, saved activations and their
+    peak together), per node's host memory for the model states (under NVMe, what they pass
+    through: see nvme_host_bytes), on NVMe."""
+
+    gpu_model_states: int
+    gpu_buffers: int
+    gpu_activations: int
+    host_model_states: int
+    nvme: int
+    gpu_peak: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gpu_peak = self.gpu_model_states + self.gpu_buffers + self.gpu_activations
+
+
+@dataclass
+class ModelShape:
+    """What memory depends on in a model: its sizes, not its weights."""
+
+    params: int
+    largest_layer: int
+    hidden: int
+    layers: int
+    vocab: int
+
+
+def estimate(cfg: Config, shape: ModelShape) -> MemoryPlan:
+    host, gpu = model_states(cfg, shape)
+    nvme = 0
+    if cfg.offload.device == OffloadDevice.nvme:
+        # What leaves host memory for the drive: optimizer states and parameters, this node's share.
+        nvme = STATE_BYTES_PER_PARAM * shape.params // cfg.trainer.nnodes
+        host = nvme_host_bytes(cfg, shape.params)
+    return MemoryPlan(
+        gpu_model_states=int(gpu),
+        gpu_buffers=bucket_bytes(cfg),
+        gpu_activations=activation_bytes(cfg, shape),
+        host_model_states=int(host),
+        nvme=int(nvme),
+    )
+
+
+def nvme_host_bytes(cfg: Config, params: int) -> int:
+    """Host memory a node needs under offload=nvme: DeepSpeed's estimate is CPU offload's (all
+    states in host memory), but NVMe keeps there only what passes through (see NVME_RANK_RUNTIME)."""
+    ranks, off = cfg.trainer.nproc_per_node, cfg.offload
+    per_rank = params // (ranks * cfg.trainer.nnodes)
+    host = NVME_RANK_RUNTIME
+    if cfg.offloads_params:
+        host += off.param_buffer_count * off.param_buffer_size * (2 if cfg.precision.half else 4)
+    if cfg.offloads_optimizer:
+        host += (off.optimizer_buffer_count * min(cfg.zero.sub_group_size, per_rank) + per_rank) * 4
+    return ranks * host
+
+
+def model_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
+    """(host, per GPU) bytes of model states during backward, from DeepSpeed's estimators."""
+    ranks, nodes = cfg.trainer.nproc_per_node, cfg.trainer.nnodes
+    params, stage = shape.params, cfg.zero.stage
+    to_cpu = cfg.offloads_optimizer
+    if stage == 3:
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+        host, gpu, _ = estimate_zero3_model_states_mem_needs(
+            params,
+            shape.largest_layer,
+            ranks,
+            nodes,
+            cpu_offload=to_cpu,
+            cpu_offload_params=cfg.offloads_params,
+            zero_init=True,
+        )
+        live = min(params, cfg.zero.stage3_max_live_parameters)
+        if cfg.offloads_params:
+            weights, grads = ZERO3_OFFLOAD_GPU_BYTES
+            return host, gpu + weights * live + grads * params // (ranks * nodes)
+        gpu += ZERO3_GATHERED_BYTES * live
+        if (cfg.zero.stage3_param_persistence_threshold or 0) >= shape.largest_layer:
+            # Every weight persistent (perf=resident): each GPU also holds them all, whole.
+            gpu += params * (2 if cfg.precision.half else 4)
+        return host, gpu
+    if stage in (1, 2):
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+        host, gpu = estimate_zero2_model_states_mem_needs(params, ranks, nodes, cpu_offload=to_cpu)
+        if to_cpu:  # the 16-bit gradients wait on the GPU for their copy to the host
+            return host, gpu + 2 * params
+        return host, gpu - FP32_GRAD_BYTES * params // (ranks * nodes)
+    return 0, ZERO0_BYTES_PER_PARAM * params
+
+
+def bucket_bytes(cfg: Config) -> int:
+    """ZeRO's gradient reduce bucket, allocated whole whatever the model's size (contiguous_gradients),
+    two of them with overlap_comm (one fills while the other is reduced). A bucket left to
+    DeepSpeed's "auto" is hidden^2 elements: negligible."""
+    z = cfg.zero
+    if z.stage == 0 or not z.reduce_bucket_size or not z.contiguous_gradients:
+        return 0
+    return z.reduce_bucket_size * (2 if cfg.precision.half else 4) * (2 if z.overlap_comm else 1)
+
+
+def activation_bytes(cfg: Config, shape: ModelShape) -> int:
+    """What the forward pass saves for backward: every layer's activations and the loss's logits."""
+    t = cfg.trainer
+    tokens = cfg.data.seq_len * t.micro_batch_size
+    fp32_factor = 1 if cfg.precision.half else 2
+    if t.gradient_checkpointing:
+        layers = (CHECKPOINTED_BYTES * shape.layers + ACTIVATION_BYTES) * tokens * shape.hidden
+    else:
+        layers = ACTIVATION_BYTES * tokens * shape.hidden * shape.layers
+    logits = (LOGIT_BYTES + (0 if cfg.precision.half else 2)) * tokens * shape.vocab
+    saved = layers * fp32_factor + logits
+    return int(saved * COMPILED_FRACTION) if t.torch_compile else saved

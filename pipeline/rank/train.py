@@ -1,0 +1,117 @@
+"""One training rank: model + data + HF Trainer with the planned DeepSpeed config, then the
+trained model saved as a Hugging Face model directory.
+
+Runs in the job process (one rank), in a process started by torch's elastic launcher (N
+ranks), or in a Slurm task; takes a pickled Job and returns a plain summary.
+"""
+
+import gc
+import os
+import warnings
+from collections.abc import Callable
+
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+from pipeline import track
+from pipeline.config import ModelSource
+from pipeline.job import Job
+from pipeline.rank import data, model, tokenizer
+from pipeline.rank.metrics import Diverged, StepMetrics
+from pipeline.rank.watchdog import Watchdog
+
+
+def worker(job: Job, own_process: bool = True) -> dict[str, float]:
+    """Train one rank; rank 0 appends metrics to the job's MLflow run. Returns this rank's summary.
+    own_process: the rank is a process of its own (not the job's, as one local rank is)."""
+    # DeepSpeed calls torch.distributed's deprecated names on every step: keep the progress readable.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    cfg, t = job.cfg, job.cfg.trainer
+    arch = model.model_config(cfg, tokenizer.BYTE_VOCAB)
+    if cfg.model.zero3_init or cfg.model.source == ModelSource.pretrained:
+        # Arguments first: their live DeepSpeed config makes HF build or load the model already
+        # partitioned under ZeRO-3 (zero.Init), so each rank holds its share only.
+        args = TrainingArguments(**job.training_args)
+        net = model.build(cfg, arch)
+    else:
+        unset_hf_deepspeed_config()  # a previous point of a local sweep may have left one live
+        net = model.build(cfg, arch)
+        args = TrainingArguments(**job.training_args)
+    if t.gradient_checkpointing:
+        net.config.use_cache = False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    samples = t.max_steps * t.micro_batch_size * t.gradient_accumulation_steps * world
+    train_set, eval_set = data.splits(cfg, arch.vocab_size, samples, job.data)
+    rank = int(os.environ.get("RANK", "0"))
+    is_main = rank == 0
+    logger = track.MetricLogger(job.run, cfg.tracking.buffer_s) if is_main and job.run else None
+    tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
+    clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger, t.stop_on_nan)
+    flush = logger.flush if logger else None
+    watchdog = None
+    if t.hang_timeout_s:
+        watchdog = Watchdog(t.hang_timeout_s, job.out, rank, not own_process, flush, world)
+    callbacks = [FreezeHeap(), clock, *([watchdog] if watchdog else [])]
+    callbacks += [FlushOnSave(flush)] if flush else []
+    trainer = Trainer(
+        model=net, args=args, train_dataset=train_set, eval_dataset=eval_set, callbacks=callbacks
+    )
+    try:
+        trainer.train(resume_from_checkpoint=job.resume_from)
+        if clock.diverged_at is not None and t.stop_on_nan:
+            raise Diverged(f"loss is nan/inf at step {clock.diverged_at}")
+        if eval_set is not None and clock.evaluated_at != trainer.state.global_step:
+            trainer.evaluate()  # at the end, unless eval_steps just did
+        save(trainer, job, is_main)
+        clock.node_host_peak()
+    finally:
+        if watchdog:
+            watchdog.close()
+        gc.unfreeze()  # the next point of a local sweep must be able to collect this one's cycles
+        if logger:
+            logger.flush()
+    return clock.summary()
+
+
+def save(trainer: Trainer, job: Job, is_main: bool) -> None:
+    """The trained model and its tokenizer as a Hugging Face model directory (every rank takes part:
+    ZeRO-3 gathers the 16-bit weights); with export_fp32, fp32 weights from a ZeRO checkpoint."""
+    t = job.cfg.trainer
+    if t.save_model:
+        trainer.save_model(str(job.model_dir))
+        if is_main:
+            tokenizer.load(job.cfg).save_pretrained(str(job.model_dir))
+    if t.export_fp32:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        final = job.out / "checkpoints" / "final"
+        trainer.model_wrapped.save_checkpoint(str(final))
+        if is_main:
+            # save_pretrained, not zero_to_fp32's own writer: it knows the model's tied weights.
+            fp32 = get_fp32_state_dict_from_zero_checkpoint(str(final))
+            trainer.model.save_pretrained(str(job.fp32_dir), state_dict=fp32)
+            tokenizer.load(job.cfg).save_pretrained(str(job.fp32_dir))
+    if dist.is_initialized():
+        dist.barrier()  # the files are complete before any rank returns
+
+
+class FreezeHeap(TrainerCallback):
+    """Once the engine is built, what is alive (Hydra, MLflow, the model, ZeRO's partitions) lives
+    as long as the run: take it out of the collector's full passes, which otherwise rescan it every
+    few steps (~35 ms a step in the 1B ZeRO-3 offload forward on the device, benchmarks/RESULTS.md)."""
+
+    def on_train_begin(self, args, state, control, **kw):
+        gc.collect()
+        gc.freeze()
+
+
+class FlushOnSave(TrainerCallback):
+    """Metrics buffered so far reach the store with each checkpoint: a job killed later and resumed
+    from it has every step up to there in its run."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self.flush = flush
+
+    def on_save(self, args, state, control, **kw):
+        self.flush()

@@ -1,0 +1,163 @@
+"""A sweep's report: every point's numbers and the plots that make the choice obvious.
+
+Built only from what the runs logged in MLflow, so it can be rebuilt at any time, for a sweep
+still running or partly failed: missing metrics show as '-', runs without history are left
+out of the plots. Written to the sweep dir (report.html + PNGs) and to the parent run;
+`python -m pipeline.report` (__main__.py) rebuilds it.
+"""
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+from pipeline import track  # noqa: E402
+from pipeline.report import table  # noqa: E402
+from pipeline.sweep.info import SweepInfo  # noqa: E402
+from pipeline.track import RunState  # noqa: E402
+
+TABLE = [
+    "name",
+    *table.CHOICES,
+    "avg_tokens_per_s",
+    "avg_step_time_s",
+    "peak_memory_gib",
+    "final_loss",
+    "state",
+    "run_id",
+]
+History = dict[str, list[tuple[int, float]]]
+
+
+def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Points no other point beats on both throughput (higher) and peak memory (lower), among those
+    that trained to the end with a finite loss (a diverged run is never ranked)."""
+    pts = [r for r in rows if _rankable(r)]
+
+    def beaten(r: dict[str, Any]) -> bool:
+        return any(
+            o["avg_tokens_per_s"] >= r["avg_tokens_per_s"]
+            and o["peak_memory_gib"] <= r["peak_memory_gib"]
+            and (o["avg_tokens_per_s"], o["peak_memory_gib"]) != (r["avg_tokens_per_s"], r["peak_memory_gib"])
+            for o in pts
+        )
+
+    return sorted((r for r in pts if not beaten(r)), key=lambda r: r["peak_memory_gib"])
+
+
+def _rankable(row: dict[str, Any]) -> bool:
+    figures = [row.get(k) for k in ("avg_tokens_per_s", "peak_memory_gib", "final_loss")]
+    return row.get("state") == RunState.FINISHED and all(v is not None and math.isfinite(v) for v in figures)
+
+
+def histories(store: track.Store, rows: list[dict[str, Any]], key: str) -> History:
+    """Per-step values of one metric by run name, skipping runs that logged none yet."""
+    out = {}
+    for r in rows:
+        hist = store.history(r["run_id"], key)
+        if hist:
+            out[r["name"]] = hist
+    return out
+
+
+def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = [r for r in rows if r.get("avg_tokens_per_s") is not None and r.get("peak_memory_gib") is not None]
+    for r in pts:
+        ax.scatter(r["peak_memory_gib"], r["avg_tokens_per_s"], color="tab:blue")
+        ax.annotate(
+            r["name"],
+            (r["peak_memory_gib"], r["avg_tokens_per_s"]),
+            fontsize=8,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    front = pareto(rows)
+    if front:
+        ax.plot(
+            [r["peak_memory_gib"] for r in front],
+            [r["avg_tokens_per_s"] for r in front],
+            "o--",
+            color="tab:red",
+            mfc="none",
+            ms=12,
+            label="Pareto front",
+        )
+        ax.legend()
+    ax.set(xlabel="peak memory (GiB)", ylabel="throughput (tokens/s)", title="Throughput vs peak memory")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_loss(loss: History, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = ["-", "--", ":", "-."]  # equal curves (same seed, different ZeRO stage) must stay visible
+    for i, (name, hist) in enumerate(loss.items()):
+        steps, values = zip(*hist, strict=True)
+        ax.plot(steps, values, styles[i % len(styles)], marker=".", label=name)
+    if loss:
+        ax.legend(fontsize=8)
+    ax.set(xlabel="step", ylabel="loss", title="Training loss")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_step_time(step_time: History, path: Path) -> Path:
+    """Distribution of measured step times per point (the runs log whole steps, not their parts)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if step_time:
+        ax.boxplot([[value for _, value in h] for h in step_time.values()], showmeans=True)
+        ax.set_xticks(range(1, len(step_time) + 1), list(step_time), rotation=20, ha="right", fontsize=8)
+    ax.set(ylabel="step time (s)", title="Time per step (whole steps: the runs log no phase breakdown)")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def render_html(title: str, rows: list[dict[str, Any]], pngs: list[Path]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(table.fmt(r.get(c)))}</td>" for c in TABLE) + "</tr>"
+        for r in rows
+    )
+    imgs = "".join(
+        f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in pngs
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1><table><tr>{head}</tr>{body}</table>{imgs}</body></html>\n"
+    )
+
+
+def write(info: SweepInfo, sweep_dir: str | Path) -> Path:
+    """Build the report of the sweep info describes; returns report.html."""
+    store = track.Store(info.tracking_uri)
+    rows = table.rows(info)
+    out = Path(sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = [
+        plot_pareto(rows, out / "throughput_vs_memory.png"),
+        plot_loss(histories(store, rows, "loss"), out / "loss.png"),
+        plot_step_time(histories(store, rows, "step_time_s"), out / "step_time.png"),
+    ]
+    (out / "report.txt").write_text(table.format_table(rows, TABLE) + "\n")
+    page = out / "report.html"
+    title = f"{store.get(info.parent_run_id).name} ({len(rows)} points)"
+    page.write_text(render_html(title, rows, pngs))
+    store.log_files(info.parent_run_id, [page, out / "report.txt", *pngs], "report")
+    return page

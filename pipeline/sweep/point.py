@@ -1,0 +1,40 @@
+"""This job as Hydra started it: its output dir, its name, and its place in a sweep."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from pipeline.sweep.info import SweepInfo
+from pipeline.track import OUTPUT_DIR, PARENT, SWEEP_DIR
+
+
+@dataclass
+class Point:
+    out: Path
+    name: str
+    multirun: bool
+    # Each group's chosen option (zero: stage2, ...), logged beside the values they set.
+    choices: dict[str, str | None]
+    # How the UI, the report and the sweep's end find this point's run.
+    tags: dict[str, str]
+    # The sweep this job is a point of (None: a single run, or a sweep that tracks nothing).
+    sweep: SweepInfo | None
+
+    @classmethod
+    def current(cls, run_name: str | None) -> "Point":
+        hc = HydraConfig.get()
+        overrides = list(hc.overrides.task)
+        out = Path(hc.runtime.output_dir)
+        tags = {"zerosweep.overrides": " ".join(overrides), OUTPUT_DIR: str(out)}
+        multirun = hc.mode == RunMode.MULTIRUN
+        sweep = None
+        if multirun:
+            tags[SWEEP_DIR] = str(Path(hc.sweep.dir).absolute())
+            tags["zerosweep.job_num"] = str(hc.job.num)
+            sweep = SweepInfo.load(hc.sweep.dir)  # None when the sweep tracks nothing
+        if sweep:
+            tags[PARENT] = sweep.parent_run_id
+        default_name = sweep.point_name(overrides) if sweep else ",".join(overrides) or "default"
+        return cls(out, run_name or default_name, multirun, dict(hc.runtime.choices), tags, sweep)
