@@ -1,6 +1,10 @@
 """What crosses processes for one point, typed: the job every rank trains (pickled to spawned
-ranks and Slurm tasks) and the outcome Hydra hands back to the sweep (from a Slurm job too)."""
+ranks and Slurm tasks), the summary a rank reports, and the outcome Hydra hands back to the sweep
+(from a Slurm job too)."""
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +56,43 @@ class Job:
 
     def saved_models(self) -> list[Path]:
         return [d for d in (self.model_dir, self.fp32_dir) if d.is_dir()]
+
+
+@dataclass
+class Summary:
+    """A run's closing figures: what rank 0 reports, the run logs as MLflow metrics of these names
+    (and summary.json), the console prints, and the sweep table and the search read back."""
+
+    final_loss: float
+    avg_step_time_s: float  # the timed steps (after trainer.timing_warmup_steps)
+    avg_tokens_per_s: float
+    model_tflops: float
+    peak_memory_gib: float  # GPU memory allocated on rank 0; without a GPU, its host RSS
+    peak_host_gib: float  # host RSS of a node's ranks together
+    steps: int  # the run's, across a requeue
+    resumed_from_step: int  # the checkpoint's step this attempt started from (0: none)
+    # The last evaluation (at the end), when the point has an eval set.
+    final_eval_loss: float | None = None
+    final_eval_perplexity: float | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """As MLflow metrics (an eval the run did not make is left out)."""
+        return {k: float(v) for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def of(cls, metrics: Mapping[str, float]) -> "Summary":
+        """From a run's metrics (a run that ended before its summary reads as nan)."""
+        values = {f.name: metrics.get(f.name) for f in dataclasses.fields(cls)}
+        for f in dataclasses.fields(cls):
+            if values[f.name] is None and f.default is dataclasses.MISSING:
+                values[f.name] = math.nan
+        values["steps"] = _count(values["steps"])
+        values["resumed_from_step"] = _count(values["resumed_from_step"])
+        return cls(**values)
+
+
+def _count(value: float) -> int:
+    return int(value) if math.isfinite(value) else 0
 
 
 @dataclass
