@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from pipeline.config import Config
 from pipeline.errors import Hung, why_stopped
 from pipeline.track.sampler import Sampler
-from pipeline.track.store import RUN_ID_FILE, SKIPPED, RunState, Store, prepare, tracking_uri
+from pipeline.track.store import RUN_ID_FILE, SKIPPED, RunState, Store, prepare
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Untracked:
 
 def record_skipped(cfg: Config, name: str, params: dict[str, str], tags: dict[str, str], reason: str) -> str:
     """A point that was not trained (it could not fit), as a closed run that says why."""
-    store = Store(tracking_uri(cfg))
+    store = Store.of(cfg)
     run_id = store.create_run(prepare(cfg), name, {**tags, SKIPPED: reason}, params)
     store.end(run_id, RunState.KILLED, f"skipped, not trained: {reason}")
     return run_id
@@ -140,7 +140,7 @@ def open_run(
 ) -> TrackedRun:
     """The job's run: a requeued job (resume) reopens the run whose id it saved in its output
     dir, beside its checkpoints; any other job creates one and saves its id there."""
-    store = Store(tracking_uri(cfg))
+    store = Store.of(cfg)
     saved = out / RUN_ID_FILE
     if resume and saved.exists():
         run_id = saved.read_text().strip()

@@ -22,12 +22,17 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError
 
 RUN_ID_FILE = "mlflow_run_id"
-# Tags a sweep's runs are found by.
+# The tags the pipeline writes and finds runs by, each named once, here.
+# How a sweep's runs are found.
 PARENT = "mlflow.parentRunId"
 SLURM_JOB = "zerosweep.slurm_job_id"
 ROLE = "zerosweep.role"
+ROLE_SWEEP = "sweep"  # ROLE's value on a sweep's (or a search's) parent run
 SKIPPED = "zerosweep.skipped"
 OUTPUT_DIR = "zerosweep.output_dir"
+# A point's command-line overrides, and its number in its sweep.
+OVERRIDES = "zerosweep.overrides"
+JOB_NUM = "zerosweep.job_num"
 # A sweep's point across attempts and reruns: its composed config (point_key), its try, and the
 # earlier run it carries on from (that run's newest checkpoint).
 POINT_KEY = "zerosweep.point_key"
@@ -37,22 +42,39 @@ CARRIES_ON = "zerosweep.carries_on"
 SWEEP_KEY = "zerosweep.sweep_key"
 # The dir a sweep's points and its report are in (on the parent and on each point's run).
 SWEEP_DIR = "zerosweep.sweep_dir"
+# On a sweep's parent: its points' Slurm job ids, and the map of those jobs to their submitit folders
+# (a resumed sweep waits for the jobs an earlier driver queued).
+SLURM_JOB_IDS = "zerosweep.slurm_job_ids"
+SLURM_JOBS = "zerosweep.slurm_jobs"
+# The process that owns a run outside Slurm (owner_tags), so that a later start can close it if it died.
+HOST = "zerosweep.host"
+PID = "zerosweep.pid"
+PID_STARTED = "zerosweep.pid_started"
+# search=fastest: its parent (SEARCH), its winner, and on each trial: its composed config (a hash: same
+# key, same training), its knob values (JSON), and why it was stopped early.
+SEARCH = "zerosweep.search"
+SEARCH_WINNER = "zerosweep.search_winner"
+TRIAL_KEY = "zerosweep.search_trial"
+SEARCH_POINT = "zerosweep.search_point"
+PRUNED = "zerosweep.pruned"
 
 
 class RunState(str, Enum):
-    """MLflow's run states, as the pipeline sets and reads them, and the pipeline's own SKIPPED: a
-    point that could not fit, stored as KILLED with the zerosweep.skipped tag (its reason)."""
+    """MLflow's run states, as the pipeline sets and reads them, and the pipeline's own two, both
+    stored as KILLED with a tag that says why: SKIPPED, a point that could not fit (never started),
+    and PRUNED, a search trial stopped early because it could not beat the best so far."""
 
     RUNNING = "RUNNING"
     FINISHED = "FINISHED"
     FAILED = "FAILED"
     KILLED = "KILLED"
     SKIPPED = "SKIPPED"
+    PRUNED = "PRUNED"
 
     @property
     def ok(self) -> bool:
-        """Nothing went wrong: it trained to the end, or was rightly never started."""
-        return self in (RunState.FINISHED, RunState.SKIPPED)
+        """Nothing went wrong: it trained to the end, or was rightly never started or stopped early."""
+        return self in (RunState.FINISHED, RunState.SKIPPED, RunState.PRUNED)
 
     def __str__(self) -> str:
         return self.value
@@ -87,6 +109,17 @@ class RunRecord:
             info.run_id, info.run_name, info.experiment_id, state, data.params, data.metrics, data.tags
         )
 
+    @property
+    def trial_state(self) -> RunState:
+        """As the search counts it: PRUNED where it stopped the trial early. Only the search reads
+        it so: the sweep's table and report show such a run KILLED, as MLflow does."""
+        return RunState.PRUNED if self.state == RunState.KILLED and PRUNED in self.tags else self.state
+
+    @property
+    def reason(self) -> str:
+        """Why it was pruned or skipped, as its tag says ('' for any other run)."""
+        return self.tags.get(PRUNED if self.trial_state == RunState.PRUNED else SKIPPED, "")
+
 
 class Store:
     """One MLflow store (sqlite file or server), as the pipeline uses it."""
@@ -94,6 +127,11 @@ class Store:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.client = MlflowClient(uri)
+
+    @classmethod
+    def of(cls, cfg: Config) -> "Store":
+        """The store a composed config tracks to."""
+        return cls(tracking_uri(cfg))
 
     def experiment_id(self, name: str) -> str | None:
         exp = self.client.get_experiment_by_name(name)
@@ -199,24 +237,32 @@ class Store:
     def unfinished_sweep(self, experiment_id: str, sweep_key: str) -> RunRecord | None:
         """The newest sweep of this command line that did not finish (its driver stopped or died);
         not one that a driver on this host still runs (the same command started twice at once)."""
-        where = f"tags.`{ROLE}` = 'sweep' and tags.`{SWEEP_KEY}` = '{sweep_key}'"
+        where = f"tags.`{ROLE}` = '{ROLE_SWEEP}' and tags.`{SWEEP_KEY}` = '{sweep_key}'"
         where += " and attributes.status != 'FINISHED'"
         found = self.search(experiment_id, where, newest_first=True, limit=100)
         return next((run for run in found if not _driven_here(run)), None)
 
     def latest_sweep(self, experiment_id: str) -> RunRecord | None:
-        found = self.search(experiment_id, f"tags.`{ROLE}` = 'sweep'", newest_first=True, limit=1)
+        found = self.search(experiment_id, f"tags.`{ROLE}` = '{ROLE_SWEEP}'", newest_first=True, limit=1)
+        return found[0] if found else None
+
+    def measured_before(self, experiment_id: str, trial_key: str) -> RunRecord | None:
+        """The newest finished run of this search trial (its composed config) on this host, from any
+        search."""
+        where = f"tags.`{TRIAL_KEY}` = '{trial_key}' and tags.`{HOST}` = '{socket.gethostname()}'"
+        where += " and attributes.status = 'FINISHED'"
+        found = self.search(experiment_id, where, newest_first=True, limit=1)
         return found[0] if found else None
 
     def close_orphans(self, experiment_id: str) -> list[str]:
         """Mark KILLED the runs this host's processes left RUNNING when they died: nothing else would
         ever close them, and the UI and reports would show them running forever. Returns their ids."""
         host = socket.gethostname()
-        where = f"attributes.status = 'RUNNING' and tags.`zerosweep.host` = '{host}'"
+        where = f"attributes.status = 'RUNNING' and tags.`{HOST}` = '{host}'"
         closed = []
         for run in self.search(experiment_id, where, limit=1000):
-            pid = int(run.tags["zerosweep.pid"])
-            if _alive(pid, float(run.tags["zerosweep.pid_started"])):
+            pid = int(run.tags[PID])
+            if _alive(pid, float(run.tags[PID_STARTED])):
                 continue
             note = (
                 f"process {pid} on {host} ended without closing this run (killed: SIGKILL, the OOM "
@@ -293,9 +339,9 @@ def owner_tags() -> dict[str, str]:
     if it dies without closing the run (SIGKILL, the OOM killer), close_orphans can tell."""
     me = psutil.Process()
     return {
-        "zerosweep.host": socket.gethostname(),
-        "zerosweep.pid": str(me.pid),
-        "zerosweep.pid_started": repr(me.create_time()),
+        HOST: socket.gethostname(),
+        PID: str(me.pid),
+        PID_STARTED: repr(me.create_time()),
     }
 
 
@@ -304,8 +350,8 @@ def _driven_here(run: RunRecord) -> bool:
     tags = run.tags
     return (
         run.state == RunState.RUNNING
-        and tags.get("zerosweep.host") == socket.gethostname()
-        and _alive(int(tags["zerosweep.pid"]), float(tags["zerosweep.pid_started"]))
+        and tags.get(HOST) == socket.gethostname()
+        and _alive(int(tags[PID]), float(tags[PID_STARTED]))
     )
 
 
