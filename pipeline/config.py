@@ -10,7 +10,7 @@ attributes, and they pickle to the ranks and Slurm tasks as they are.
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -86,6 +86,17 @@ class ZeroConf:
     # dtype of gradient all-reduce/reduce-scatter (the guide's "NCCL collectives"); None: DeepSpeed's.
     communication_data_type: Dtype | None = None
 
+    # The least value of each count and size (rules.py refuses less, naming the key; None: not checked).
+    AT_LEAST: ClassVar[dict[str, int]] = {
+        "allgather_bucket_size": 1,
+        "reduce_bucket_size": 1,
+        "sub_group_size": 1,
+        "stage3_prefetch_bucket_size": 1,
+        "stage3_max_live_parameters": 1,
+        "stage3_max_reuse_distance": 1,
+        "stage3_param_persistence_threshold": 0,
+    }
+
 
 @dataclass
 class AioConf:
@@ -94,6 +105,9 @@ class AioConf:
     thread_count: int = 1
     single_submit: bool = False
     overlap_events: bool = True
+
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {"block_size": 1, "queue_depth": 1, "thread_count": 1}
 
 
 @dataclass
@@ -113,6 +127,14 @@ class OffloadConf:
     max_in_cpu: int = 1_000_000_000
     aio: AioConf = field(default_factory=AioConf)
 
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {
+        "optimizer_buffer_count": 1,
+        "param_buffer_count": 1,
+        "param_buffer_size": 1,
+        "max_in_cpu": 0,
+    }
+
 
 @dataclass
 class PrecisionConf:
@@ -124,6 +146,9 @@ class PrecisionConf:
     initial_scale_power: int = 16
     hysteresis: int = 2
     min_loss_scale: float = 1.0
+
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {"loss_scale": 0}
 
     @property
     def fp16(self) -> bool:
@@ -163,6 +188,9 @@ class SchedulerConf:
     cos_min_ratio: float = 0.0001
     warmup_min_ratio: float = 0.0
 
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {"warmup_steps": 0}
+
 
 @dataclass
 class ModelConf:
@@ -187,6 +215,16 @@ class ModelConf:
     # for the same seed, so by default the model is built whole and partitioned at start.
     zero3_init: bool = False
 
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {
+        "hidden_size": 1,
+        "intermediate_size": 1,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 1,
+        "num_key_value_heads": 1,
+        "vocab_size": 1,
+    }
+
 
 @dataclass
 class DataConf:
@@ -205,6 +243,9 @@ class DataConf:
     completion_field: str = "completion"
     tokenizer: Tokenizer = Tokenizer.auto
     seq_len: int = 128
+
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {"seq_len": 1}
 
     @property
     def train_paths(self) -> list[Path]:
@@ -270,6 +311,23 @@ class TrainerConf:
     # Also write fp32 weights, from a ZeRO checkpoint (DeepSpeed's zero_to_fp32), to <run dir>/model_fp32/.
     export_fp32: bool = False
 
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {
+        "micro_batch_size": 1,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 1,
+        "nproc_per_node": 1,
+        "nnodes": 1,
+        "logging_steps": 1,
+        "save_total_limit": 1,
+        "eval_steps": 0,
+        "save_steps": 0,
+        "timing_warmup_steps": 0,
+        "dataloader_num_workers": 0,
+        "seed": 0,
+        "hang_timeout_s": 0,
+    }
+
 
 @dataclass
 class TrackingConf:
@@ -284,6 +342,9 @@ class TrackingConf:
     # logging): one write a step costs its process ~7 ms of Python. 0: a write each step. Flushed
     # at the end, on failure, on a hang and with each checkpoint.
     buffer_s: int = 10
+
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {"buffer_s": 0}
 
 
 @dataclass
@@ -312,6 +373,9 @@ class LauncherConf:
     # lines run before the job, e.g. '["module load cuda/12.4"]'
     setup: list[str] = field(default_factory=list)
 
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {"timeout_min": 1, "cpus_per_gpu": 1, "array_parallelism": 1}
+
 
 @dataclass
 class SweepConf:
@@ -322,6 +386,9 @@ class SweepConf:
     # A point that fails while it trains is tried again up to this many times (each try a run of its
     # own; the last one decides). A point refused by the checks is never retried.
     retries: int = 0
+
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {"retries": 0}
 
 
 @dataclass
@@ -382,14 +449,14 @@ class Config:
         return self.trainer.nproc_per_node * self.trainer.nnodes
 
     @property
-    def global_batch(self) -> int:
-        """Sequences per optimizer step: micro batch x accumulation x ranks."""
-        t = self.trainer
-        return t.micro_batch_size * t.gradient_accumulation_steps * self.world_size
+    def batch_per_rank(self) -> int:
+        """Sequences each rank takes per optimizer step: micro batch x accumulation."""
+        return self.trainer.micro_batch_size * self.trainer.gradient_accumulation_steps
 
     @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch * self.data.seq_len
+    def global_batch(self) -> int:
+        """Sequences per optimizer step on the planned ranks: micro batch x accumulation x ranks."""
+        return self.batch_per_rank * self.world_size
 
     @property
     def offloads_optimizer(self) -> bool:

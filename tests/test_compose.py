@@ -138,7 +138,7 @@ def test_every_combination_composes_and_only_the_guides_rules_refuse():
             seen_invalid += 1
             continue
         seen_valid += 1
-        ds = settings.deepspeed_config(cfg, hidden=128, world=1)
+        ds = settings.deepspeed_config(cfg, hidden=128)
         # DeepSpeed ignores unknown top-level keys silently: every key we write must be one it reads.
         assert set(ds) <= DS_TOP_LEVEL, set(ds) - DS_TOP_LEVEL
         DeepSpeedZeroConfig(**ds["zero_optimization"])  # its pydantic model forbids unknown keys
@@ -155,7 +155,7 @@ def test_zero1_is_the_guides_zero1_as_deepspeed_reads_it():
     """The guide writes ZeRO-1 as {"stage": 1}: whatever else we spell out must be DeepSpeed's own
     default for it (ZeRO-2/3's overlap and hidden^2 reduce bucket cost ZeRO-1 ~20% of a 1B step)."""
     cfg = compose_point(["zero=stage1"])
-    ds = settings.deepspeed_config(cfg, hidden=2048, world=1)
+    ds = settings.deepspeed_config(cfg, hidden=2048)
     assert DeepSpeedZeroConfig(**ds["zero_optimization"]) == DeepSpeedZeroConfig(stage=1)
 
 
@@ -172,7 +172,7 @@ def test_hf_finds_nothing_to_correct(overrides):
     """HF's own check ('Please correct the following DeepSpeed config values that mismatch
     TrainingArguments') over our dict and our TrainingArguments: one source, so no mismatch."""
     cfg = compose_point(overrides)
-    ds = settings.deepspeed_config(cfg, hidden=cfg.model.hidden_size, world=1)
+    ds = settings.deepspeed_config(cfg, hidden=cfg.model.hidden_size)
     kwargs = settings.training_args(cfg, ds, Path("/tmp/unused"), use_cpu=True)
     kwargs.update(deepspeed=None, fp16=False)  # TrainingArguments refuses fp16 on CPU; compare the flag below
     args = TrainingArguments(**kwargs)

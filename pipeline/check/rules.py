@@ -8,7 +8,25 @@ import dataclasses
 import math
 from typing import Any
 
-from pipeline.config import Config, DataSource, ModelConf, ModelSource, OffloadDevice, Provider, Tokenizer
+from pipeline.config import (
+    AioConf,
+    Config,
+    DataConf,
+    DataSource,
+    LauncherConf,
+    ModelConf,
+    ModelSource,
+    OffloadConf,
+    OffloadDevice,
+    PrecisionConf,
+    Provider,
+    SchedulerConf,
+    SweepConf,
+    Tokenizer,
+    TrackingConf,
+    TrainerConf,
+    ZeroConf,
+)
 from pipeline.errors import ConfigError
 
 # DeepSpeed 0.19's built-in optimizer and scheduler types (deepspeed.runtime.config, lr_schedules).
@@ -40,7 +58,7 @@ def _check_ranges(cfg: Config) -> None:
         raise ConfigError(
             "zero.stage", f"ZeRO has stages 0-3, not {cfg.zero.stage}", "use zero=stage0..stage3"
         )
-    for key, least in {**{k: 1 for k in AT_LEAST_ONE}, **{k: 0 for k in AT_LEAST_ZERO}}.items():
+    for key, least in MINIMUMS:
         value = _value(cfg, key)
         if value is not None and value < least:
             raise ConfigError(key, f"must be at least {least}, got {value}", f"set {key}={least} or more")
@@ -72,52 +90,28 @@ def _value(cfg: Config, key: str) -> Any:
     return node
 
 
-# Counts and sizes (None: derived later, not checked here).
-AT_LEAST_ONE = (
-    "trainer.micro_batch_size",
-    "trainer.gradient_accumulation_steps",
-    "trainer.max_steps",
-    "trainer.nproc_per_node",
-    "trainer.nnodes",
-    "trainer.logging_steps",
-    "trainer.save_total_limit",
-    "data.seq_len",
-    "model.hidden_size",
-    "model.intermediate_size",
-    "model.num_hidden_layers",
-    "model.num_attention_heads",
-    "model.num_key_value_heads",
-    "model.vocab_size",
-    "zero.allgather_bucket_size",
-    "zero.reduce_bucket_size",
-    "zero.sub_group_size",
-    "zero.stage3_prefetch_bucket_size",
-    "zero.stage3_max_live_parameters",
-    "zero.stage3_max_reuse_distance",
-    "offload.optimizer_buffer_count",
-    "offload.param_buffer_count",
-    "offload.param_buffer_size",
-    "offload.aio.block_size",
-    "offload.aio.queue_depth",
-    "offload.aio.thread_count",
-    "launcher.timeout_min",
-    "launcher.cpus_per_gpu",
-    "launcher.array_parallelism",
+# The groups whose counts and sizes have a least value (their AT_LEAST, in config.py), in the order they
+# are checked: all of at least 1 first. The first one out of range is the one reported.
+RANGED = (
+    ("scheduler", SchedulerConf),
+    ("trainer", TrainerConf),
+    ("data", DataConf),
+    ("model", ModelConf),
+    ("sweep", SweepConf),
+    ("tracking", TrackingConf),
+    ("zero", ZeroConf),
+    ("offload", OffloadConf),
+    ("offload.aio", AioConf),
+    ("launcher", LauncherConf),
+    ("precision", PrecisionConf),
 )
-AT_LEAST_ZERO = (
-    "scheduler.warmup_steps",
-    "trainer.eval_steps",
-    "trainer.save_steps",
-    "trainer.timing_warmup_steps",
-    "trainer.dataloader_num_workers",
-    "trainer.seed",
-    "trainer.hang_timeout_s",
-    "sweep.retries",
-    "tracking.buffer_s",
-    "zero.stage3_param_persistence_threshold",
-    "offload.max_in_cpu",
-    "precision.loss_scale",
-)
+MINIMUMS = [
+    (f"{group}.{key}", least)
+    for least in (1, 0)
+    for group, kind in RANGED
+    for key, minimum in kind.AT_LEAST.items()
+    if minimum == least
+]
 
 
 def _check_offload(cfg: Config) -> None:

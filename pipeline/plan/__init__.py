@@ -25,12 +25,11 @@ class Plan:
 def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
     model_cfg = model.model_config(cfg, tokenizer.BYTE_VOCAB)
     params, largest = model.sizes(model_cfg)
-    world = cfg.trainer.nproc_per_node * cfg.trainer.nnodes
-    ds = settings.deepspeed_config(cfg, model_cfg.hidden_size, world)
+    ds = settings.deepspeed_config(cfg, model_cfg.hidden_size)
     return Plan(
         deepspeed=ds,
         training_args=settings.training_args(cfg, ds, output_dir, use_cpu),
-        world_size=world,
+        world_size=cfg.world_size,
         params=params,
         flops_per_token=model.flops_per_token(model_cfg, params, cfg.data.seq_len),
         memory=memory.estimate(

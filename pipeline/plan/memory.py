@@ -95,7 +95,7 @@ def nvme_host_bytes(cfg: Config, params: int) -> int:
     """Host memory a node needs under offload=nvme: DeepSpeed's estimate is CPU offload's (all
     states in host memory), but NVMe keeps there only what passes through (see NVME_RANK_RUNTIME)."""
     ranks, off = cfg.trainer.nproc_per_node, cfg.offload
-    per_rank = params // (ranks * cfg.trainer.nnodes)
+    per_rank = params // cfg.world_size
     host = NVME_RANK_RUNTIME
     if cfg.offloads_params:
         host += off.param_buffer_count * off.param_buffer_size * (2 if cfg.precision.half else 4)
@@ -124,7 +124,7 @@ def model_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
         live = min(params, cfg.zero.stage3_max_live_parameters)
         if cfg.offloads_params:
             weights, grads = ZERO3_OFFLOAD_GPU_BYTES
-            return host, gpu + weights * live + grads * params // (ranks * nodes)
+            return host, gpu + weights * live + grads * params // cfg.world_size
         gpu += ZERO3_GATHERED_BYTES * live
         if (cfg.zero.stage3_param_persistence_threshold or 0) >= shape.largest_layer:
             # Every weight persistent (perf=resident): each GPU also holds them all, whole.
@@ -136,7 +136,7 @@ def model_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
         host, gpu = estimate_zero2_model_states_mem_needs(params, ranks, nodes, cpu_offload=to_cpu)
         if to_cpu:  # the 16-bit gradients wait on the GPU for their copy to the host
             return host, gpu + 2 * params
-        return host, gpu - FP32_GRAD_BYTES * params // (ranks * nodes)
+        return host, gpu - FP32_GRAD_BYTES * params // cfg.world_size
     return 0, ZERO0_BYTES_PER_PARAM * params
 
 

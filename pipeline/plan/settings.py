@@ -13,10 +13,10 @@ from typing import Any
 from pipeline.config import Config, OffloadDevice, Provider
 
 
-def deepspeed_config(cfg: Config, hidden: int, world: int) -> dict[str, Any]:
+def deepspeed_config(cfg: Config, hidden: int) -> dict[str, Any]:
     t, p, opt = cfg.trainer, cfg.precision, cfg.optimizer
     ds: dict[str, Any] = {
-        "train_batch_size": t.micro_batch_size * t.gradient_accumulation_steps * world,
+        "train_batch_size": cfg.global_batch,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "gradient_clipping": t.max_grad_norm,

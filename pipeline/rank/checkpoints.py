@@ -54,7 +54,6 @@ def for_ranks(checkpoint: str | None, cfg: Config, ranks: int) -> str | None:
     if checkpoint is None:
         return None
     path = Path(checkpoint)
-    t = cfg.trainer
     wrote = written_by(path)
     if wrote is None or wrote == ranks:
         return checkpoint
@@ -73,7 +72,7 @@ def for_ranks(checkpoint: str | None, cfg: Config, ranks: int) -> str | None:
         "through DeepSpeed's universal checkpoint",
         file=sys.stderr,
     )
-    before, now = _global_batch(path, wrote), t.micro_batch_size * t.gradient_accumulation_steps * ranks
+    before, now = _global_batch(path, wrote), cfg.batch_per_rank * ranks
     if before != now:
         print(
             f"warning: the checkpoint trained at a global batch of {before} samples, this job's is "

@@ -26,7 +26,7 @@ class Space:
     def of(cls, cfg: Config) -> "Space":
         """The space search.* describes, checked: one ConfigError naming the key if it is unusable."""
         s: SearchConf = cfg.search
-        per_rank = cfg.trainer.micro_batch_size * cfg.trainer.gradient_accumulation_steps
+        per_rank = cfg.batch_per_rank
         _check(s)
         micro = [m for m in s.micro_batch_size if m >= 1 and per_rank % m == 0]
         if not micro:
