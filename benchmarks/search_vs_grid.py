@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline import track
 from pipeline.sweep.search.driver import Search
-from pipeline.sweep.search.ledger import POINT, PRUNED, SEARCH
+from pipeline.track import PRUNED, SEARCH, SEARCH_POINT
 
 ROOT = Path(__file__).resolve().parents[1]
 # The setting: the 1B Llama, seq 1024, bf16, DeepSpeed AdamW, 8 x 4 = 32 sequences a step.
@@ -34,7 +34,7 @@ def trials_in_order(uri: str) -> tuple[list[dict], str]:
     (parent, *_) = store.search(experiment, f"tags.`{SEARCH}` = 'fastest'", newest_first=True, limit=1)
     rows = []
     for run in store.children(experiment, parent.run_id):
-        if POINT not in run.tags:
+        if SEARCH_POINT not in run.tags:
             continue
         m = run.metrics
         rows.append(

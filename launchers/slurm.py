@@ -34,9 +34,6 @@ from pipeline.track import RunState
 log = logging.getLogger(__name__)
 
 
-# The parent run's map of its points' Slurm jobs to their submitit folders: a resumed sweep waits for
-# those an earlier driver queued that are still pending or running instead of submitting them again.
-SLURM_JOBS = "zerosweep.slurm_jobs"
 # sacct's states of a job that has not ended (a requeued one included).
 QUEUED = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING"}
 QUEUED |= {"RESIZING", "SUSPENDED"}
@@ -61,7 +58,8 @@ class SlurmLauncher(PluginSlurmLauncher):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         state = Singleton.get_state()
         info = SweepInfo.load(sweep_dir)
-        queued = self._still_queued(info) if info else {}
+        store = track.Store(info.tracking_uri) if info else None
+        queued = self._still_queued(store, info) if info else {}
         numbered = list(enumerate(job_overrides, initial_job_idx))
         fresh = {n: list(o) for n, o in numbered if tuple(o) not in queued}
         points = {n: self._point_dir(sweep_dir, n) for n in fresh}
@@ -78,25 +76,28 @@ class SlurmLauncher(PluginSlurmLauncher):
                     f"point {' '.join(o)}: waiting for Slurm job {job.job_id}, queued by an earlier driver"
                 )
         if info:
+            # The map of the jobs to their submitit folders: a resumed sweep waits for those an earlier
+            # driver queued that are still pending or running instead of submitting them again.
             folders = {job.job_id: str(job.paths.folder) for job, _ in jobs}
-            track.Store(info.tracking_uri).tag(
-                info.parent_run_id,
-                {"zerosweep.slurm_job_ids": " ".join(ids), SLURM_JOBS: json.dumps(folders)},
-            )
+            tags = {track.SLURM_JOB_IDS: " ".join(ids), track.SLURM_JOBS: json.dumps(folders)}
+            store.tag(info.parent_run_id, tags)
         try:
             return [
-                self._result(job, o, point, info) for (job, point), o in zip(jobs, job_overrides, strict=True)
+                self._result(job, o, point, store, info)
+                for (job, point), o in zip(jobs, job_overrides, strict=True)
             ]
         except KeyboardInterrupt as stop:
-            self._cancel([job for job, _ in jobs], info, why_stopped(stop))
+            self._cancel([job for job, _ in jobs], store, info, why_stopped(stop))
             raise
 
-    def _still_queued(self, info: SweepInfo) -> dict[tuple[str, ...], tuple[submitit.Job, Path]]:
+    def _still_queued(
+        self, store: track.Store, info: SweepInfo
+    ) -> dict[tuple[str, ...], tuple[submitit.Job, Path]]:
         """The sweep's jobs that an earlier driver submitted and Slurm still has, by their overrides,
         with their point dirs (in the earlier driver's sweep dir: <sweep dir>/.submitit/<job id>/)."""
-        tags = track.Store(info.tracking_uri).get(info.parent_run_id).tags
+        tags = store.get(info.parent_run_id).tags
         found = {}
-        for job_id, folder in json.loads(tags.get(SLURM_JOBS, "{}")).items():
+        for job_id, folder in json.loads(tags.get(track.SLURM_JOBS, "{}")).items():
             job = submitit.SlurmJob(folder=Path(folder).parent / "%j", job_id=job_id)
             if job.state.split()[0] in QUEUED:
                 overrides, _, num = job.submission().args[:3]
@@ -111,7 +112,9 @@ class SlurmLauncher(PluginSlurmLauncher):
         return sweep_dir / str(config.hydra.sweep.subdir)
 
     @staticmethod
-    def _cancel(jobs: list[submitit.Job], info: SweepInfo | None, why: str) -> None:
+    def _cancel(
+        jobs: list[submitit.Job], store: track.Store | None, info: SweepInfo | None, why: str
+    ) -> None:
         """Ctrl-C or a kill of this driver (a search so stops a trial it prunes): its jobs are
         cancelled (scancel), so none holds a GPU unwatched, and their runs still open end KILLED.
         A driver that dies without a word (SIGKILL, a lost login node) leaves them to the same
@@ -122,7 +125,6 @@ class SlurmLauncher(PluginSlurmLauncher):
             if not job.done(force_check=True):
                 job.cancel(check=False)  # scancel
         _wait_gone([job.job_id for job in jobs])
-        store = track.Store(info.tracking_uri) if info else None
         for job in jobs:
             run_id = store and store.child_of_slurm_job(info.experiment_id, info.parent_run_id, job.job_id)
             if run_id and store.get(run_id).state == RunState.RUNNING:
@@ -145,7 +147,12 @@ class SlurmLauncher(PluginSlurmLauncher):
         return executor
 
     def _result(
-        self, job: submitit.Job, overrides: Sequence[str], point: Path, info: SweepInfo | None
+        self,
+        job: submitit.Job,
+        overrides: Sequence[str],
+        point: Path,
+        store: track.Store | None,
+        info: SweepInfo | None,
     ) -> JobReturn:
         """The point's result; a job that ended without one (scancel, node failure, OOM kill) is
         reported in its MLflow run and as a KILLED or FAILED point instead of stopping the sweep."""
@@ -159,19 +166,18 @@ class SlurmLauncher(PluginSlurmLauncher):
             log.error(f"point {' '.join(overrides)} (Slurm job {job.job_id}) {state}: it ended {job.state}")
             if info:
                 why = f"{e}\nSlurm job {job.job_id} ended {job.state} without a result"
-                self._close_run(info, job, why, state, watchdog.collect(point))
+                self._close_run(store, info, job, why, state, watchdog.collect(point))
             # COMPLETED with a state, as app.run reports a failed point: Hydra re-raises FAILED ones.
             outcome = Outcome(state, slurm_job_id=job.job_id)
             return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=outcome)
 
     @staticmethod
     def _close_run(
-        info: SweepInfo, job: submitit.Job, error: str, state: RunState, hung: Hung | None
+        store: track.Store, info: SweepInfo, job: submitit.Job, error: str, state: RunState, hung: Hung | None
     ) -> None:
         """The point's run, if the job got as far as creating one, with submitit's message (it carries
         the job's log); the reason goes last, where error.txt keeps it. A hang's ranks left their
         stacks in the point's dir: they go to the run (hang.txt) and the reason is the hang."""
-        store = track.Store(info.tracking_uri)
         run_id = store.child_of_slurm_job(info.experiment_id, info.parent_run_id, job.job_id)
         if run_id:
             if hung:

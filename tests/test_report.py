@@ -12,8 +12,9 @@ from mlflow.entities import Metric
 from PIL import Image
 
 from pipeline.report import page, table
+from pipeline.report.table import Figures, Row
 from pipeline.sweep.info import SweepInfo
-from pipeline.track import RunState
+from pipeline.track import RunState, Store
 
 from helpers import ROOT, Sweep, ok
 
@@ -77,14 +78,9 @@ def assert_report_matches_runs(s: Sweep, expected_names: list[str]) -> None:
 def test_pareto_front() -> None:
     def row(
         name: str, tokens_s: float | None, gib: float | None, loss: float | None, state=RunState.FINISHED
-    ):
-        return {
-            "name": name,
-            "avg_tokens_per_s": tokens_s,
-            "peak_memory_gib": gib,
-            "final_loss": loss,
-            "state": state,
-        }
+    ) -> Row:
+        figures = Figures(final_loss=loss, avg_tokens_per_s=tokens_s, peak_memory_gib=gib)
+        return Row(name, state, None, figures)
 
     rows = [
         row("fast", 900.0, 8.0, 4.1),
@@ -94,7 +90,7 @@ def test_pareto_front() -> None:
         row("diverged", 5000.0, 1.0, float("nan")),  # would top the front: never ranked
         row("killed midway", 4000.0, 1.5, 4.3, RunState.KILLED),
     ]
-    assert [r["name"] for r in page.pareto(rows)] == ["lean", "fast"]
+    assert [r.name for r in page.pareto(rows)] == ["lean", "fast"]
 
 
 @pytest.mark.slow
@@ -145,4 +141,5 @@ def test_unfinished_points(sweep: Sweep, tmp_path: Path) -> None:
     assert rows["zero=stage1,offload=nvme"]["state"] == "FAILED"
     assert all(rows[n][k] == "-" for n in rows for k in METRICS)
     assert_valid_png(tmp_path / "loss.png")
-    assert page.pareto(table.rows(SweepInfo(parent, eid, sweep.client.tracking_uri, [], []))) == []
+    info = SweepInfo(parent, eid, sweep.client.tracking_uri, [], [])
+    assert page.pareto(table.rows(Store(info.tracking_uri), info)) == []

@@ -6,18 +6,20 @@ from pathlib import Path
 
 from pipeline import track
 from pipeline.report import table
-from pipeline.report.page import TABLE, write
+from pipeline.report.page import REPORT, write
 from pipeline.sweep.info import SweepInfo
 
 
-def resolve(target: str, uri: str) -> tuple[SweepInfo, str]:
-    """A sweep dir (its sweep.json) or a parent run id (its sweep_dir tag) -> (info, sweep dir)."""
+def resolve(target: str, uri: str) -> tuple[track.Store, SweepInfo, str]:
+    """A sweep dir (its sweep.json, whose store it reads) or a parent run id in the store at uri (its
+    sweep_dir tag) -> (store, info, sweep dir)."""
     info = SweepInfo.load(target) if Path(target).is_dir() else None
     if info is not None:
-        return info, target
-    parent = track.Store(uri).get(target)
+        return track.Store(info.tracking_uri), info, target
+    store = track.Store(uri)
+    parent = store.get(target)
     sweep_dir = parent.tags.get(track.SWEEP_DIR) or "."
-    return SweepInfo(target, parent.experiment_id, uri, overrides=[], varying=[]), sweep_dir
+    return store, SweepInfo(target, parent.experiment_id, uri, overrides=[], varying=[]), sweep_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,9 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--outputs-dir", default="outputs", help="where the default sqlite store lives")
     ap.add_argument("--tracking-uri", default=None, help="MLflow store, if not the default one")
     args = ap.parse_args(argv)
-    info, sweep_dir = resolve(args.target, track.store_uri(args.outputs_dir, args.tracking_uri))
-    print(table.format_table(table.rows(info), TABLE))
-    print(f"report: {write(info, sweep_dir)}")
+    store, info, sweep_dir = resolve(args.target, track.store_uri(args.outputs_dir, args.tracking_uri))
+    print(REPORT.text(table.rows(store, info)))
+    print(f"report: {write(store, info, sweep_dir)}")
 
 
 if __name__ == "__main__":

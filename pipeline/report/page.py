@@ -17,63 +17,70 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from pipeline import track  # noqa: E402
 from pipeline.report import table  # noqa: E402
+from pipeline.report.table import Row  # noqa: E402
 from pipeline.sweep.info import SweepInfo  # noqa: E402
-from pipeline.track import RunState  # noqa: E402
+from pipeline.track import RunState, Store  # noqa: E402
 
-TABLE = [
-    "name",
-    *table.CHOICES,
-    "avg_tokens_per_s",
-    "avg_step_time_s",
-    "peak_memory_gib",
-    "final_loss",
-    "state",
-    "run_id",
-]
+# Every point's choices and figures, for the page and report.txt.
+REPORT = table.View(
+    (
+        table.NAME,
+        *table.GROUPS,
+        table.TOKENS_PER_S,
+        table.STEP_TIME,
+        table.PEAK_MEMORY,
+        table.FINAL_LOSS,
+        table.STATE,
+        table.RUN_ID,
+    )
+)
 History = dict[str, list[tuple[int, float]]]
 
 
-def pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pareto(rows: list[Row]) -> list[Row]:
     """Points no other point beats on both throughput (higher) and peak memory (lower), among those
     that trained to the end with a finite loss (a diverged run is never ranked)."""
     pts = [r for r in rows if _rankable(r)]
 
-    def beaten(r: dict[str, Any]) -> bool:
+    def beaten(r: Row) -> bool:
+        mine = (r.figures.avg_tokens_per_s, r.figures.peak_memory_gib)
         return any(
-            o["avg_tokens_per_s"] >= r["avg_tokens_per_s"]
-            and o["peak_memory_gib"] <= r["peak_memory_gib"]
-            and (o["avg_tokens_per_s"], o["peak_memory_gib"]) != (r["avg_tokens_per_s"], r["peak_memory_gib"])
+            o.figures.avg_tokens_per_s >= mine[0]
+            and o.figures.peak_memory_gib <= mine[1]
+            and (o.figures.avg_tokens_per_s, o.figures.peak_memory_gib) != mine
             for o in pts
         )
 
-    return sorted((r for r in pts if not beaten(r)), key=lambda r: r["peak_memory_gib"])
+    return sorted((r for r in pts if not beaten(r)), key=lambda r: r.figures.peak_memory_gib)
 
 
-def _rankable(row: dict[str, Any]) -> bool:
-    figures = [row.get(k) for k in ("avg_tokens_per_s", "peak_memory_gib", "final_loss")]
-    return row.get("state") == RunState.FINISHED and all(v is not None and math.isfinite(v) for v in figures)
+def _rankable(row: Row) -> bool:
+    f = row.figures
+    figures = [f.avg_tokens_per_s, f.peak_memory_gib, f.final_loss]
+    return row.state == RunState.FINISHED and all(v is not None and math.isfinite(v) for v in figures)
 
 
-def histories(store: track.Store, rows: list[dict[str, Any]], key: str) -> History:
+def histories(store: Store, rows: list[Row], key: str) -> History:
     """Per-step values of one metric by run name, skipping runs that logged none yet."""
     out = {}
     for r in rows:
-        hist = store.history(r["run_id"], key)
+        hist = store.history(r.run_id, key)
         if hist:
-            out[r["name"]] = hist
+            out[r.name] = hist
     return out
 
 
-def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Path:
+def plot_pareto(rows: list[Row], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = [r for r in rows if r.get("avg_tokens_per_s") is not None and r.get("peak_memory_gib") is not None]
-    for r in pts:
-        ax.scatter(r["peak_memory_gib"], r["avg_tokens_per_s"], color="tab:blue")
+    for r in rows:
+        f = r.figures
+        if f.avg_tokens_per_s is None or f.peak_memory_gib is None:
+            continue
+        ax.scatter(f.peak_memory_gib, f.avg_tokens_per_s, color="tab:blue")
         ax.annotate(
-            r["name"],
-            (r["peak_memory_gib"], r["avg_tokens_per_s"]),
+            r.name,
+            (f.peak_memory_gib, f.avg_tokens_per_s),
             fontsize=8,
             xytext=(4, 4),
             textcoords="offset points",
@@ -81,8 +88,8 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Path:
     front = pareto(rows)
     if front:
         ax.plot(
-            [r["peak_memory_gib"] for r in front],
-            [r["avg_tokens_per_s"] for r in front],
+            [r.figures.peak_memory_gib for r in front],
+            [r.figures.avg_tokens_per_s for r in front],
             "o--",
             color="tab:red",
             mfc="none",
@@ -126,12 +133,10 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def render_html(title: str, rows: list[dict[str, Any]], pngs: list[Path]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in TABLE)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(table.fmt(r.get(c)))}</td>" for c in TABLE) + "</tr>"
-        for r in rows
-    )
+def render_html(title: str, rows: list[Row], pngs: list[Path]) -> str:
+    headers, cells = REPORT.cells(rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
     imgs = "".join(
         f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
         for p in pngs
@@ -144,10 +149,9 @@ def render_html(title: str, rows: list[dict[str, Any]], pngs: list[Path]) -> str
     )
 
 
-def write(info: SweepInfo, sweep_dir: str | Path) -> Path:
+def write(store: Store, info: SweepInfo, sweep_dir: str | Path) -> Path:
     """Build the report of the sweep info describes; returns report.html."""
-    store = track.Store(info.tracking_uri)
-    rows = table.rows(info)
+    rows = table.rows(store, info)
     out = Path(sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     pngs = [
@@ -155,7 +159,7 @@ def write(info: SweepInfo, sweep_dir: str | Path) -> Path:
         plot_loss(histories(store, rows, "loss"), out / "loss.png"),
         plot_step_time(histories(store, rows, "step_time_s"), out / "step_time.png"),
     ]
-    (out / "report.txt").write_text(table.format_table(rows, TABLE) + "\n")
+    (out / "report.txt").write_text(REPORT.text(rows) + "\n")
     page = out / "report.html"
     title = f"{store.get(info.parent_run_id).name} ({len(rows)} points)"
     page.write_text(render_html(title, rows, pngs))

@@ -1,7 +1,8 @@
 """A multirun as one MLflow parent run, its points as child runs named after what varies.
 
 Hydra calls these hooks in the launching process: the parent run and sweep.json at the start,
-each point's outcome as it ends, and the table, the report and the parent's status at the end.
+each point's outcome as it ends, and the table, the report and the parent's status at the end (the
+parent's life is the sweep core's, core.py, which the search shares).
 """
 
 import sys
@@ -15,7 +16,8 @@ from omegaconf import DictConfig
 from pipeline import config as schema
 from pipeline import track
 from pipeline.job import Outcome
-from pipeline.report import page, table
+from pipeline.report import table
+from pipeline.sweep.core import Sweep
 from pipeline.sweep.info import SweepInfo, varying_keys
 from pipeline.track import RunState
 
@@ -33,26 +35,17 @@ class SweepRun(Callback):
         overrides = list(config.hydra.overrides.task)
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        store = track.Store(track.tracking_uri(cfg))
+        store = track.Store.of(cfg)
         experiment_id = track.prepare(cfg)
         name = " ".join(overrides) or "sweep"
         key = " ".join(o for o in overrides if not o.startswith("sweep.")) or "sweep"
-        tags = {
-            track.SWEEP_DIR: str(sweep_dir),
-            track.ROLE: "sweep",
-            track.SWEEP_KEY: key,
-            **track.owner_tags(),
-        }
         parent = carried_on(store, experiment_id, cfg.sweep.resume, key)
+        varying = varying_keys(overrides)
+        Sweep.open(store, experiment_id, key, parent, sweep_dir, f"sweep: {name}", name, overrides, varying)
         if parent:
-            store.reopen(parent)
-            store.tag(parent, tags)
             print(
                 f"carrying on in sweep {parent} (sweep.resume={cfg.sweep.resume}): its finished points stay"
             )
-        else:
-            parent = store.create_run(experiment_id, f"sweep: {name}", tags, {"sweep.overrides": name})
-        SweepInfo(parent, experiment_id, store.uri, overrides, varying_keys(overrides)).save(sweep_dir)
         _active.append(sweep_dir)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
@@ -77,20 +70,14 @@ _active: list[Path] = []
 
 def close(sweep_dir: Path, failed: bool, stopped: bool = False) -> bool:
     """The sweep's end: its table and report, and its parent run closed. Returns whether it failed."""
-    info = SweepInfo.load(sweep_dir)
-    if info is None:
+    sweep = Sweep.load(sweep_dir)
+    if sweep is None:
         return failed
-    rows = table.rows(info, str(sweep_dir.absolute()))
-    text = table.format_table(rows)
-    store = track.Store(info.tracking_uri)
-    store.log_text(info.parent_run_id, text + "\n", "sweep_table.txt")
-    store.log_dict(info.parent_run_id, rows, "sweep_table.json")
-    failed = failed or not all(r["state"].ok for r in rows)
+    rows = table.rows(sweep.store, sweep.info, str(sweep_dir.absolute()))
+    failed = failed or not all(r.state.ok for r in rows)
     state = RunState.KILLED if stopped else RunState.FAILED if failed else RunState.FINISHED
-    store.end(info.parent_run_id, state)
-    html = page.write(info, sweep_dir)
-    print(f"\n== sweep {sweep_dir}: {len(rows)} points, MLflow parent run {info.parent_run_id} ==")
-    print(text)
+    heading = f"sweep {sweep_dir}: {len(rows)} points, MLflow parent run {sweep.parent}"
+    html = sweep.close(heading, rows, table.SWEEP, "sweep_table", state)
     print(f"report: {html} (also on the parent run's artifacts, report/)")
     return failed
 

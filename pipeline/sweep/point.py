@@ -7,7 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from pipeline.sweep.info import SweepInfo
-from pipeline.track import OUTPUT_DIR, PARENT, SWEEP_DIR
+from pipeline.track import JOB_NUM, OUTPUT_DIR, OVERRIDES, PARENT, SWEEP_DIR
 
 
 @dataclass
@@ -27,12 +27,12 @@ class Point:
         hc = HydraConfig.get()
         overrides = list(hc.overrides.task)
         out = Path(hc.runtime.output_dir)
-        tags = {"zerosweep.overrides": " ".join(overrides), OUTPUT_DIR: str(out)}
+        tags = {OVERRIDES: " ".join(overrides), OUTPUT_DIR: str(out)}
         multirun = hc.mode == RunMode.MULTIRUN
         sweep = None
         if multirun:
             tags[SWEEP_DIR] = str(Path(hc.sweep.dir).absolute())
-            tags["zerosweep.job_num"] = str(hc.job.num)
+            tags[JOB_NUM] = str(hc.job.num)
             sweep = SweepInfo.load(hc.sweep.dir)  # None when the sweep tracks nothing
         if sweep:
             tags[PARENT] = sweep.parent_run_id

@@ -15,7 +15,6 @@ from pipeline import track
 from pipeline.check import compose, inputs
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Terminated, why_stopped
-from pipeline.report import page
 from pipeline.sweep.search import study as studies
 from pipeline.sweep.search import trial as trials
 from pipeline.sweep.search import winner
@@ -92,9 +91,11 @@ class Search:
         return self.cfg.trainer.timing_warmup_steps
 
     def run(self) -> None:
-        store = track.Store(track.tracking_uri(self.cfg))
         key = "search: " + " ".join(o for o in self.given if not o.startswith("search.trials="))
-        self.ledger = Ledger.open(store, track.prepare(self.cfg), key, self.cfg.outputs_dir, self.overrides)
+        experiment_id = track.prepare(self.cfg)
+        self.ledger = Ledger.open(
+            track.Store.of(self.cfg), experiment_id, key, self.cfg.outputs_dir, self.overrides
+        )
         study = studies.create(self.space, self.cfg.trainer.seed, self.cfg.search.prune_margin)
         self._carry_on(study)
         prior = self._first_fit()
@@ -178,7 +179,7 @@ class Search:
             if not self.space.contains(point):
                 continue
             result = self.ledger.outcome(run, point, self.space.name(point), self.warmup)
-            if result.state in ("FINISHED", "PRUNED", "SKIPPED") and not self._decided(point):
+            if result.state in _KEPT and not self._decided(point):
                 result.how = result.how or "earlier run of this search"
                 self.results.append(result)
                 studies.add(study, self.space, result)
@@ -200,7 +201,7 @@ class Search:
         if why_not:
             params = {**track.flat_params(cfg, {}), **{f"search.{k}": str(v) for k, v in point.items()}}
             run_id = track.record_skipped(cfg, name, params, {**tags, **track.owner_tags()}, why_not)
-            return Measured(point, name, "SKIPPED", run_id, why_not)
+            return Measured(point, name, RunState.SKIPPED, run_id, why_not)
         before = self.ledger.measured_before(key)
         if before is not None:
             result = self.ledger.outcome(before, point, name, self.warmup)
@@ -237,30 +238,28 @@ class Search:
         return sum(r.measured for r in self.results)
 
     def close(self, stopped: bool) -> None:
-        """Rank the points, write the winner's recipe, close the parent run (KILLED if stopped)."""
+        """Close the parent run (KILLED if stopped) with the points ranked and the report; then the
+        winner's recipe and command line."""
         if self.ledger is None:
             return
-        rows = winner.ranking(self.results)
-        text = winner.table(rows)
-        artifacts: dict = {"search_ranking.txt": text + "\n", "search_ranking.json": rows}
-        said = f"{self._measured()} trials, MLflow parent run {self.ledger.parent}"
-        print(f"\n== search {self.ledger.sweep_dir}: {said} ==")
-        print(text)
+        sweep = self.ledger.sweep
+        heading = f"search {sweep.sweep_dir}: {self._measured()} trials, MLflow parent run {sweep.parent}"
+        state = RunState.KILLED if stopped else RunState.FINISHED
+        sweep.close(heading, winner.ranking(self.results), winner.RANKING, "search_ranking", state)
         best = next(
-            (r for r in self.results if r.state == "FINISHED" and r.step_s == _best(self.results)), None
+            (r for r in self.results if r.state == RunState.FINISHED and r.step_s == _best(self.results)),
+            None,
         )
         if best is not None:
-            artifacts.update(self._crown(best))
+            self._crown(best)
         elif not stopped:
             print("no point finished: nothing to recommend (see the table's how column)", file=sys.stderr)
-        page.write(self.ledger.info, self.ledger.sweep_dir)
         jobs = self.ledger.slurm_jobs()
         if jobs:  # each trial's driver tagged its own job alone
-            self.ledger.store.tag(self.ledger.parent, {"zerosweep.slurm_job_ids": " ".join(jobs)})
-        self.ledger.close(RunState.KILLED if stopped else RunState.FINISHED, artifacts)
+            sweep.store.tag(sweep.parent, {track.SLURM_JOB_IDS: " ".join(jobs)})
 
-    def _crown(self, best: Measured) -> dict[str, str]:
-        """The winner as a command line and a recipe; returns them as the parent's artifacts."""
+    def _crown(self, best: Measured) -> None:
+        """The winner as a command line and a recipe, said and kept on the parent run."""
         name = self.cfg.search.name or f"fastest_{_model_name(self.cfg, self.overrides)}"
         user = winner.kept(self.overrides)
         command = " ".join(["python -m pipeline", *user, *self.space.overrides(best.point)])
@@ -273,13 +272,15 @@ class Search:
         header += f"Trains: {winner.train_command(self.cfg.outputs_dir, name)}\nSame as: {command}"
         text = winner.recipe(user, self.space.overrides(best.point), header)
         path = winner.write_recipe(self.cfg.outputs_dir, name, text, self.ledger.sweep_dir)
-        self.ledger.store.tag(self.ledger.parent, {"zerosweep.search_winner": best.run_id})
-        self.ledger.store.log_metrics(self.ledger.parent, {"best_step_time_s": best.step_s}, 0)
+        store, parent = self.ledger.store, self.ledger.parent
+        store.tag(parent, {track.SEARCH_WINNER: best.run_id})
+        store.log_metrics(parent, {"best_step_time_s": best.step_s}, 0)
+        store.log_text(parent, command + "\n", "winner_command.txt")
+        store.log_text(parent, text, f"{name}.yaml")
         print(f"\nfastest: {best.name} ({best.step_s * 1000:.1f} ms/step), MLflow run {best.run_id}")
         print(f"  command line  {command}")
         print(f"  recipe        {path}")
         print(f"  train it      {winner.train_command(self.cfg.outputs_dir, name)}")
-        return {"winner_command.txt": command + "\n", f"{name}.yaml": text}
 
 
 @dataclass
@@ -294,8 +295,10 @@ class Open:
     twins: list[optuna.Trial] = field(default_factory=list)
 
 
+# Decided for good: a rerun of the search keeps them.
+_KEPT = (RunState.FINISHED, RunState.PRUNED, RunState.SKIPPED)
 # Not asked for again in this run of the search (a rerun tries FAILED and KILLED points again).
-_DECIDED = ("FINISHED", "PRUNED", "SKIPPED", "FAILED", "KILLED")
+_DECIDED = (*_KEPT, RunState.FAILED, RunState.KILLED)
 
 
 def space_keys(space: Space) -> tuple[str, ...]:
@@ -319,7 +322,7 @@ def _model_name(cfg: Config, overrides: list[str]) -> str:
 
 
 def _said(result: Measured) -> str:
-    if result.state == "FINISHED":
+    if result.state == RunState.FINISHED:
         step, startup = result.step_s * 1000, result.metrics.get("search_startup_s")
         where = f", start-up {startup:.1f} s" if startup is not None else ""
         return f"{step:.1f} ms/step{where}" + (f" ({result.how})" if result.how else "")

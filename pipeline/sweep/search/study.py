@@ -9,6 +9,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.sweep.search.ledger import Measured
 from pipeline.sweep.search.space import Space
+from pipeline.track import RunState
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints one line per trial itself
 
@@ -47,7 +48,7 @@ def add(study: optuna.Study, space: Space, result: Measured) -> None:
     """A point measured before (an interrupted run of this search, or another search), as a
     finished Optuna trial: a value, or pruned (stopped early, or never started: worst)."""
     intermediate = dict(enumerate(result.running, start=1))
-    if result.state == "FINISHED" and result.step_s is not None:
+    if result.state == RunState.FINISHED and result.step_s is not None:
         state, value = TrialState.COMPLETE, result.step_s
     else:
         state, value = TrialState.PRUNED, None
@@ -66,9 +67,9 @@ def tell(study: optuna.Study, trial: optuna.Trial, result: Measured, reported: i
     value or its pruning."""
     for step, value in enumerate(result.running[reported:], start=reported + 1):
         trial.report(value, step)
-    if result.state == "FINISHED" and result.step_s is not None:
+    if result.state == RunState.FINISHED and result.step_s is not None:
         study.tell(trial, result.step_s)
-    elif result.state in ("FAILED", "KILLED"):
+    elif result.state in (RunState.FAILED, RunState.KILLED):
         study.tell(trial, state=TrialState.FAIL)
     else:
         study.tell(trial, state=TrialState.PRUNED)

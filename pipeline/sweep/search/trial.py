@@ -18,9 +18,9 @@ from pipeline import launch
 from pipeline.check import fit, gate, preflight, rules
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.sweep.search.ledger import PRUNED, Ledger, Measured
+from pipeline.sweep.search.ledger import Ledger, Measured
 from pipeline.sweep.search.space import Point
-from pipeline.track import RUN_ID_FILE, RunState
+from pipeline.track import PRUNED, RUN_ID_FILE, RunState
 
 POLL_S = 0.5
 # Prune(mean step time so far, timed step) -> True: stop the trial now.
@@ -119,9 +119,9 @@ def measured(training: Training, point: Point, name: str) -> Measured:
         tail = (
             (out / "trial.log").read_text().strip().splitlines()[-1:] if (out / "trial.log").exists() else []
         )
-        return Measured(point, name, "FAILED", None, f"no run started: {' '.join(tail)}")
+        return Measured(point, name, RunState.FAILED, None, f"no run started: {' '.join(tail)}")
     result = ledger.outcome(ledger.store.get(run_id), point, name, warmup)
-    if training.pruned and result.state == RunState.FINISHED.value:
+    if training.pruned and result.state == RunState.FINISHED:
         # Pruned as it finished (the stop came after its last step): it measured every step.
         ledger.store.untag(run_id, PRUNED)
     steps = [value for _, value in ledger.store.history(run_id, "step_time_s")]
@@ -132,7 +132,7 @@ def measured(training: Training, point: Point, name: str) -> Measured:
     }
     ledger.store.log_metrics(run_id, timing, step=0)
     result.metrics.update(timing)
-    if result.state == RunState.FAILED.value:
+    if result.state == RunState.FAILED:
         result.how = "failed: see its error.txt"
     return result
 

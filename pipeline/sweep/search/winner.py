@@ -10,49 +10,58 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from pipeline.check.compose import CONF_DIR
-from pipeline.report.table import fmt
+from pipeline.report import table
+from pipeline.report.table import Column, Figures, Row, View
 from pipeline.sweep.search import recipes
 from pipeline.sweep.search.ledger import Measured
+from pipeline.track import RunState
 
-ORDER = {"FINISHED": 0, "PRUNED": 1, "SKIPPED": 2}
-COLUMNS = ["rank", "point", "state", "step_ms", "tokens_per_s", "model_tflops", "startup_s", "warmup_s"]
-COLUMNS += ["peak_gib", "run_id", "how"]
+ORDER = {RunState.FINISHED: 0, RunState.PRUNED: 1, RunState.SKIPPED: 2}
 
 
-def ranking(results: list[Measured]) -> list[dict[str, Any]]:
+def _step_ms(r: Row) -> float | None:
+    step_s = r.figures.avg_step_time_s
+    return step_s * 1000 if r.finished and step_s is not None else None
+
+
+# The ranking: a finished point's step time and throughput (only its own are measured whole), each
+# trial's start-up and warm-up; its JSON keeps the knobs too.
+RANKING = View(
+    (
+        Column("rank", lambda r: r.rank),
+        Column("point", lambda r: r.name),
+        table.STATE,
+        Column("step_ms", _step_ms),
+        Column("tokens_per_s", lambda r: r.figures.avg_tokens_per_s if r.finished else None),
+        Column("model_tflops", lambda r: r.figures.model_tflops if r.finished else None),
+        Column("startup_s", lambda r: r.figures.search_startup_s),
+        Column("warmup_s", lambda r: r.figures.search_warmup_s),
+        Column("peak_gib", lambda r: r.figures.peak_memory_gib),
+        table.RUN_ID,
+        table.HOW,
+    ),
+    strip=True,
+)
+
+
+def ranking(results: list[Measured]) -> list[Row]:
     """Finished points fastest first, then the pruned ones, then those never started or failed."""
 
     def key(r: Measured) -> tuple:
         return (ORDER.get(r.state, 3), r.step_s if r.step_s is not None else float("inf"))
 
-    rows = []
-    for rank, r in enumerate(sorted(results, key=key), start=1):
-        m = r.metrics
-        rows.append(
-            {
-                "rank": rank if r.state == "FINISHED" else None,
-                "point": r.name,
-                "state": r.state,
-                "step_ms": r.step_s * 1000 if r.step_s is not None else None,
-                "tokens_per_s": m.get("avg_tokens_per_s") if r.state == "FINISHED" else None,
-                "model_tflops": m.get("model_tflops") if r.state == "FINISHED" else None,
-                "startup_s": m.get("search_startup_s"),
-                "warmup_s": m.get("search_warmup_s"),
-                "peak_gib": m.get("peak_memory_gib"),
-                "run_id": r.run_id,
-                "how": r.how,
-                **{f"knob.{k}": v for k, v in r.point.items()},
-            }
+    return [
+        Row(
+            r.name,
+            r.state,
+            r.run_id,
+            Figures.of(r.metrics),
+            r.how,
+            rank=rank if r.state == RunState.FINISHED else None,
+            knobs=r.point,
         )
-    return rows
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    cells = [[fmt(r.get(c)) for c in COLUMNS] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return "\n".join(lines)
+        for rank, r in enumerate(sorted(results, key=key), start=1)
+    ]
 
 
 def kept(overrides: list[str]) -> list[str]:
