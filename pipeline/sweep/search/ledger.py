@@ -40,6 +40,8 @@ class Measured:
 
 @dataclass
 class Ledger:
+    """The search's sweep (its parent run and dir, the core's) and what its trial runs say."""
+
     sweep: Sweep
 
     @classmethod
