@@ -1,4 +1,6 @@
-"""hydra-submitit-launcher's Slurm launcher, where it falls short for sweeps.
+"""hydra-submitit-launcher's Slurm launcher, where it falls short for sweeps (its launch(), which
+hydra_plugins/zerosweep_launchers hands over to here: Hydra imports that module at every start,
+this one only when a sweep launches).
 
 Its launch() raises at the first point Slurm cancelled or that died without a result, so the
 sweep's end (table, parent run status) never comes and the point's MLflow run stays RUNNING.
@@ -23,7 +25,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as PluginSlurmLauncher
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from pipeline import track
 from pipeline.errors import Hung, why_stopped
 from pipeline.job import Outcome
@@ -51,9 +53,18 @@ def _wait_gone(job_ids: list[str], timeout_s: float = 120) -> None:
         time.sleep(1)
 
 
-class SlurmLauncher(PluginSlurmLauncher):
+class SweepLaunch:
+    """One launch of a sweep's points: submitted as one job array (or found still queued by an earlier
+    driver), waited for, and each given a result. The Hydra launcher itself is what submitit pickles
+    into each job (its __call__ runs the point there)."""
+
+    def __init__(self, launcher: SlurmLauncher) -> None:
+        assert launcher.config is not None
+        self.launcher = launcher
+        self.config = launcher.config
+        self.params = launcher.params
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        assert self.config is not None
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         state = Singleton.get_state()
@@ -66,7 +77,8 @@ class SlurmLauncher(PluginSlurmLauncher):
         for point in points.values():
             watchdog.forget(point)
         calls = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in fresh.items()]
-        submitted = iter(self._executor().map_array(self, *zip(*calls, strict=True)) if calls else [])
+        array = self._executor().map_array(self.launcher, *zip(*calls, strict=True)) if calls else []
+        submitted = iter(array)
         jobs = [queued.get(tuple(o)) or (next(submitted), points[n]) for n, o in numbered]
         ids = [job.job_id for job, _ in jobs]
         log.info(f"Slurm jobs {' '.join(ids)}; submitit logs in {sweep_dir}/.submitit/")
