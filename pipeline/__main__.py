@@ -59,13 +59,13 @@ def _composed(overrides: list[str], multirun: bool) -> list["Checked"]:
 
 
 def _check(points: list["Checked"], runs_here: bool, refuse: bool) -> None:
-    """Rules for every point first (instant), then the machine checks (they import DeepSpeed);
-    one line per refused point."""
+    """Rules for every point first (instant), then the gate for each (it imports DeepSpeed, and asks
+    the rules again: instant); one line per refused point."""
     if len(points) >= 10:  # a big sweep takes a while to check: say so
         print(
             f"checking {len(points)} points (rules, model and data, this machine, memory)...", file=sys.stderr
         )
-    for check in (lambda point: rules.check(point.cfg), lambda point: _plan(point, runs_here)):
+    for check in (lambda point: rules.check(point.cfg), lambda point: _admit(point, runs_here)):
         _each(points, check)
         if refuse and any(p.error for p in points):
             _refuse([compose.at_point(p.error, p.overrides, len(points)) for p in points if p.error])
@@ -134,14 +134,14 @@ def _refuse(errors: list[ConfigError]) -> None:
     sys.exit(2)
 
 
-def _plan(point: Checked, runs_here: bool) -> None:
+def _admit(point: Checked, runs_here: bool) -> None:
     """The user's model and data, then this machine with the point's plan (cheap: meta-device
     sizes), then whether it fits."""
-    from pipeline.check import fit, gate, preflight
+    from pipeline.check import gate, preflight
 
     with preflight.quiet():  # DeepSpeed's estimators announce the accelerator on import
-        point.plan = gate.checked(point.cfg, Path(point.cfg.outputs_dir), use_cpu=True, runs_here=runs_here)
-        point.misfit = fit.refusal(point.cfg, point.plan.memory, runs_here)
+        admitted = gate.admit(point.cfg, Path(point.cfg.outputs_dir), use_cpu=True, runs_here=runs_here)
+    point.plan, point.misfit = admitted.plan, admitted.misfit
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

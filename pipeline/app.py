@@ -9,10 +9,10 @@ import torch
 from omegaconf import DictConfig
 
 from pipeline import config, track
-from pipeline.check import fit, gate
+from pipeline.check import gate
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.job import Job, Outcome
+from pipeline.job import Job, Outcome, Summary
 from pipeline.launch import slurm
 from pipeline.launch.local import Placement
 from pipeline.rank import checkpoints, data
@@ -48,27 +48,26 @@ def failure_policy(task: Callable[[Config, Point], Outcome]) -> Callable[[DictCo
 
 @failure_policy
 def run(cfg: Config, point: Point) -> Outcome:
-    the_plan = gate.checked(cfg, point.out, use_cpu=not torch.cuda.is_available())
-    files = console.write_plan(point.out, the_plan)
+    admitted = gate.admit(cfg, point.out, use_cpu=not torch.cuda.is_available())
+    files = console.write_plan(point.out, admitted.plan)
     if cfg.dry_run:
-        console.print_plan(the_plan, files)
+        console.print_plan(admitted.plan, files)
         return Outcome(state=None)
     where = slurm.placement(cfg)
-    misfit = fit.refusal(cfg, the_plan.memory, runs_here=True)
-    if misfit:
-        return skip(cfg, point, where, misfit)
+    if admitted.misfit:
+        return skip(cfg, point, where, admitted.misfit)
     before = earlier_attempts(cfg, point)
     if before and before[-1].state == RunState.FINISHED:
         return finished_before(point, before[-1])
     with open_run(cfg, point, where, before) as tracked:
         last = where.checkpoint(point.out) or carried_over(before)
         resume_from = checkpoints.for_ranks(last, cfg, where.ranks)
-        job = Job.of(cfg, the_plan, point.out, tracked.ref, resume_from, data.prepare(cfg))
-        result = where.launch(job)
-        tracked.finish(result, files.all(), job.saved_models())
-    console.write_result(point.out, result)
-    console.print_result(cfg, point.name, result, files, job.saved_models(), tracked.run_id)
-    return Outcome(RunState.FINISHED, result)
+        job = Job.of(cfg, admitted.plan, point.out, where.ranks, tracked.ref, resume_from, data.prepare(cfg))
+        summary = where.launch(job)
+        tracked.finish(summary, files.all(), job.saved_models())
+    console.write_result(point.out, summary)
+    console.print_result(cfg, point.name, summary, files, job.saved_models(), tracked.run_id)
+    return Outcome(RunState.FINISHED, summary)
 
 
 def open_run(
@@ -89,7 +88,7 @@ def earlier_attempts(cfg: Config, point: Point) -> list[RunRecord]:
     """This point's runs in its sweep so far (earlier tries, or a sweep run before and stopped)."""
     if point.sweep is None:
         return []
-    key = track.point_key(track.flat_params(cfg, point.choices))
+    key = track.point_key(cfg, track.flat_params(cfg, point.choices))
     return track.Store(point.sweep.tracking_uri).attempts(
         point.sweep.experiment_id, point.sweep.parent_run_id, key
     )
@@ -98,7 +97,7 @@ def earlier_attempts(cfg: Config, point: Point) -> list[RunRecord]:
 def finished_before(point: Point, run: RunRecord) -> Outcome:
     """A point that finished in an earlier run of its sweep is not trained again."""
     print(f"point {point.name} FINISHED before (MLflow run {run.run_id}): not trained again")
-    return Outcome(RunState.FINISHED, dict(run.metrics))
+    return Outcome(RunState.FINISHED, Summary.of(run.metrics))
 
 
 def carried_over(before: list[RunRecord]) -> str | None:
@@ -122,4 +121,4 @@ def skip(cfg: Config, point: Point, where: Placement, misfit: ConfigError) -> Ou
 def identity(cfg: Config, point: Point, where: Placement) -> tuple[dict[str, str], dict[str, str]]:
     """The params and tags a point's run is compared and found by."""
     params = track.flat_params(cfg, point.choices)
-    return params, {**point.tags, **where.tags(), track.POINT_KEY: track.point_key(params)}
+    return params, {**point.tags, **where.tags(), track.POINT_KEY: track.point_key(cfg, params)}

@@ -5,7 +5,7 @@ ranks and Slurm tasks), the summary a rank reports, and the outcome Hydra hands 
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,9 @@ class Job:
     flops_per_token: float
     # The run dir: the trained model lands in its model/ (and model_fp32/).
     out: Path
+    # The ranks this attempt trains with (Placement.ranks): a requeued Slurm job may have other than
+    # the config's world size, and its steps take the batch per rank on each of them.
+    ranks: int
     # The point's MLflow run, for rank 0 to append metrics to; None when nothing is tracked.
     run: RunRef | None = None
     # The Trainer checkpoint a requeued or carried-on job resumes from (checkpoints.for_ranks).
@@ -38,12 +41,22 @@ class Job:
         cfg: Config,
         plan: "Plan",
         out: Path,
+        ranks: int,
         run: RunRef | None = None,
         resume_from: str | None = None,
         data: str | None = None,
     ) -> "Job":
         training_args = checkpoints.loading(plan.training_args, resume_from)
-        return cls(cfg, training_args, plan.flops_per_token, out, run, resume_from, data)
+        return cls(cfg, training_args, plan.flops_per_token, out, ranks, run, resume_from, data)
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step on this attempt's ranks."""
+        return self.cfg.batch_per_rank * self.ranks
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch * self.cfg.data.seq_len
 
     @property
     def model_dir(self) -> Path:
@@ -101,5 +114,5 @@ class Outcome:
 
     state: RunState | None
     # The closing figures (metrics.StepMetrics.summary) of a FINISHED point.
-    summary: dict[str, float] = field(default_factory=dict)
+    summary: Summary | None = None
     slurm_job_id: str | None = None

@@ -23,5 +23,5 @@ def counting_step(self, *args, **kwargs):
 Trainer.training_step = counting_step
 cfg = compose.compose_point(["trainer.max_steps=3", "tracking.enabled=false"])
 out = Path(sys.argv[1])
-local.Local(nproc=1).launch(Job.of(cfg, plan.make(cfg, out, use_cpu=True), out))
+local.Local(nproc=1).launch(Job.of(cfg, plan.make(cfg, out, use_cpu=True), out, ranks=1))
 print("FROZEN", min(frozen), len(frozen), gc.get_freeze_count())

@@ -1,14 +1,33 @@
-"""Can this point start? The user's model and data, the plan, DeepSpeed's own config models on it,
-and this machine: each refusal is one ConfigError naming the key."""
+"""Can this point start? The rules, the user's model and data, the plan, DeepSpeed's own config
+models on it, this machine, then the memory: each refusal is one ConfigError naming the key. The
+command line, the search's trials and the job (here, or a Slurm job) all ask `admit`."""
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import plan
-from pipeline.check import inputs, preflight
+from pipeline.check import fit, inputs, preflight, rules
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.plan import Plan
+
+
+@dataclass
+class Admission:
+    """A point the checks let through: its plan, and whether it fits the memory where it runs."""
+
+    plan: Plan
+    # It does not fit the GPU (or host) memory: a single run is refused, a sweep's point skipped.
+    misfit: ConfigError | None
+
+
+def admit(cfg: Config, output_dir: Path, use_cpu: bool, runs_here: bool = True) -> Admission:
+    """Can this point start? ConfigError where a rule, its model or data, or this machine refuses it;
+    otherwise its plan, held against the memory (runs_here: this machine's, else what the launcher says)."""
+    rules.check(cfg)
+    the_plan = checked(cfg, output_dir, use_cpu, runs_here)
+    return Admission(the_plan, fit.refusal(cfg, the_plan.memory, runs_here))
 
 
 def checked(cfg: Config, output_dir: Path, use_cpu: bool, runs_here: bool = True) -> Plan:

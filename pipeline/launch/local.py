@@ -23,7 +23,7 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from pipeline import track
 from pipeline.errors import Terminated, raise_terminated
-from pipeline.job import Job
+from pipeline.job import Job, Summary
 from pipeline.rank import train, watchdog
 
 
@@ -45,7 +45,7 @@ class Placement(Protocol):
     def checkpoint(self, out: Path) -> str | None:
         """The checkpoint to resume from, if this attempt resumes one."""
 
-    def launch(self, job: Job) -> dict[str, float]:
+    def launch(self, job: Job) -> Summary:
         """Train the job's ranks; returns rank 0's summary."""
 
 
@@ -67,7 +67,7 @@ class Local:
     def checkpoint(self, out: Path) -> str | None:
         return None
 
-    def launch(self, job: Job) -> dict[str, float]:
+    def launch(self, job: Job) -> Summary:
         watchdog.forget(job.out)
         try:
             return self._ranks(job)
@@ -77,7 +77,7 @@ class Local:
                 raise
             raise hung from e
 
-    def _ranks(self, job: Job) -> dict[str, float]:
+    def _ranks(self, job: Job) -> Summary:
         if self.nproc == 1:
             return _in_process(job)
         config = LaunchConfig(
@@ -97,7 +97,7 @@ class Local:
             raise Terminated(f"terminated by {signal.Signals(e.sigval).name}") from e
 
 
-def _in_process(job: Job) -> dict[str, float]:
+def _in_process(job: Job) -> Summary:
     world_of_one()
     try:
         return train.worker(job, own_process=False)
@@ -121,7 +121,7 @@ def world_of_one() -> None:
 
 
 @record  # a failing rank's exception reaches the job's error (else only "ChildFailedError")
-def elastic_rank(job: Job) -> dict[str, float]:
+def elastic_rank(job: Job) -> Summary:
     """A rank under torch's elastic launcher, which stops the other ranks with SIGTERM when one
     fails: raised here, so rank 0's buffered metrics are flushed on the way out. (A Slurm task
     keeps submitit's handling: Slurm sends SIGTERM before a preemption's requeue.)"""
@@ -129,7 +129,7 @@ def elastic_rank(job: Job) -> dict[str, float]:
     return rank_main(job)
 
 
-def rank_main(job: Job) -> dict[str, float]:
+def rank_main(job: Job) -> Summary:
     """A rank in its own process: train, then leave the process group cleanly (gloo can abort
     at interpreter exit otherwise)."""
     share_cpus()

@@ -12,7 +12,7 @@ import submitit
 
 from pipeline import track
 from pipeline.config import Config
-from pipeline.job import Job
+from pipeline.job import Job, Summary
 from pipeline.launch import local
 from pipeline.rank import checkpoints
 
@@ -37,7 +37,7 @@ class SlurmTask:
     def checkpoint(self, out: Path) -> str | None:
         return checkpoints.newest(out) if self.requeued else None
 
-    def launch(self, job: Job) -> dict[str, float]:
+    def launch(self, job: Job) -> Summary:
         """Each task is a rank, as a local rank is (its CPU threads are the task's CPUs)."""
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         return local.rank_main(job)

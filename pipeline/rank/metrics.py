@@ -12,6 +12,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from pipeline.config import GIB
+from pipeline.job import Summary
 
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -109,18 +110,19 @@ class StepMetrics(TrainerCallback):
         """Peak GPU memory allocated on this rank; without a GPU, the peak host RSS seen."""
         return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else self.peak_host
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> Summary:
         timed = self.step_times[self.warmup :] or self.step_times
         step_s = statistics.mean(timed) if timed else float("nan")
         tokens_s = self.tokens_per_step / step_s if timed else float("nan")
-        return {
-            "final_loss": self.losses[-1] if self.losses else float("nan"),
-            "avg_step_time_s": step_s,
-            "avg_tokens_per_s": tokens_s,
-            "model_tflops": self.flops_per_token * tokens_s / 1e12,
-            "peak_memory_gib": self.peak_memory() / GIB,
-            "peak_host_gib": (self.node_host or self.peak_host) / GIB,
-            "steps": self.last_step,  # the run's, across a requeue
-            "resumed_from_step": self.first_step,
-            **{f"final_{k}": v for k, v in self.evaluation.items()},  # the last one: at the end
-        }
+        return Summary(
+            final_loss=self.losses[-1] if self.losses else float("nan"),
+            avg_step_time_s=step_s,
+            avg_tokens_per_s=tokens_s,
+            model_tflops=self.flops_per_token * tokens_s / 1e12,
+            peak_memory_gib=self.peak_memory() / GIB,
+            peak_host_gib=(self.node_host or self.peak_host) / GIB,
+            steps=self.last_step,
+            resumed_from_step=self.first_step,
+            final_eval_loss=self.evaluation.get("eval_loss"),  # the last evaluation: at the end
+            final_eval_perplexity=self.evaluation.get("eval_perplexity"),
+        )

@@ -2,7 +2,7 @@
 trained model saved as a Hugging Face model directory.
 
 Runs in the job process (one rank), in a process started by torch's elastic launcher (N
-ranks), or in a Slurm task; takes a pickled Job and returns a plain summary.
+ranks), or in a Slurm task; takes a pickled Job and returns its Summary.
 """
 
 import gc
@@ -11,24 +11,81 @@ import warnings
 from collections.abc import Callable
 
 import torch.distributed as dist
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from pipeline import track
 from pipeline.config import ModelSource
-from pipeline.job import Job
+from pipeline.job import Job, Summary
 from pipeline.rank import data, model, tokenizer
 from pipeline.rank.metrics import Diverged, StepMetrics
 from pipeline.rank.watchdog import Watchdog
 
 
-def worker(job: Job, own_process: bool = True) -> dict[str, float]:
+def worker(job: Job, own_process: bool = True) -> Summary:
     """Train one rank; rank 0 appends metrics to the job's MLflow run. Returns this rank's summary.
     own_process: the rank is a process of its own (not the job's, as one local rank is)."""
     # DeepSpeed calls torch.distributed's deprecated names on every step: keep the progress readable.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
-    cfg, t = job.cfg, job.cfg.trainer
-    arch = model.model_config(cfg, tokenizer.BYTE_VOCAB)
+    training = Training(job, own_process)
+    try:
+        training.train()
+    finally:
+        training.close()
+    return training.clock.summary()
+
+
+class Training:
+    """One rank's training in three steps: build (model, data, the Trainer and its callbacks), train
+    (then evaluate and save), close (what it started, also after an error)."""
+
+    def __init__(self, job: Job, own_process: bool) -> None:
+        cfg, t = job.cfg, job.cfg.trainer
+        self.job, self.rank = job, int(os.environ.get("RANK", "0"))
+        arch = model.model_config(cfg, tokenizer.BYTE_VOCAB)
+        net, args = model_and_arguments(job, arch)
+        train_set, self.eval_set = data.splits(cfg, arch.vocab_size, t.max_steps * job.global_batch, job.data)
+        self.logger = (
+            track.MetricLogger(job.run, cfg.tracking.buffer_s) if self.rank == 0 and job.run else None
+        )
+        self.clock = StepMetrics(
+            job.tokens_per_step, job.flops_per_token, t.timing_warmup_steps, self.logger, t.stop_on_nan
+        )
+        flush = self.logger.flush if self.logger else None
+        self.watchdog = (
+            Watchdog(t.hang_timeout_s, job.out, self.rank, not own_process, flush, job.ranks)
+            if t.hang_timeout_s
+            else None
+        )
+        callbacks = [FreezeHeap(), self.clock, *([self.watchdog] if self.watchdog else [])]
+        callbacks += [FlushOnSave(flush)] if flush else []
+        self.trainer = Trainer(
+            model=net, args=args, train_dataset=train_set, eval_dataset=self.eval_set, callbacks=callbacks
+        )
+
+    def train(self) -> None:
+        """Train (from the job's checkpoint, if it resumes one); a diverged loss fails the run; the
+        last evaluation at the end; the trained model saved."""
+        trainer, clock = self.trainer, self.clock
+        trainer.train(resume_from_checkpoint=self.job.resume_from)
+        if clock.diverged_at is not None and self.job.cfg.trainer.stop_on_nan:
+            raise Diverged(f"loss is nan/inf at step {clock.diverged_at}")
+        if self.eval_set is not None and clock.evaluated_at != trainer.state.global_step:
+            trainer.evaluate()  # at the end, unless eval_steps just did
+        save(trainer, self.job, self.rank == 0)
+        clock.node_host_peak()
+
+    def close(self) -> None:
+        if self.watchdog:
+            self.watchdog.close()
+        gc.unfreeze()  # the next point of a local sweep must be able to collect this one's cycles
+        if self.logger:
+            self.logger.flush()
+
+
+def model_and_arguments(job: Job, arch: PretrainedConfig) -> tuple[PreTrainedModel, TrainingArguments]:
+    """The model and the Trainer's arguments, in the order the model's partitioning needs."""
+    cfg = job.cfg
     if cfg.model.zero3_init or cfg.model.source == ModelSource.pretrained:
         # Arguments first: their live DeepSpeed config makes HF build or load the model already
         # partitioned under ZeRO-3 (zero.Init), so each rank holds its share only.
@@ -38,40 +95,9 @@ def worker(job: Job, own_process: bool = True) -> dict[str, float]:
         unset_hf_deepspeed_config()  # a previous point of a local sweep may have left one live
         net = model.build(cfg, arch)
         args = TrainingArguments(**job.training_args)
-    if t.gradient_checkpointing:
+    if cfg.trainer.gradient_checkpointing:
         net.config.use_cache = False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    samples = t.max_steps * t.micro_batch_size * t.gradient_accumulation_steps * world
-    train_set, eval_set = data.splits(cfg, arch.vocab_size, samples, job.data)
-    rank = int(os.environ.get("RANK", "0"))
-    is_main = rank == 0
-    logger = track.MetricLogger(job.run, cfg.tracking.buffer_s) if is_main and job.run else None
-    tokens_per_step = t.micro_batch_size * t.gradient_accumulation_steps * world * cfg.data.seq_len
-    clock = StepMetrics(tokens_per_step, job.flops_per_token, t.timing_warmup_steps, logger, t.stop_on_nan)
-    flush = logger.flush if logger else None
-    watchdog = None
-    if t.hang_timeout_s:
-        watchdog = Watchdog(t.hang_timeout_s, job.out, rank, not own_process, flush, world)
-    callbacks = [FreezeHeap(), clock, *([watchdog] if watchdog else [])]
-    callbacks += [FlushOnSave(flush)] if flush else []
-    trainer = Trainer(
-        model=net, args=args, train_dataset=train_set, eval_dataset=eval_set, callbacks=callbacks
-    )
-    try:
-        trainer.train(resume_from_checkpoint=job.resume_from)
-        if clock.diverged_at is not None and t.stop_on_nan:
-            raise Diverged(f"loss is nan/inf at step {clock.diverged_at}")
-        if eval_set is not None and clock.evaluated_at != trainer.state.global_step:
-            trainer.evaluate()  # at the end, unless eval_steps just did
-        save(trainer, job, is_main)
-        clock.node_host_peak()
-    finally:
-        if watchdog:
-            watchdog.close()
-        gc.unfreeze()  # the next point of a local sweep must be able to collect this one's cycles
-        if logger:
-            logger.flush()
-    return clock.summary()
+    return net, args
 
 
 def save(trainer: Trainer, job: Job, is_main: bool) -> None:

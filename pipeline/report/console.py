@@ -13,8 +13,9 @@ from pipeline.errors import ConfigError
 from pipeline.plan import Plan
 from pipeline.plan.memory import MemoryPlan
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: pipeline.job would load MLflow for the dry sweep's table
     from pipeline.check.fit import Capacity
+    from pipeline.job import Summary
 
 
 @dataclass
@@ -51,10 +52,10 @@ def _arguments(plan: Plan) -> dict:
     return {k: v for k, v in plan.training_args.items() if k != "deepspeed"}
 
 
-def write_result(out: Path, result: dict[str, float]) -> Path:
+def write_result(out: Path, summary: "Summary") -> Path:
     """summary.json: the job's closing figures, for scripts (the GPU benchmark reads it)."""
     path = out / "summary.json"
-    path.write_text(json.dumps(result) + "\n")
+    path.write_text(json.dumps(summary.metrics()) + "\n")
     return path
 
 
@@ -83,16 +84,16 @@ def print_plan(plan: Plan, files: PlanFiles) -> None:
 
 
 def print_result(
-    cfg: Config, name: str, result: dict[str, float], files: PlanFiles, models: list[Path], run_id: str | None
+    cfg: Config, name: str, summary: "Summary", files: PlanFiles, models: list[Path], run_id: str | None
 ) -> None:
     where = "GPU" if torch.cuda.is_available() else "host"
     print(f"\n== {name}: done ==")
-    print(f"  final loss      {result['final_loss']:.4f}")
-    print(f"  tokens/s        {result['avg_tokens_per_s']:,.0f}")
-    print(f"  step time       {result['avg_step_time_s'] * 1000:.1f} ms")
-    print(f"  peak {where} mem   {result['peak_memory_gib']:.2f} GiB")
-    if "final_eval_loss" in result:
-        loss, perplexity = result["final_eval_loss"], result["final_eval_perplexity"]
+    print(f"  final loss      {summary.final_loss:.4f}")
+    print(f"  tokens/s        {summary.avg_tokens_per_s:,.0f}")
+    print(f"  step time       {summary.avg_step_time_s * 1000:.1f} ms")
+    print(f"  peak {where} mem   {summary.peak_memory_gib:.2f} GiB")
+    if summary.final_eval_loss is not None:
+        loss, perplexity = summary.final_eval_loss, summary.final_eval_perplexity
         print(f"  eval loss       {loss:.4f} (perplexity {perplexity:.2f})")
     for model in models:
         print(f"  trained model   {model}")

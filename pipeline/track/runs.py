@@ -3,13 +3,12 @@ rank 0 (RunRef, MetricLogger), finished or failed by itself (TrackedRun); its pa
 
 import hashlib
 import json
-import math
 import os
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.environment_variables import MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS
@@ -19,6 +18,9 @@ from pipeline.config import Config
 from pipeline.errors import Hung, why_stopped
 from pipeline.track.sampler import Sampler
 from pipeline.track.store import RUN_ID_FILE, SKIPPED, RunState, Store, prepare
+
+if TYPE_CHECKING:  # pipeline.job imports this package
+    from pipeline.job import Summary
 
 
 @dataclass
@@ -36,11 +38,11 @@ class RunRef:
 PLACEMENT = ("trainer.nproc_per_node", "trainer.nnodes", "trainer.gradient_accumulation_steps")
 
 
-def point_key(params: Mapping[str, str]) -> str:
-    """A point's identity: its composed config with its global batch in place of its placement,
-    without the sweep's own settings."""
+def point_key(cfg: Config, params: Mapping[str, str]) -> str:
+    """A point's identity: its composed config (params: flat_params of cfg) with its global batch in
+    place of its placement, without the sweep's own settings."""
     kept = {k: v for k, v in params.items() if not k.startswith("sweep.") and k not in PLACEMENT}
-    kept["global_batch"] = str(math.prod(int(params[k]) for k in ("trainer.micro_batch_size", *PLACEMENT)))
+    kept["global_batch"] = str(cfg.global_batch)
     return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -79,12 +81,10 @@ class TrackedRun:
             self._monitor.start()
         return self
 
-    def finish(
-        self, summary: Mapping[str, float], artifacts: Iterable[Path], folders: Iterable[Path] = ()
-    ) -> None:
+    def finish(self, summary: "Summary", artifacts: Iterable[Path], folders: Iterable[Path] = ()) -> None:
         """The closing figures, the plan's files, and whole folders (the trained model) by their name."""
         self._stop_sampling()
-        self.store.log_metrics(self.run_id, summary, int(summary.get("steps", 0)))
+        self.store.log_metrics(self.run_id, summary.metrics(), summary.steps)
         self.store.log_files(self.run_id, artifacts)
         for folder in folders:
             self.store.log_folder(self.run_id, folder)
@@ -118,9 +118,7 @@ class Untracked:
     def __enter__(self) -> "Untracked":
         return self
 
-    def finish(
-        self, summary: Mapping[str, float], artifacts: Iterable[Path], folders: Iterable[Path] = ()
-    ) -> None:
+    def finish(self, summary: "Summary", artifacts: Iterable[Path], folders: Iterable[Path] = ()) -> None:
         pass
 
     def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:

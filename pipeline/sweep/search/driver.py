@@ -195,7 +195,7 @@ class Search:
         fixed += ["tracking.buffer_s=1"]  # each second, not every 10: the pruner reads them live
         overrides = self.overrides + self.space.overrides(point) + fixed
         cfg = compose.compose_point(overrides)
-        key = track.point_key(track.flat_params(cfg, {}))
+        key = track.point_key(cfg, track.flat_params(cfg, {}))
         tags = self.ledger.trial_tags(point, key)
         why_not = trials.refusal(cfg)
         if why_not:

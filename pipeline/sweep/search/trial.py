@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import launch
-from pipeline.check import fit, gate, preflight, rules
+from pipeline.check import gate, preflight
 from pipeline.config import Config
 from pipeline.errors import ConfigError
 from pipeline.sweep.search.ledger import Ledger, Measured
@@ -33,14 +33,11 @@ def refusal(cfg: Config) -> str | None:
     for this machine's) or host; None: start it."""
     runs_here = not launch.submits(cfg.launcher.name, multirun=True)  # a trial is a one-point sweep
     try:
-        rules.check(cfg)
         with preflight.quiet():  # DeepSpeed's estimators announce the accelerator on import
-            memory = gate.checked(cfg, Path(cfg.outputs_dir), use_cpu=True, runs_here=runs_here).memory
+            misfit = gate.admit(cfg, Path(cfg.outputs_dir), use_cpu=True, runs_here=runs_here).misfit
     except ConfigError as e:
         return str(e).split(". Fix:")[0]
-    if not cfg.check_fit:
-        return None
-    return fit.shortfall(cfg, memory, fit.Capacity.of(cfg, runs_here=runs_here))
+    return misfit.problem if misfit else None
 
 
 @dataclass
