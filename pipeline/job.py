@@ -89,8 +89,9 @@ class Summary:
     final_eval_perplexity: float | None = None
 
     def metrics(self) -> dict[str, float]:
-        """As MLflow metrics (an eval the run did not make is left out)."""
-        return {k: float(v) for k, v in dataclasses.asdict(self).items() if v is not None}
+        """As MLflow metrics and summary.json's keys (an eval the run did not make is left out; the
+        step counts stay whole numbers)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
     def of(cls, metrics: Mapping[str, float]) -> "Summary":
