@@ -26,18 +26,11 @@ def admit(cfg: Config, output_dir: Path, use_cpu: bool, runs_here: bool = True) 
     """Can this point start? ConfigError where a rule, its model or data, or this machine refuses it;
     otherwise its plan, held against the memory (runs_here: this machine's, else what the launcher says)."""
     rules.check(cfg)
-    the_plan = checked(cfg, output_dir, use_cpu, runs_here)
-    return Admission(the_plan, fit.refusal(cfg, the_plan.memory, runs_here))
-
-
-def checked(cfg: Config, output_dir: Path, use_cpu: bool, runs_here: bool = True) -> Plan:
-    """The point's plan, once the user's model and data, and this machine, pass their checks
-    (ConfigError otherwise: one line naming the key)."""
     inputs.check(cfg)
     the_plan = plan.make(cfg, output_dir, use_cpu)
     deepspeed_accepts(the_plan.deepspeed)
     preflight.check(cfg, the_plan.memory.nvme, runs_here)
-    return the_plan
+    return Admission(the_plan, fit.refusal(cfg, the_plan.memory, runs_here))
 
 
 def deepspeed_accepts(ds: dict[str, Any]) -> None:
