@@ -156,7 +156,7 @@ def main() -> None:
     # process started from a background job (or nohup) inherits it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, raise_terminated)
-    if search.requested(sys.argv[1:]):  # search=fastest drives trials of its own (pipeline/search)
+    if search.requested(sys.argv[1:]):  # search=fastest drives trials of its own (pipeline/sweep/search)
         from pipeline.sweep.search import driver
 
         driver.main(sys.argv[1:])

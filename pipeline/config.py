@@ -286,7 +286,7 @@ class TrainerConf:
     nproc_per_node: int = 1
     nnodes: int = 1
     # Steps between checkpoints (0: none); resume picks the newest one up, also on another GPU count
-    # (converted to DeepSpeed's universal checkpoint: pipeline/checkpoints.py).
+    # (converted to DeepSpeed's universal checkpoint: pipeline/rank/checkpoints.py).
     save_steps: int = 0
     save_total_limit: int = 2
     torch_compile: bool = False
@@ -393,7 +393,7 @@ class SweepConf:
 
 @dataclass
 class SearchConf:
-    """search=fastest (pipeline/search): the fastest config that fits, found with Optuna. Each list
+    """search=fastest (pipeline/sweep/search): the fastest config that fits, found with Optuna. Each list
     is one knob's space (conf/search/fastest.yaml); narrow or widen it with search.KEY=[a,b]."""
 
     # Points measured (trained here, or found in MLflow for the same config and host); points that
