@@ -71,6 +71,7 @@ def test_none_changes_nothing(tmp_path: Path) -> None:
     assert (ds_a, args_a) == (ds_b, args_b)
 
 
+@pytest.mark.slow
 def test_resident_keeps_the_loss_curve(tmp_path: Path) -> None:
     """perf=resident changes where ZeRO-3 keeps the weights, not what it computes: real training
     against plain ZeRO-3 at the same micro batch, same seed, gives the same losses step for step."""
