@@ -26,7 +26,10 @@ from helpers import (
 )
 
 pytestmark = pytest.mark.slow
-SWEEP = ("-m", "trainer.max_steps=3,400", "trainer.save_steps=10")
+# Point 1 is SIGKILLed once its checkpoint of step 20 is complete: LONG steps leave it 100 more to
+# be killed in (several seconds, checkpoints included) and the rerun 100 or so to carry on with.
+LONG = 120
+SWEEP = ("-m", f"trainer.max_steps=3,{LONG}", "trainer.save_steps=10")
 
 
 def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
@@ -50,7 +53,7 @@ def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
     for run in runs(outputs):
         by_name.setdefault(run.info.run_name, []).append(run)
     (short,) = by_name["trainer.max_steps=3"]  # not trained again
-    stopped, carried = by_name["trainer.max_steps=400"]
+    stopped, carried = by_name[f"trainer.max_steps={LONG}"]
     assert (
         short.info.status == "FINISHED"
         and stopped.info.status == "KILLED"
@@ -58,15 +61,15 @@ def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
     )
     assert carried.data.tags["zerosweep.carries_on"] == stopped.info.run_id
     resumed = int(carried.data.metrics["resumed_from_step"])
-    assert resumed > 0 and resumed % 10 == 0 and carried.data.metrics["steps"] == 400
-    assert loss_steps(outputs, carried.info.run_id) == list(range(resumed + 1, 401))  # the curve goes on
+    assert resumed > 0 and resumed % 10 == 0 and carried.data.metrics["steps"] == LONG
+    assert loss_steps(outputs, carried.info.run_id) == list(range(resumed + 1, LONG + 1))  # the curve goes on
     # Steps buffered for the store were flushed with checkpoint-10, seconds before the SIGKILL.
     assert set(range(1, 11)) <= set(loss_steps(outputs, stopped.info.run_id))
     table = {
         line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("trainer.max_steps=")
     }
     assert table["trainer.max_steps=3"].rstrip().endswith("earlier run")
-    assert f"carried on from step {resumed}, try 2" in table["trainer.max_steps=400"]
+    assert f"carried on from step {resumed}, try 2" in table[f"trainer.max_steps={LONG}"]
 
 
 def _checkpoints(outputs: Path, point: str, least: int) -> list[Path]:
