@@ -35,7 +35,5 @@ format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-# 3 pytest-xdist workers on 2 cores (many tests wait on processes, Slurm, servers); the tests that
-# share a fixture or the one local Slurm run on one worker (tests/conftest.py, GROUPS).
 test: install system-deps lint
-	$(PY) -m pytest -n 3 --dist loadgroup --durations=15
+	$(PY) -m pytest --durations=15
