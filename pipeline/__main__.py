@@ -93,13 +93,21 @@ def _make_store(cfg: Config, multirun: bool) -> None:
     from pipeline import track
     from pipeline.sweep.info import SweepInfo
 
+    uri = track.tracking_uri(cfg)
+    path = track.sqlite_path(uri)
     named = cfg.sweep.resume
     if multirun and named not in ("auto", "new") and SweepInfo.load(named) is None:
-        uri = track.tracking_uri(cfg)
-        exists = not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).exists()
-        if not (exists and track.Store(uri).find(named)):
+        if not ((path is None or path.exists()) and track.Store(uri).find(named)):
             why = f"{named} is neither a sweep dir (with sweep.json) nor a run in the store"
             _refuse([ConfigError("sweep.resume", why, "give one of those, or auto / new")])
+    shared = path and launch.submits(cfg.launcher.name, multirun) and track.network_filesystem(path.parent)
+    if shared:
+        print(
+            f"note: the MLflow store {path} is a sqlite file on {shared}, a network filesystem: its "
+            "locks are not safe for jobs writing from several nodes; set tracking.uri to your team's "
+            "MLflow server (README, Tracking)",
+            file=sys.stderr,
+        )
     try:
         track.prepare(cfg)
     except ConfigError as e:

@@ -41,7 +41,7 @@ def server_command(uri: str, outputs_dir: str, port: int) -> list[str]:
         "--workers",
         "1",
     ]
-    if uri.startswith("sqlite:///"):
+    if track.sqlite_path(uri):
         cmd += ["--default-artifact-root", (Path(outputs_dir).absolute() / "mlartifacts").as_uri()]
     return cmd
 

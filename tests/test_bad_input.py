@@ -78,6 +78,11 @@ CASES = {
         "needs ~28 MiB per GPU, the GPU has 15 MiB. Fix: use ",
     ),
     "more ranks than cores": (["trainer.nproc_per_node=64"], "trainer.nproc_per_node", "64 ranks but"),
+    "nodes without a cluster": (
+        ["trainer.nnodes=2"],
+        "trainer.nnodes",
+        "2 nodes, but this trains on this machine only (no -m launcher=slurm). Fix: add -m launcher=slurm",
+    ),
     "a group with no option": (["zero="], "zero", "needs an option. Fix: choose one of stage0"),
     "a group set to null": (["zero=null"], "zero", "needs an option, not null"),
     "no tracking server there": (

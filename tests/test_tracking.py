@@ -163,3 +163,48 @@ def _ended(process: psutil.Process) -> bool:
         return process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def test_a_start_waits_while_another_process_makes_the_same_store(tmp_path):
+    """`mlflow ui` (or any script) opened on a fresh outputs dir makes the sqlite store at the moment
+    a sweep starts: the start waits for it to finish, where it once stopped on "table ... already
+    exists" (the other process takes no lock of ours)."""
+    from pipeline import track
+    from pipeline.check.compose import compose_point
+
+    cfg = compose_point([f"outputs_dir={tmp_path}"])
+    make = "import sys; from mlflow import MlflowClient; print('making', flush=True); "
+    make += "MlflowClient(sys.argv[1]).search_experiments()"
+    other = subprocess.Popen(
+        [sys.executable, "-c", make, track.tracking_uri(cfg)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    assert other.stdout.readline() == "making\n"
+    wait_for("the other process to begin the store", track.sqlite_path(track.tracking_uri(cfg)).exists, 60)
+    experiment_id = track.prepare(cfg)
+    assert other.wait(timeout=120) == 0
+    assert MlflowClient(track.tracking_uri(cfg)).get_experiment(experiment_id).name == cfg.tracking.experiment
+
+
+def test_a_store_on_a_network_filesystem_is_told_apart_from_a_local_disk():
+    """What the driver reads (/proc/mounts) before it sends a sweep with a sqlite store to Slurm:
+    the longest mount point above the store decides."""
+    from pipeline.track import network_filesystem
+
+    mounts = "\n".join(
+        [
+            "/dev/nvme0n1p2 / ext4 rw,relatime 0 0",
+            "fs01:/export/home /home nfs4 rw,vers=4.2 0 0",
+            "/dev/nvme1n1 /home/alice/scratch xfs rw 0 0",
+            "lfs@o2ib:/lustre /lustre lustre rw 0 0",
+            "//nas/team\\040share /mnt/team\\040share cifs rw 0 0",
+        ]
+    )
+    assert network_filesystem(Path("/home/alice/outputs"), mounts) == "nfs4"
+    assert network_filesystem(Path("/home/alice/scratch/outputs"), mounts) is None
+    assert network_filesystem(Path("/lustre/proj/outputs"), mounts) == "lustre"
+    assert network_filesystem(Path("/mnt/team share/out"), mounts) == "cifs"
+    assert network_filesystem(Path("/tmp/outputs"), mounts) is None
+    assert network_filesystem(Path("/tmp"), Path("/proc/mounts").read_text()) is None  # this machine

@@ -29,7 +29,19 @@ def check(cfg: Config, nvme_bytes: int, runs_here: bool = True) -> None:
                 "install libaio-dev (apt-get install libaio-dev), or use offload=cpu",
             )
     if runs_here and not cfg.dry_run:
+        _check_nodes(cfg)
         _check_accelerator(cfg)
+
+
+def _check_nodes(cfg: Config) -> None:
+    """More nodes than this machine: only a cluster's job spans nodes (in it, Slurm says how many)."""
+    nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", 1))
+    if cfg.trainer.nnodes > nodes:
+        raise ConfigError(
+            "trainer.nnodes",
+            f"{cfg.trainer.nnodes} nodes, but this trains on this machine only (no -m launcher=slurm)",
+            "add -m launcher=slurm (each point a Slurm job across the nodes), or set trainer.nnodes=1",
+        )
 
 
 def nvme_path(cfg: Config) -> Path:

@@ -44,8 +44,10 @@ from pipeline.track.store import (
     RunRecord,
     RunState,
     Store,
+    network_filesystem,
     owner_tags,
     prepare,
+    sqlite_path,
     store_uri,
     tracking_uri,
 )
@@ -86,8 +88,10 @@ __all__ = [
     "open_run",
     "owner_tags",
     "point_key",
+    "network_filesystem",
     "prepare",
     "record_skipped",
+    "sqlite_path",
     "store_uri",
     "tracking_uri",
 ]

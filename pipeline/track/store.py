@@ -2,10 +2,12 @@
 and its making, once, before any run."""
 
 import socket
+import sqlite3
 import sys
 import time
 import urllib.request
 from collections.abc import Iterable, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -80,9 +82,39 @@ class RunState(str, Enum):
         return self.value
 
 
+SQLITE = "sqlite:///"
+
+
 def store_uri(outputs_dir: str | Path, uri: str | None = None) -> str:
     """The one URI rule, shared with the UI and report commands that have no composed config."""
-    return uri or f"sqlite:///{Path(outputs_dir).absolute() / 'mlflow.db'}"
+    return uri or f"{SQLITE}{Path(outputs_dir).absolute() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a sqlite store; None for a server."""
+    return Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) else None
+
+
+# Filesystems shared over the network (`stat -f -c %T`, /proc/mounts), where sqlite's file locks are
+# not safe for writers on several nodes (sqlite.org/faq.html#q5).
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "ceph", "beegfs", "fuse.")
+
+
+def network_filesystem(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the network filesystem path is on, or None (a local disk). mounts: the text of
+    /proc/mounts (read when not given)."""
+    if mounts is None:
+        mounts = Path("/proc/mounts").read_text()
+    path = path.absolute()
+    best, kind = "", ""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        if path.is_relative_to(point) and len(point) > len(best):
+            best, kind = point, fields[2]
+    return kind if kind.startswith(NETWORK_FILESYSTEMS) else None
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -279,16 +311,38 @@ def prepare(cfg: Config) -> str:
     half-built), so every start takes a file lock beside the store for this. Runs that a dead
     process of this host left RUNNING are closed first."""
     uri = tracking_uri(cfg)
+    path = sqlite_path(uri)
     try:
-        if not uri.startswith("sqlite:///"):
+        if path is None:
             _answers(uri)
             return _prepare(cfg, uri)
-        path = Path(uri[len("sqlite:///") :])
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{path}.lock"):
+            _wait_while_made(path)
             return _prepare(cfg, uri)
     except (OSError, MlflowException, SQLAlchemyError) as e:
         raise _unusable(cfg, uri, e) from None
+
+
+def _wait_while_made(path: Path, wait_s: float = 60) -> None:
+    """Another process (`mlflow ui`, a script: they take no lock of ours) may be making this store,
+    its schema migration half done: touching it now would break both ("table ... already exists").
+    Wait, reading it read-only, until its schema is MLflow's newest, or for wait_s at most (then
+    MLflow's own check says what is wrong with it)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    newest = _get_latest_schema_revision()
+    deadline = time.monotonic() + wait_s
+    while path.exists() and _schema_version(path) != newest and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _schema_version(path: Path) -> str | None:
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            return db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    except (sqlite3.Error, TypeError):  # no such table (yet), locked, empty
+        return None
 
 
 def _answers(uri: str) -> None:
@@ -300,7 +354,8 @@ def _answers(uri: str) -> None:
 def _unusable(cfg: Config, uri: str, e: Exception) -> ConfigError:
     """Why the store cannot be used, as the one line that names the key to change."""
     reason = (str(getattr(e, "reason", "")) or str(e)).strip().splitlines()[0]
-    if not uri.startswith("sqlite:///"):
+    path = sqlite_path(uri)
+    if path is None:
         return ConfigError(
             "tracking.uri",
             f"no MLflow server answers at {uri} ({reason})",
@@ -309,7 +364,7 @@ def _unusable(cfg: Config, uri: str, e: Exception) -> ConfigError:
     if "not a database" in reason:
         return ConfigError(
             "tracking.uri",
-            f"{uri[len('sqlite:///') :]} is not an MLflow store ({reason})",
+            f"{path} is not an MLflow store ({reason})",
             "move that file away, or set outputs_dir to another directory",
         )
     return ConfigError(
@@ -323,7 +378,7 @@ def _prepare(cfg: Config, uri: str) -> str:
     store = Store(uri)
     experiment_id = store.experiment_id(cfg.tracking.experiment)
     if experiment_id is None:
-        local = uri.startswith("sqlite:///")
+        local = sqlite_path(uri) is not None
         artifacts = (Path(cfg.outputs_dir).absolute() / "mlartifacts").as_uri() if local else None
         return store.create_experiment(cfg.tracking.experiment, artifacts)
     for run_id in store.close_orphans(experiment_id):
