@@ -13,6 +13,7 @@ its newest Trainer checkpoint into the same run: pipeline/launch/slurm.py).
 import copy
 import json
 import logging
+import re
 import signal
 import subprocess
 import time
@@ -53,6 +54,13 @@ def _wait_gone(job_ids: list[str], timeout_s: float = 120) -> None:
         time.sleep(1)
 
 
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (`scontrol show config`): an array's indices stay below it."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"^MaxArraySize\s*=\s*(\d+)", config, re.MULTILINE)
+    return int(found.group(1)) if found else 1001  # Slurm's default
+
+
 class SweepLaunch:
     """One launch of a sweep's points: submitted as one job array (or found still queued by an earlier
     driver), waited for, and each given a result. The Hydra launcher itself is what submitit pickles
@@ -77,8 +85,7 @@ class SweepLaunch:
         for point in points.values():
             watchdog.forget(point)
         calls = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in fresh.items()]
-        array = self._executor().map_array(self.launcher, *zip(*calls, strict=True)) if calls else []
-        submitted = iter(array)
+        submitted = iter(self._submit(calls))
         jobs = [queued.get(tuple(o)) or (next(submitted), points[n]) for n, o in numbered]
         ids = [job.job_id for job, _ in jobs]
         log.info(f"Slurm jobs {' '.join(ids)}; submitit logs in {sweep_dir}/.submitit/")
@@ -101,6 +108,19 @@ class SweepLaunch:
         except KeyboardInterrupt as stop:
             self._cancel([job for job, _ in jobs], store, info, why_stopped(stop))
             raise
+
+    def _submit(self, calls: list[tuple]) -> list[submitit.Job]:
+        """The points as job arrays: one, or as many as the cluster's MaxArraySize needs (an array
+        larger than it is refused by sbatch). array_parallelism holds within each array."""
+        size = max_array_size()
+        if len(calls) > size:
+            arrays = -(-len(calls) // size)
+            log.info(f"{len(calls)} points in {arrays} job arrays (the cluster's MaxArraySize is {size})")
+        executor = self._executor()
+        chunks = [calls[i : i + size] for i in range(0, len(calls), size)]
+        return [
+            job for chunk in chunks for job in executor.map_array(self.launcher, *zip(*chunk, strict=True))
+        ]
 
     def _still_queued(
         self, store: track.Store, info: SweepInfo

@@ -74,14 +74,20 @@ def open_run(
     cfg: Config, point: Point, where: Placement, before: list[RunRecord]
 ) -> track.TrackedRun | track.Untracked:
     """The point's MLflow run, if this process owns one: a new try of the point, carrying on from
-    the last one (a Slurm requeue reopens its own run instead)."""
-    if not (cfg.tracking.enabled and where.owns_run):
+    the last one (a Slurm requeue reopens its own run instead). In a job across nodes, the other
+    nodes sample their system metrics into it."""
+    if not cfg.tracking.enabled:
         return track.Untracked()
+    if not where.owns_run:
+        if not (where.samples_node and cfg.tracking.system_metrics):
+            return track.Untracked()
+        job = where.tags()[track.SLURM_JOB]
+        return track.NodeSampling(track.Store.of(cfg), point.out, job, str(where.node))
     params, tags = identity(cfg, point, where)
     tags[track.ATTEMPT] = str(len(before) + 1)
     if before:
         tags[track.CARRIES_ON] = before[-1].run_id
-    return track.open_run(cfg, point.out, point.name, params, tags, resume=where.requeued)
+    return track.open_run(cfg, point.out, point.name, params, tags, where.requeued, where.node)
 
 
 def earlier_attempts(cfg: Config, point: Point) -> list[RunRecord]:

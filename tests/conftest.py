@@ -2,11 +2,12 @@
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import Own, Sweep, make_own, ok, run_pipeline
+from helpers import MlflowServer, Own, Sweep, make_own, ok, run_pipeline
 
 # OpenMP threads that wait sleep instead of spinning, in the tests and every process they start (the
 # CLI, its ranks, Slurm's jobs): with two or more trainings at once on 2 cores (a sweep's Slurm jobs,
@@ -33,3 +34,11 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
 def own(tmp_path_factory: pytest.TempPathFactory) -> Own:
     """A user's own small models and data files (helpers.make_own): built once, no download."""
     return make_own(tmp_path_factory.mktemp("own"))
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A team's MLflow server (helpers.MlflowServer), shared: each test logs to an experiment of its own."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()

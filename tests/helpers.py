@@ -1,9 +1,12 @@
 """Test helpers: run the real CLI as a user would, and read what landed in MLflow."""
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,22 +66,23 @@ def wait_for(what: str, found: Callable[[], object], timeout: float = 240) -> An
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def mlflow_client(outputs: Path) -> MlflowClient:
-    """A client of the store the pipeline made under outputs (its own URI rule)."""
-    return MlflowClient(store_uri(outputs))
+def mlflow_client(store: Path | str) -> MlflowClient:
+    """A client of the store the pipeline made under an outputs dir (its own URI rule), or of a
+    tracking server's URI."""
+    return MlflowClient(store if isinstance(store, str) else store_uri(store))
 
 
-def runs(outputs: Path) -> list[Run]:
-    """Every run of the project's experiment, oldest first."""
-    client = mlflow_client(outputs)
-    exp = client.get_experiment_by_name("zerosweep")
+def runs(store: Path | str, experiment: str = "zerosweep") -> list[Run]:
+    """Every run of the experiment, oldest first."""
+    client = mlflow_client(store)
+    exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
-def loss_steps(outputs: Path, run_id: str) -> list[int]:
-    return [m.step for m in mlflow_client(outputs).get_metric_history(run_id, "loss")]
+def loss_steps(store: Path | str, run_id: str) -> list[int]:
+    return [m.step for m in mlflow_client(store).get_metric_history(run_id, "loss")]
 
 
 def artifact_text(outputs: Path, run_id: str, path: str, into: Path) -> str:
@@ -212,3 +216,60 @@ def start_pipeline(outputs: Path, *args: str, log: Path) -> subprocess.Popen:
 def search_trials(outputs: Path) -> list[Run]:
     """The runs of search trials (points tried, skipped or reused), oldest first."""
     return [r for r in runs(outputs) if "zerosweep.search_point" in r.data.tags]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1, as a team runs one: a sqlite backend, and artifacts
+    stored by the server (--artifacts-destination) and served through it. Stopped and started
+    again on the same port and store, it is the same server back after an outage."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.uri = f"http://127.0.0.1:{free_port()}"
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> "MlflowServer":
+        port = self.uri.rsplit(":", 1)[1]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--workers",
+            "1",
+        ]
+        cmd += ["--backend-store-uri", f"sqlite:///{self.root}/server.db"]
+        cmd += ["--artifacts-destination", (self.root / "served-artifacts").as_uri()]
+        env = {**cli_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        log = (self.root / "server.log").open("a")
+        self._proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for("the MLflow server to answer", self._answers, timeout=120)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGKILL)  # the server and its workers, at once: an outage
+            self._proc.wait()
+            self._proc = None
+
+    def _answers(self) -> bool:
+        assert self._proc is not None and self._proc.poll() is None, (self.root / "server.log").read_text()[
+            -3000:
+        ]
+        try:
+            with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                return True
+        except OSError:
+            return False

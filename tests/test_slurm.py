@@ -4,9 +4,11 @@ Drives the CLI as a user does (`python -m pipeline -m launcher=slurm ...`) and a
 Slurm (sacct) and MLflow recorded.
 """
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -17,6 +19,7 @@ from mlflow.entities import Run
 
 from helpers import (
     ROOT,
+    MlflowServer,
     artifact_text,
     cli_env,
     loss_steps,
@@ -34,7 +37,7 @@ SCRIPT = ROOT / "launchers" / "local-slurm.sh"
 
 @pytest.fixture(scope="session", autouse=True)
 def local_slurm() -> Iterator[None]:
-    """A real single-node Slurm for the session; left running if it already was."""
+    """A real two-node Slurm for the session; left running if it already was."""
     if shutil.which("slurmctld") is None or os.geteuid() != 0:
         pytest.skip("needs root and Debian's Slurm (scripts/system-deps.sh)")
     was_up = "slurmctld: running" in subprocess.run([SCRIPT, "status"], capture_output=True, text=True).stdout
@@ -63,14 +66,23 @@ def sweep_dir(outputs: Path) -> Path:
     return found
 
 
-def parent_and_children(outputs: Path) -> tuple[Run, list[Run]]:
-    client = mlflow_client(outputs)
-    exp = client.get_experiment_by_name("zerosweep")
-    all_runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+def parent_and_children(store: Path | str, experiment: str = "zerosweep") -> tuple[Run, list[Run]]:
+    all_runs = runs(store, experiment)
     (parent,) = [r for r in all_runs if r.data.tags.get("zerosweep.role") == "sweep"]
     children = [r for r in all_runs if r is not parent]
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
     return parent, children
+
+
+def sacct(job_ids: list[str], field: str) -> dict[str, str]:
+    """One field of each job, as Slurm's accounting has it."""
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", f"JobID,{field}", "-j", ",".join(job_ids)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(line.split("|")[:2] for line in out.splitlines())
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
@@ -78,28 +90,26 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     writes it, and Slurm may still list its job RUNNING for a moment while the step winds down."""
 
     def ended() -> dict[str, str] | None:
-        out = subprocess.run(
-            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(job_ids)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        states = dict(line.split("|")[:2] for line in out.splitlines())
+        states = sacct(job_ids, "State")
         return None if {"PENDING", "RUNNING", "COMPLETING"} & set(states.values()) else states
 
     return wait_for(f"Slurm jobs {', '.join(job_ids)} to end", ended, timeout=60)
 
 
-def test_four_point_sweep_is_four_jobs_and_nested_runs(tmp_path: Path) -> None:
-    out = finish(start(tmp_path, "zero=stage2,stage3", "offload=none,cpu", "trainer.max_steps=8"))
+def test_six_point_sweep_is_six_jobs_in_two_arrays_and_nested_runs(tmp_path: Path) -> None:
+    """Six points, one job each; the local Slurm's MaxArraySize is 5, so they go out as two arrays."""
+    out = finish(start(tmp_path, "zero=stage1,stage2,stage3", "offload=none,cpu", "trainer.max_steps=8"))
     parent, children = parent_and_children(tmp_path)
-    assert parent.info.status == "FINISHED" and len(children) == 4
-    assert "launcher=slurm zero=stage2,stage3 offload=none,cpu" in parent.data.params["sweep.overrides"]
+    assert parent.info.status == "FINISHED" and len(children) == 6
+    assert (
+        "launcher=slurm zero=stage1,stage2,stage3 offload=none,cpu" in parent.data.params["sweep.overrides"]
+    )
     job_ids = parent.data.tags["zerosweep.slurm_job_ids"].split()
-    assert len(set(job_ids)) == 4
+    assert len(set(job_ids)) == 6 and len({j.split("_")[0] for j in job_ids}) == 2
+    assert "6 points in 2 job arrays (the cluster's MaxArraySize is 5)" in out
     assert sacct_states(job_ids) == {j: "COMPLETED" for j in job_ids}
     points = {(r.data.params["zero"], r.data.params["offload"]): r for r in children}
-    assert set(points) == {(z, o) for z in ("stage2", "stage3") for o in ("none", "cpu")}
+    assert set(points) == {(z, o) for z in ("stage1", "stage2", "stage3") for o in ("none", "cpu")}
     for (zero, offload), r in points.items():
         assert r.info.status == "FINISHED" and r.info.run_name == f"zero={zero},offload={offload}"
         assert r.data.params["zero.stage"] == zero[-1] and r.data.params["trainer.max_steps"] == "8"
@@ -110,35 +120,52 @@ def test_four_point_sweep_is_four_jobs_and_nested_runs(tmp_path: Path) -> None:
     assert len({round(r.data.metrics["final_loss"], 4) for r in children}) == 1  # same seed, same losses
 
 
-def test_two_task_job_is_two_ranks_with_zero_partitions(tmp_path: Path) -> None:
-    """trainer.nproc_per_node=2: one job of 2 tasks = 2 ranks; each rank saves its own RNG state and
-    its own ZeRO partition of the optimizer (files named by rank), which needs WORLD_SIZE=2."""
-    finish(
-        start(
-            tmp_path,
-            "trainer.nproc_per_node=2",
-            "zero=stage2,stage3",
-            "trainer.max_steps=6",
-            "trainer.save_steps=6",
-        )
-    )
-    parent, children = parent_and_children(tmp_path)
+def test_a_job_across_two_nodes_trains_as_one_rank_does(tmp_path: Path) -> None:
+    """trainer.nnodes=2 trainer.nproc_per_node=2: one job of 4 tasks on zs-node1 and zs-node2 is 4
+    ranks meeting at the first node. ZeRO-2 and ZeRO-3 give one rank's losses at the same global
+    batch (16); one MLflow run per job, not per rank or node, with each node's system metrics;
+    each rank's RNG state and ZeRO partition in the checkpoint; the saved model generates."""
+    nodes, one = tmp_path / "nodes", tmp_path / "one"
+    steps = ("trainer.max_steps=6", "trainer.save_steps=6")
+    sweep = start(nodes, "trainer.nnodes=2", "trainer.nproc_per_node=2", "trainer.micro_batch_size=4",
+                  "zero=stage2,stage3", *steps)  # fmt: skip
+    reference = run_pipeline(one, "trainer.micro_batch_size=16", *steps, "trainer.save_model=false")
+    finish(sweep)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    parent, children = parent_and_children(nodes)
     assert parent.info.status == "FINISHED" and len(children) == 2
-    for num in ("0", "1"):
-        ckpt = sweep_dir(tmp_path) / num / "checkpoints" / "checkpoint-6"
-        names = sorted(p.name for p in ckpt.rglob("*.p*"))
-        assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(names), names
-        assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= set(names), names
     job_ids = parent.data.tags["zerosweep.slurm_job_ids"].split()
-    logs = [sweep_dir(tmp_path) / ".submitit" / j / f"{j}_{task}_log.out" for j in job_ids for task in (0, 1)]
+    assert sacct(job_ids, "NodeList") == {j: "zs-node[1-2]" for j in job_ids}
+    logs = [sweep_dir(nodes) / ".submitit" / j / f"{j}_{task}_log.out" for j in job_ids for task in range(4)]
     assert all(p.exists() for p in logs), logs
-    assert len({round(r.data.metrics["final_loss"], 4) for r in children}) == 1  # ZeRO-2 == ZeRO-3
+    (single,) = runs(one)
+    expected = [m.value for m in mlflow_client(one).get_metric_history(single.info.run_id, "loss")]
+    assert len(expected) == 6
+    for run in children:  # each node's system metrics, under its name
+        assert {f"system/zs-node{n}/cpu_utilization_percentage" for n in (1, 2)} <= set(run.data.metrics)
+        losses = [m.value for m in mlflow_client(nodes).get_metric_history(run.info.run_id, "loss")]
+        assert losses == pytest.approx(expected, abs=1e-4), run.data.params["zero"]
+        out = Path(run.data.tags["zerosweep.output_dir"])
+        names = {p.name for p in (out / "checkpoints" / "checkpoint-6").rglob("*.p*")}
+        assert {f"rng_state_{r}.pth" for r in range(4)} <= names, names
+        assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4)} <= names, names
+    generate = ["pipeline.generate", children[-1].info.run_id, "Once", "--outputs-dir", str(nodes)]
+    generated = subprocess.run(
+        [sys.executable, "-m", *generate], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-3000:]
 
 
-def test_interrupted_job_resumes_into_the_same_run(tmp_path: Path) -> None:
-    """Two identical points (save_steps differ, losses do not): point 0 is interrupted by Slurm's
-    time-out signal after its first checkpoint, requeued, and resumes into its MLflow run."""
-    proc = start(tmp_path, "trainer.max_steps=80", "trainer.save_steps=10,11")
+def test_interrupted_job_resumes_into_the_same_run_through_an_mlflow_server(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    """A 2-point sweep that logs to a team's MLflow server (tracking.uri; artifacts stored by the
+    server): params, metrics, system metrics, the plan's files and the trained model land there.
+    The points are identical but for save_steps: point 0 is interrupted by Slurm's time-out signal
+    after its first checkpoint, requeued, and resumes into its run on the server."""
+    server = mlflow_server.uri
+    proc = start(tmp_path, f"tracking.uri={server}", "tracking.experiment=requeue",
+                 "trainer.max_steps=80", "trainer.save_steps=10,11")  # fmt: skip
     # A checkpoint is complete once the Trainer wrote its trainer_state.json (the last file it saves):
     # interrupting before that would leave nothing to resume from.
     wait_for(
@@ -151,18 +178,29 @@ def test_interrupted_job_resumes_into_the_same_run(tmp_path: Path) -> None:
     # Slurm may hold the requeued job for a while: release it as soon as it waits.
     wait_for("the requeue", lambda: _release_if_held(job_id), timeout=120)
     out = finish(proc)
-    parent, children = parent_and_children(tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()  # nothing tracked beside the outputs
+    parent, children = parent_and_children(server, "requeue")
     assert parent.info.status == "FINISHED" and len(children) == 2, out  # no duplicate run
-    runs = {r.data.params["trainer.save_steps"]: r for r in children}
-    interrupted, plain = runs["10"], runs["11"]
+    by_save = {r.data.params["trainer.save_steps"]: r for r in children}
+    interrupted, plain = by_save["10"], by_save["11"]
     assert interrupted.data.tags["zerosweep.slurm_job_id"] == job_id
     assert sacct_restarts(job_id) >= 1
-    assert loss_steps(tmp_path, interrupted.info.run_id) == list(range(1, 81))  # contiguous, none twice
+    assert loss_steps(server, interrupted.info.run_id) == list(range(1, 81))  # contiguous, none twice
     # It resumed from a checkpoint (not from step 0), and "steps" counts the run's steps, not the attempt's.
     resumed = interrupted.data.metrics["resumed_from_step"]
     assert plain.data.metrics["resumed_from_step"] == 0 and resumed > 0 and resumed % 10 == 0
     assert plain.data.metrics["steps"] == interrupted.data.metrics["steps"] == 80
     assert interrupted.data.metrics["final_loss"] == pytest.approx(plain.data.metrics["final_loss"], abs=1e-4)
+    client = mlflow_client(server)
+    for run in children:
+        assert "system/cpu_utilization_percentage" in run.data.metrics
+        assert json.loads(
+            artifact_text(server, run.info.run_id, "deepspeed.json", tmp_path / run.info.run_id)
+        )
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/config.json"}
+    # Stored by the server, under its --artifacts-destination: the jobs wrote no file of their own there.
+    served = mlflow_server.root / "served-artifacts"
+    assert len(list(served.rglob("deepspeed.json"))) == 2 and list(served.rglob("model/config.json"))
 
 
 def _release_if_held(job_id: str) -> bool:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -14,6 +15,7 @@ from mlflow import MlflowClient
 
 from helpers import (
     ROOT,
+    MlflowServer,
     artifact_text,
     cli_env,
     mlflow_client,
@@ -208,3 +210,38 @@ def test_a_store_on_a_network_filesystem_is_told_apart_from_a_local_disk():
     assert network_filesystem(Path("/mnt/team share/out"), mounts) == "cifs"
     assert network_filesystem(Path("/tmp/outputs"), mounts) is None
     assert network_filesystem(Path("/tmp"), Path("/proc/mounts").read_text()) is None  # this machine
+
+
+def test_training_rides_out_an_mlflow_server_outage(tmp_path):
+    """The team's server goes away mid-run and comes back: training goes on meanwhile, and what it
+    logged in between reaches the server once it is back (MLflow's client retries for minutes:
+    README, Tracking). Every step is there, once, and the run ends FINISHED."""
+    (tmp_path / "server").mkdir()
+    server = MlflowServer(tmp_path / "server").start()
+    args = (f"tracking.uri={server.uri}", "trainer.max_steps=300", "tracking.buffer_s=1")
+    proc = subprocess.Popen(pipeline_cmd(tmp_path / "outputs", *args), cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        run_id = wait_for("a logged loss", lambda: _logging_run(server.uri), timeout=300)
+        away = time.time()
+        server.stop()
+        time.sleep(8)
+        assert proc.poll() is None, "it ended while the server was away"
+        back = time.time()
+        server.start()
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-4000:]
+        run = mlflow_client(server.uri).get_run(run_id)
+        losses = mlflow_client(server.uri).get_metric_history(run_id, "loss")
+    finally:
+        proc.kill()
+        server.stop()
+    assert run.info.status == "FINISHED"
+    assert sorted(m.step for m in losses) == list(range(1, 301))
+    assert any(away * 1000 < m.timestamp < back * 1000 for m in losses)  # trained while it was away
+
+
+def _logging_run(uri: str) -> str | None:
+    """The id of the run once it has logged a loss."""
+    found = runs(uri)
+    return found[0].info.run_id if found and "loss" in found[0].data.metrics else None

@@ -34,6 +34,11 @@ class Placement(Protocol):
     owns_run: bool
     # An earlier attempt of this job ran (a Slurm requeue): reopen its run, resume its checkpoint.
     requeued: bool
+    # In a job across nodes: this node's name, which its system metrics go under (None: one machine).
+    node: str | None
+    # This process samples its node's system metrics into a run it does not own (in a job across
+    # nodes, the first task of each node but rank 0's).
+    samples_node: bool
 
     def tags(self) -> dict[str, str]:
         """Tags that let a run left RUNNING be settled later (its owner process, or Slurm job)."""
@@ -56,6 +61,8 @@ class Local:
     nproc: int
     owns_run: bool = True
     requeued: bool = False
+    node: str | None = None
+    samples_node: bool = False
 
     @property
     def ranks(self) -> int:

@@ -23,6 +23,9 @@ class SlurmTask:
     def __init__(self) -> None:
         self.owns_run = os.environ["SLURM_PROCID"] == "0"
         self.requeued = int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+        across_nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) > 1
+        self.node = os.environ["SLURMD_NODENAME"] if across_nodes else None
+        self.samples_node = across_nodes and not self.owns_run and os.environ.get("SLURM_LOCALID") == "0"
 
     def tags(self) -> dict[str, str]:
         """The job as submitit and sacct name it (123, or 123_4 in an array): a run this job leaves
@@ -38,9 +41,19 @@ class SlurmTask:
         return checkpoints.newest(out) if self.requeued else None
 
     def launch(self, job: Job) -> Summary:
-        """Each task is a rank, as a local rank is (its CPU threads are the task's CPUs)."""
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        """Each task is a rank, as a local rank is (its CPU threads are the task's CPUs). The ranks
+        meet at the job's first node (submitit's MASTER_ADDR), on the job's own port."""
+        env = submitit.helpers.TorchDistributedEnvironment()
+        env.master_port = rendezvous_port(int(os.environ["SLURM_JOB_ID"]))
+        env.export(set_cuda_visible_devices=False, overwrite=True)
         return local.rank_main(job)
+
+
+def rendezvous_port(job_id: int) -> int:
+    """The job's port for torch's rendezvous, from its Slurm id (each task of an array has its own):
+    two jobs sharing a node take the same port only if their ids are 40000 apart. (submitit draws
+    one at random from the id: two jobs could draw the same.)"""
+    return 20000 + job_id % 40000
 
 
 def placement(cfg: Config) -> local.Placement:

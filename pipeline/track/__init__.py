@@ -8,6 +8,7 @@ the summary (`TrackedRun`). No module outside this package talks to MLflow.
 
 from pipeline.track.runs import (
     MetricLogger,
+    NodeSampling,
     RunRef,
     TrackedRun,
     Untracked,
@@ -78,6 +79,7 @@ __all__ = [
     "SWEEP_KEY",
     "TRIAL_KEY",
     "MetricLogger",
+    "NodeSampling",
     "RunRecord",
     "RunRef",
     "RunState",

@@ -4,6 +4,7 @@ rank 0 (RunRef, MetricLogger), finished or failed by itself (TrackedRun); its pa
 import hashlib
 import json
 import os
+import time
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from omegaconf import OmegaConf
 from pipeline.config import Config
 from pipeline.errors import Hung, why_stopped
 from pipeline.track.sampler import Sampler
-from pipeline.track.store import RUN_ID_FILE, SKIPPED, RunState, Store, prepare
+from pipeline.track.store import RUN_ID_FILE, SKIPPED, SLURM_JOB, RunState, Store, prepare
 
 if TYPE_CHECKING:  # pipeline.job imports this package
     from pipeline.job import Summary
@@ -70,11 +71,13 @@ class TrackedRun:
     fails it with the traceback (KILLED on Ctrl-C). SystemExit leaves it RUNNING: that is
     submitit's exit after a checkpoint and requeue, and the requeued job reopens it."""
 
-    def __init__(self, store: Store, run_id: str, after_step: int, system_metrics: bool) -> None:
+    def __init__(
+        self, store: Store, run_id: str, after_step: int, system_metrics: bool, node: str | None
+    ) -> None:
         self.store = store
         self.run_id = run_id
         self.ref = RunRef(store.uri, run_id, after_step)
-        self._monitor = Sampler(run_id, store.uri, 2) if system_metrics else None
+        self._monitor = Sampler(run_id, store.uri, 2, node) if system_metrics else None
 
     def __enter__(self) -> "TrackedRun":
         if self._monitor:
@@ -125,6 +128,39 @@ class Untracked:
         return False
 
 
+class NodeSampling(Untracked):
+    """In a job across nodes, the first task of each node but rank 0's: its node's system metrics go
+    into the run that rank 0 opened for this Slurm job (found by the id file rank 0 saves beside the
+    checkpoints, and the run's job tag: not an earlier job's run of the same point)."""
+
+    def __init__(self, store: Store, out: Path, job: str, node: str, wait_s: float = 120) -> None:
+        self._find = lambda: _run_of_job(store, out / RUN_ID_FILE, job)
+        self._store, self._node, self._wait_s = store, node, wait_s
+        self._monitor: Sampler | None = None
+
+    def __enter__(self) -> "NodeSampling":
+        deadline = time.monotonic() + self._wait_s
+        while (run_id := self._find()) is None and time.monotonic() < deadline:
+            time.sleep(1)
+        if run_id is None:
+            print(f"no run of this job after {self._wait_s:.0f} s: {self._node}'s system metrics not logged")
+        else:
+            self._monitor = Sampler(run_id, self._store.uri, 2, self._node)
+            self._monitor.start()
+        return self
+
+    def __exit__(self, kind: type | None, error: BaseException | None, tb: Any) -> bool:
+        if self._monitor:
+            self._monitor.finish()
+        return False
+
+
+def _run_of_job(store: Store, saved: Path, job: str) -> str | None:
+    run_id = saved.read_text().strip() if saved.exists() else None
+    run = run_id and store.find(run_id)
+    return run_id if run and run.state == RunState.RUNNING and run.tags.get(SLURM_JOB) == job else None
+
+
 def record_skipped(cfg: Config, name: str, params: dict[str, str], tags: dict[str, str], reason: str) -> str:
     """A point that was not trained (it could not fit), as a closed run that says why."""
     store = Store.of(cfg)
@@ -134,18 +170,26 @@ def record_skipped(cfg: Config, name: str, params: dict[str, str], tags: dict[st
 
 
 def open_run(
-    cfg: Config, out: Path, name: str, params: dict[str, str], tags: dict[str, str], resume: bool
+    cfg: Config,
+    out: Path,
+    name: str,
+    params: dict[str, str],
+    tags: dict[str, str],
+    resume: bool,
+    node: str | None = None,
 ) -> TrackedRun:
     """The job's run: a requeued job (resume) reopens the run whose id it saved in its output
-    dir, beside its checkpoints; any other job creates one and saves its id there."""
+    dir, beside its checkpoints; any other job creates one and saves its id there. node: the name
+    its system metrics go under, in a job across nodes."""
     store = Store.of(cfg)
     saved = out / RUN_ID_FILE
+    sampled = cfg.tracking.system_metrics
     if resume and saved.exists():
         run_id = saved.read_text().strip()
-        return TrackedRun(store, run_id, store.reopen(run_id), cfg.tracking.system_metrics)
+        return TrackedRun(store, run_id, store.reopen(run_id), sampled, node)
     run_id = store.create_run(prepare(cfg), name, tags, params)
     saved.write_text(run_id + "\n")
-    return TrackedRun(store, run_id, 0, cfg.tracking.system_metrics)
+    return TrackedRun(store, run_id, 0, sampled, node)
 
 
 class MetricLogger:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 # Where the pipeline package lives: the sampler imports it wherever the run was started from.
@@ -23,11 +24,12 @@ ENTRY = f"import sys; from {__name__} import main; main(*sys.argv[1:])"
 
 class Sampler:
     """Samples CPU, memory, disk, network and GPU into a run every interval_s, until finish(): the
-    start() / finish() of the MLflow monitor it runs. A run reopened after a requeue gets its
+    start() / finish() of the MLflow monitor it runs. With a node name (a job across nodes), its
+    metrics are system/<node>/..., one set per node. A run reopened after a requeue gets its
     samples after the earlier attempt's (a new run has none: they start at 0)."""
 
-    def __init__(self, run_id: str, uri: str, interval_s: int) -> None:
-        self._args = [run_id, uri, str(interval_s)]
+    def __init__(self, run_id: str, uri: str, interval_s: int, node: str | None = None) -> None:
+        self._args = [run_id, uri, str(interval_s), node or ""]
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -49,13 +51,24 @@ class Sampler:
         self._proc = None
 
 
-def main(run_id: str, uri: str, interval_s: str) -> None:
+def main(run_id: str, uri: str, interval_s: str, node: str) -> None:
     # Slurm signals every process of a job step: the training process decides when the run
     # ends (a preempted job checkpoints first), and closes the pipe then.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     monitor = SystemMetricsMonitor(
-        run_id, sampling_interval=int(interval_s), resume_logging=True, tracking_uri=uri
+        run_id, sampling_interval=int(interval_s), resume_logging=True, node_id=node or None, tracking_uri=uri
     )
+    _only_visible_gpus(monitor)
     monitor.start()
     sys.stdin.buffer.read()  # until the pipe closes
     monitor.finish()
+
+
+def _only_visible_gpus(monitor: SystemMetricsMonitor) -> None:
+    """NVML sees every GPU of the node; the run gets only its job's (CUDA_VISIBLE_DEVICES, as Slurm
+    or the user set it), numbered as the job sees them."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+    if not all(v.strip().isdigit() for v in visible):  # unset, or UUIDs: leave MLflow's view
+        return
+    for gpus in (m for m in monitor.monitors if isinstance(m, GPUMonitor)):
+        gpus.gpu_handles = [gpus.gpu_handles[int(v)] for v in visible if int(v) < len(gpus.gpu_handles)]
