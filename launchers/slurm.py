@@ -61,6 +61,33 @@ def max_array_size() -> int:
     return int(found.group(1)) if found else 1001  # Slurm's default
 
 
+def dead_tasks(job: submitit.Job) -> str:
+    """srun's own word on the job's tasks that died (the batch step's stderr): which tasks, on which
+    node, of which signal, e.g. "tasks 2-3 on zs-node2 died: Killed (SIGKILL)"; '' if none."""
+    try:
+        text = job.stderr() or ""
+    except OSError:
+        return ""
+    died = re.findall(r"^srun: error: (\S+): (tasks? [\d,-]+): (.+)$", text, re.MULTILINE)
+    return "; ".join(f"{tasks} on {node} died: {what}{_signal_name(what)}" for node, tasks, what in died)
+
+
+def _signal_name(what: str) -> str:
+    """(SIGKILL) after srun's "Killed", as strsignal names each signal."""
+    names = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
+    return f" ({names[what]})" if what in names else ""
+
+
+def _call(num: int, overrides: Sequence[str], state: dict) -> tuple:
+    """What submitit pickles for point num: the Hydra launcher's __call__ arguments."""
+    return (list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", state)
+
+
+def _retry(result: JobReturn) -> bool:
+    """The point asks for a new job (Outcome.retry): it failed where it could not try again in place."""
+    return result.status == JobStatus.COMPLETED and getattr(result.return_value, "retry", False)
+
+
 class SweepLaunch:
     """One launch of a sweep's points: submitted as one job array (or found still queued by an earlier
     driver), waited for, and each given a result. The Hydra launcher itself is what submitit pickles
@@ -84,9 +111,8 @@ class SweepLaunch:
         points = {n: self._point_dir(sweep_dir, n) for n in fresh}
         for point in points.values():
             watchdog.forget(point)
-        calls = [(o, "hydra.sweep.dir", n, f"job_id_for_{n}", state) for n, o in fresh.items()]
-        submitted = iter(self._submit(calls))
-        jobs = [queued.get(tuple(o)) or (next(submitted), points[n]) for n, o in numbered]
+        new = iter(self._submit([_call(n, o, state) for n, o in fresh.items()]))
+        jobs = [queued.get(tuple(o)) or (next(new), points[n]) for n, o in numbered]
         ids = [job.job_id for job, _ in jobs]
         log.info(f"Slurm jobs {' '.join(ids)}; submitit logs in {sweep_dir}/.submitit/")
         for o, (job, _) in zip(job_overrides, jobs, strict=True):
@@ -94,20 +120,46 @@ class SweepLaunch:
                 log.info(
                     f"point {' '.join(o)}: waiting for Slurm job {job.job_id}, queued by an earlier driver"
                 )
-        if info:
-            # The map of the jobs to their submitit folders: a resumed sweep waits for those an earlier
-            # driver queued that are still pending or running instead of submitting them again.
-            folders = {job.job_id: str(job.paths.folder) for job, _ in jobs}
-            tags = {track.SLURM_JOB_IDS: " ".join(ids), track.SLURM_JOBS: json.dumps(folders)}
-            store.tag(info.parent_run_id, tags)
+        submitted = [job for job, _ in jobs]
+        self._record(submitted, store, info)
         try:
-            return [
+            results = [
                 self._result(job, o, point, store, info)
                 for (job, point), o in zip(jobs, job_overrides, strict=True)
             ]
+            tries = 1 + int(self.config.sweep.retries)
+            for attempt in range(2, tries + 1):  # points that can only be tried again as a new job
+                again = [i for i, result in enumerate(results) if _retry(result)]
+                if not again:
+                    break
+                calls = [_call(*numbered[i], state) for i in again]
+                for i, job in zip(again, self._submit(calls), strict=True):
+                    log.info(
+                        f"point {' '.join(job_overrides[i])}: try {attempt} of {tries} as Slurm job "
+                        f"{job.job_id}, from its newest checkpoint"
+                    )
+                    jobs[i] = (job, jobs[i][1])
+                    results[i] = None
+                    submitted.append(job)
+                self._record(submitted, store, info)
+                results = [
+                    result or self._result(job, o, point, store, info)
+                    for result, (job, point), o in zip(results, jobs, job_overrides, strict=True)
+                ]
+            return results
         except KeyboardInterrupt as stop:
             self._cancel([job for job, _ in jobs], store, info, why_stopped(stop))
             raise
+
+    @staticmethod
+    def _record(jobs: list[submitit.Job], store: track.Store | None, info: SweepInfo | None) -> None:
+        """Every job the sweep submitted, on its parent run, with the map of the jobs to their
+        submitit folders: a resumed sweep waits for those an earlier driver queued that are still
+        pending or running instead of submitting them again."""
+        if info:
+            folders = {job.job_id: str(job.paths.folder) for job in jobs}
+            tags = {track.SLURM_JOB_IDS: " ".join(folders), track.SLURM_JOBS: json.dumps(folders)}
+            store.tag(info.parent_run_id, tags)
 
     def _submit(self, calls: list[tuple]) -> list[submitit.Job]:
         """The points as job arrays: one, or as many as the cluster's MaxArraySize needs (an array
@@ -195,12 +247,18 @@ class SweepLaunch:
             # OOM kill, node failure, an error before a result): FAILED.
             ended_by_slurm = job.state.split()[0] in ("CANCELLED", "TIMEOUT", "PREEMPTED")
             state = RunState.KILLED if ended_by_slurm else RunState.FAILED
-            log.error(f"point {' '.join(overrides)} (Slurm job {job.job_id}) {state}: it ended {job.state}")
+            died = dead_tasks(job)
+            log.error(
+                f"point {' '.join(overrides)} (Slurm job {job.job_id}) {state}: it ended {job.state}"
+                + (f"; {died}" if died else "")
+            )
             if info:
                 why = f"{e}\nSlurm job {job.job_id} ended {job.state} without a result"
-                self._close_run(store, info, job, why, state, watchdog.collect(point))
+                self._close_run(
+                    store, info, job, f"{why}\n{died}" if died else why, state, watchdog.collect(point)
+                )
             # COMPLETED with a state, as app.run reports a failed point: Hydra re-raises FAILED ones.
-            outcome = Outcome(state, slurm_job_id=job.job_id)
+            outcome = Outcome(state, slurm_job_id=job.job_id, retry=not ended_by_slurm)
             return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=outcome)
 
     @staticmethod

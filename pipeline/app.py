@@ -24,13 +24,15 @@ from pipeline.track import RunRecord, RunState
 def failure_policy(task: Callable[[Config, Point], Outcome]) -> Callable[[DictConfig], Outcome]:
     """A point of a multirun that fails while it trains is tried again (sweep.retries), then
     reported, and the sweep goes on (its end lists it and exits non-zero); one refused by the
-    checks is not tried again. A single run's error, Ctrl-C and SystemExit propagate."""
+    checks is not tried again. A Slurm job of several tasks is not tried again in place: its
+    outcome asks the driver for a new job. A single run's error, Ctrl-C and SystemExit propagate."""
 
     @functools.wraps(task)
     def wrapper(node: DictConfig) -> Outcome:
         point = Point.current(node.tracking.run_name)
         cfg = config.load(node)
-        tries = 1 + cfg.sweep.retries if point.multirun else 1
+        in_place = slurm.placement(cfg).retries_in_place
+        tries = 1 + cfg.sweep.retries if point.multirun and in_place else 1
         for attempt in range(1, tries + 1):
             try:
                 return task(cfg, point)
@@ -38,10 +40,11 @@ def failure_policy(task: Callable[[Config, Point], Outcome]) -> Callable[[DictCo
                 if not point.multirun:
                     raise
                 print(f"point {point.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
-                if isinstance(e, ConfigError) or attempt == tries:
-                    break
-                print(f"point {point.name}: try {attempt + 1} of {tries}", file=sys.stderr)
-        return Outcome(RunState.FAILED)
+                if isinstance(e, ConfigError):
+                    return Outcome(RunState.FAILED)
+                if attempt < tries:
+                    print(f"point {point.name}: try {attempt + 1} of {tries}", file=sys.stderr)
+        return Outcome(RunState.FAILED, retry=not in_place)
 
     return wrapper
 

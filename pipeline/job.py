@@ -117,3 +117,6 @@ class Outcome:
     # The closing figures (metrics.StepMetrics.summary) of a FINISHED point.
     summary: Summary | None = None
     slurm_job_id: str | None = None
+    # It failed while it trained, where it could not be tried again in place (a Slurm job of several
+    # tasks, or one lost with its node): the sweep's driver may submit it again as a new job.
+    retry: bool = False

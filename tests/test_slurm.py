@@ -259,7 +259,7 @@ def test_crashed_point_is_failed_and_the_others_finish(tmp_path: Path) -> None:
     assert states["stage2"].info.status == "FINISHED" and states["stage3"].info.status == "FAILED"
     assert sacct_states([job_id])[job_id] == "FAILED"
     error = artifact_text(tmp_path, states["stage3"].info.run_id, "error.txt", tmp_path)
-    assert f"Slurm job {job_id} ended FAILED" in error
+    assert f"Slurm job {job_id} ended FAILED" in error and "died: Killed (SIGKILL)" in error
     table = artifact_text(tmp_path, parent.info.run_id, "sweep_table.txt", tmp_path)
     assert "FAILED" in table and "FAILED" in out
 
@@ -271,19 +271,53 @@ def _logged_steps(outputs: Path, point: Path) -> list[int]:
 
 def _task_pid(job_id: str) -> int:
     """The pid of the Slurm task that runs array job ARRAY_TASK (submitit's python, training in-process)."""
-    array_id, task = job_id.split("_")
+    (pid,) = _task_pids(
+        dict(zip(("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"), job_id.split("_"), strict=True))
+    )
+    return pid
+
+
+def _task_pids(having: dict[str, str]) -> list[int]:
+    """The Slurm tasks (submitit's python, not srun nor the batch shell) with these environment values."""
+    found = []
     for proc in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
         try:
             env = dict(v.split("=", 1) for v in (proc / "environ").read_text().split("\0") if "=" in v)
             argv = (proc / "cmdline").read_text().split("\0")
         except OSError:
             continue
-        is_task = (
-            "python" in Path(argv[0]).name and "submitit.core._submit" in argv
-        )  # not srun, not the batch shell
-        if is_task and (env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")) == (array_id, task):
-            return int(proc.name)
-    raise AssertionError(f"no task process for Slurm job {job_id}")
+        is_task = "python" in Path(argv[0]).name and "submitit.core._submit" in argv
+        if is_task and all(env.get(k) == v for k, v in having.items()):
+            found.append(int(proc.name))
+    assert found, f"no Slurm task with {having}"
+    return found
+
+
+def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(tmp_path: Path) -> None:
+    """The tasks of a 2-node job's second node die by SIGKILL after the first checkpoint: no rank is
+    left waiting, the run is FAILED with srun's word on which tasks of which node died of which
+    signal, and sweep.retries=1 tries the point again as a new job, from that checkpoint."""
+    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "sweep.retries=1",
+                 "trainer.max_steps=60", "trainer.save_steps=10")  # fmt: skip
+    wait_for(
+        "the first complete checkpoint",
+        lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")),
+    )
+    (first_job,) = [p.name for p in (sweep_dir(tmp_path) / ".submitit").iterdir() if p.name.isdigit()]
+    for pid in _task_pids({"SLURM_JOB_ID": first_job, "SLURMD_NODENAME": "zs-node2"}):
+        os.kill(pid, 9)
+    out = finish(proc)
+    parent, (lost, retried) = parent_and_children(tmp_path)
+    assert parent.info.status == "FINISHED", out
+    assert lost.info.status == "FAILED" and retried.info.status == "FINISHED"
+    second_job = retried.data.tags["zerosweep.slurm_job_id"]
+    assert lost.data.tags["zerosweep.slurm_job_id"] == first_job != second_job
+    assert parent.data.tags["zerosweep.slurm_job_ids"] == f"{first_job} {second_job}"
+    error = artifact_text(tmp_path, lost.info.run_id, "error.txt", tmp_path / "lost")
+    assert error.rstrip().endswith("tasks 2-3 on zs-node2 died: Killed (SIGKILL)"), error[-2000:]
+    assert f"try 2 of 2 as Slurm job {second_job}, from its newest checkpoint" in out
+    assert retried.data.tags["zerosweep.carries_on"] == lost.info.run_id
+    assert retried.data.metrics["resumed_from_step"] >= 10 and retried.data.metrics["steps"] == 60
 
 
 def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(tmp_path: Path) -> None:

@@ -39,6 +39,9 @@ class Placement(Protocol):
     # This process samples its node's system metrics into a run it does not own (in a job across
     # nodes, the first task of each node but rank 0's).
     samples_node: bool
+    # A failed try can be tried again in this process (sweep.retries). Not in a Slurm job of several
+    # tasks: a rank that died leaves the others waiting for it; the driver submits a new job instead.
+    retries_in_place: bool
 
     def tags(self) -> dict[str, str]:
         """Tags that let a run left RUNNING be settled later (its owner process, or Slurm job)."""
@@ -63,6 +66,7 @@ class Local:
     requeued: bool = False
     node: str | None = None
     samples_node: bool = False
+    retries_in_place: bool = True
 
     @property
     def ranks(self) -> int:

@@ -26,6 +26,7 @@ class SlurmTask:
         across_nodes = int(os.environ.get("SLURM_JOB_NUM_NODES", "1")) > 1
         self.node = os.environ["SLURMD_NODENAME"] if across_nodes else None
         self.samples_node = across_nodes and not self.owns_run and os.environ.get("SLURM_LOCALID") == "0"
+        self.retries_in_place = int(os.environ.get("SLURM_NTASKS", "1")) == 1
 
     def tags(self) -> dict[str, str]:
         """The job as submitit and sacct name it (123, or 123_4 in an array): a run this job leaves
