@@ -184,7 +184,7 @@ def test_interrupted_job_resumes_into_the_same_run_through_an_mlflow_server(
     by_save = {r.data.params["trainer.save_steps"]: r for r in children}
     interrupted, plain = by_save["10"], by_save["11"]
     assert interrupted.data.tags["zerosweep.slurm_job_id"] == job_id
-    assert sacct_restarts(job_id) >= 1
+    assert sacct_restarts(job_id) >= 1 and interrupted.data.tags["zerosweep.requeued_after"]
     assert loss_steps(server, interrupted.info.run_id) == list(range(1, 81))  # contiguous, none twice
     # It resumed from a checkpoint (not from step 0), and "steps" counts the run's steps, not the attempt's.
     resumed = interrupted.data.metrics["resumed_from_step"]
@@ -213,15 +213,16 @@ def _release_if_held(job_id: str) -> bool:
     return sacct_restarts(job_id) >= 1
 
 
-def sacct_restarts(job_id: str) -> int:
-    """How many times Slurm requeued the job (sacct lists each attempt as a REQUEUED record)."""
+def sacct_restarts(job_id: str, ended: str = "REQUEUED") -> int:
+    """How many times Slurm requeued the job (sacct lists each earlier attempt, REQUEUED, or
+    NODE_FAIL where its node went down)."""
     out = subprocess.run(
         ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", job_id],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return sum(line.startswith("REQUEUED") for line in out.splitlines())
+    return sum(line.startswith(ended) for line in out.splitlines())
 
 
 def test_scancel_of_one_point_leaves_the_others_and_the_parent_consistent(tmp_path: Path) -> None:
@@ -318,6 +319,30 @@ def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(tmp_
     assert f"try 2 of 2 as Slurm job {second_job}, from its newest checkpoint" in out
     assert retried.data.tags["zerosweep.carries_on"] == lost.info.run_id
     assert retried.data.metrics["resumed_from_step"] >= 10 and retried.data.metrics["steps"] == 60
+
+
+def test_a_node_set_down_mid_job_requeues_it_into_the_same_run(tmp_path: Path) -> None:
+    """An admin sets the second node of a 2-node job DOWN after its first checkpoint: Slurm ends the
+    job NODE_FAIL and requeues it; it resumes from that checkpoint into the same run, which says why."""
+    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "trainer.max_steps=60",
+                 "trainer.save_steps=10")  # fmt: skip
+    wait_for(
+        "the first complete checkpoint",
+        lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")),
+    )
+    node = ["scontrol", "update", "nodename=zs-node2"]
+    try:
+        subprocess.run([*node, "state=down", "reason=zerosweep-test"], check=True)
+        (job_id,) = [p.name for p in (sweep_dir(tmp_path) / ".submitit").iterdir() if p.name.isdigit()]
+        wait_for("the requeue", lambda: sacct_restarts(job_id, "NODE_FAIL") >= 1, timeout=120)
+    finally:  # ReturnToService brings it back once its slurmd registers; resume it if not yet
+        subprocess.run([*node, "state=resume"], capture_output=True)
+    out = finish(proc)
+    parent, (run,) = parent_and_children(tmp_path)
+    assert parent.info.status == run.info.status == "FINISHED", out
+    assert run.data.tags["zerosweep.requeued_after"] == "NODE_FAIL"
+    assert loss_steps(tmp_path, run.info.run_id) == list(range(1, 61))  # contiguous, none twice
+    assert run.data.metrics["resumed_from_step"] >= 10 and run.data.metrics["steps"] == 60
 
 
 def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(tmp_path: Path) -> None:

@@ -53,6 +53,9 @@ class Placement(Protocol):
     def checkpoint(self, out: Path) -> str | None:
         """The checkpoint to resume from, if this attempt resumes one."""
 
+    def requeued_after(self) -> str:
+        """What ended the earlier attempts of this job, when it was requeued ('' otherwise)."""
+
     def launch(self, job: Job) -> Summary:
         """Train the job's ranks; returns rank 0's summary."""
 
@@ -77,6 +80,9 @@ class Local:
 
     def checkpoint(self, out: Path) -> str | None:
         return None
+
+    def requeued_after(self) -> str:
+        return ""
 
     def launch(self, job: Job) -> Summary:
         watchdog.forget(job.out)

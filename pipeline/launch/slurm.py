@@ -6,6 +6,7 @@ resumes from its newest checkpoint.
 """
 
 import os
+import subprocess
 from pathlib import Path
 
 import submitit
@@ -40,6 +41,24 @@ class SlurmTask:
 
     def checkpoint(self, out: Path) -> str | None:
         return checkpoints.newest(out) if self.requeued else None
+
+    def requeued_after(self) -> str:
+        """The states Slurm's accounting gives this job's earlier attempts (NODE_FAIL, PREEMPTED,
+        REQUEUED for a time limit...), oldest first: why the run was reopened."""
+        if not self.requeued:
+            return ""
+        restarts = f"restart {os.environ['SLURM_RESTART_COUNT']}"
+        try:
+            listed = subprocess.run(
+                ["sacct", "-n", "-X", "-D", "-P", "-o", "State", "-j", os.environ["SLURM_JOB_ID"]],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.split("\n")
+        except (OSError, subprocess.TimeoutExpired):  # no accounting here
+            return restarts
+        earlier = [line.split()[0] for line in listed if line.strip()][:-1]  # the last one is this attempt
+        return ", ".join(earlier) or restarts
 
     def launch(self, job: Job) -> Summary:
         """Each task is a rank, as a local rank is (its CPU threads are the task's CPUs). The ranks

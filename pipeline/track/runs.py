@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from pipeline.config import Config
 from pipeline.errors import Hung, why_stopped
 from pipeline.track.sampler import Sampler
-from pipeline.track.store import RUN_ID_FILE, SKIPPED, SLURM_JOB, RunState, Store, prepare
+from pipeline.track.store import REQUEUED_AFTER, RUN_ID_FILE, SKIPPED, SLURM_JOB, RunState, Store, prepare
 
 if TYPE_CHECKING:  # pipeline.job imports this package
     from pipeline.job import Summary
@@ -175,17 +175,19 @@ def open_run(
     name: str,
     params: dict[str, str],
     tags: dict[str, str],
-    resume: bool,
+    requeued_after: str = "",
     node: str | None = None,
 ) -> TrackedRun:
-    """The job's run: a requeued job (resume) reopens the run whose id it saved in its output
-    dir, beside its checkpoints; any other job creates one and saves its id there. node: the name
-    its system metrics go under, in a job across nodes."""
+    """The job's run: a requeued job (requeued_after: what ended its earlier attempts) reopens the
+    run whose id it saved in its output dir, beside its checkpoints, and says why; any other job
+    creates one and saves its id there. node: the name its system metrics go under, in a job
+    across nodes."""
     store = Store.of(cfg)
     saved = out / RUN_ID_FILE
     sampled = cfg.tracking.system_metrics
-    if resume and saved.exists():
+    if requeued_after and saved.exists():
         run_id = saved.read_text().strip()
+        store.tag(run_id, {REQUEUED_AFTER: requeued_after})
         return TrackedRun(store, run_id, store.reopen(run_id), sampled, node)
     run_id = store.create_run(prepare(cfg), name, tags, params)
     saved.write_text(run_id + "\n")

@@ -40,6 +40,8 @@ JOB_NUM = "zerosweep.job_num"
 POINT_KEY = "zerosweep.point_key"
 ATTEMPT = "zerosweep.attempt"
 CARRIES_ON = "zerosweep.carries_on"
+# A run reopened by its requeued Slurm job: what ended the earlier attempts (NODE_FAIL, PREEMPTED...).
+REQUEUED_AFTER = "zerosweep.requeued_after"
 # A sweep's parent: its command line without sweep.* keys, to find it again when it is rerun.
 SWEEP_KEY = "zerosweep.sweep_key"
 # The dir a sweep's points and its report are in (on the parent and on each point's run).
