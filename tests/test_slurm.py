@@ -294,12 +294,17 @@ def _task_pids(having: dict[str, str]) -> list[int]:
     return found
 
 
-def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(tmp_path: Path) -> None:
+def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
     """The tasks of a 2-node job's second node die by SIGKILL after the first checkpoint: no rank is
     left waiting, the run is FAILED with srun's word on which tasks of which node died of which
-    signal, and sweep.retries=1 tries the point again as a new job, from that checkpoint."""
+    signal, and sweep.retries=1 tries the point again as a new job, from that checkpoint. Its store
+    is a team's MLflow server."""
+    server = mlflow_server.uri
     proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "sweep.retries=1",
-                 "trainer.max_steps=60", "trainer.save_steps=10")  # fmt: skip
+                 "trainer.max_steps=60", "trainer.save_steps=10",
+                 f"tracking.uri={server}", "tracking.experiment=lost_node")  # fmt: skip
     wait_for(
         "the first complete checkpoint",
         lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")),
@@ -308,13 +313,13 @@ def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(tmp_
     for pid in _task_pids({"SLURM_JOB_ID": first_job, "SLURMD_NODENAME": "zs-node2"}):
         os.kill(pid, 9)
     out = finish(proc)
-    parent, (lost, retried) = parent_and_children(tmp_path)
+    parent, (lost, retried) = parent_and_children(server, "lost_node")
     assert parent.info.status == "FINISHED", out
     assert lost.info.status == "FAILED" and retried.info.status == "FINISHED"
     second_job = retried.data.tags["zerosweep.slurm_job_id"]
     assert lost.data.tags["zerosweep.slurm_job_id"] == first_job != second_job
     assert parent.data.tags["zerosweep.slurm_job_ids"] == f"{first_job} {second_job}"
-    error = artifact_text(tmp_path, lost.info.run_id, "error.txt", tmp_path / "lost")
+    error = artifact_text(server, lost.info.run_id, "error.txt", tmp_path / "lost")
     assert error.rstrip().endswith("tasks 2-3 on zs-node2 died: Killed (SIGKILL)"), error[-2000:]
     assert f"try 2 of 2 as Slurm job {second_job}, from its newest checkpoint" in out
     assert retried.data.tags["zerosweep.carries_on"] == lost.info.run_id
@@ -345,17 +350,25 @@ def test_a_node_set_down_mid_job_requeues_it_into_the_same_run(tmp_path: Path) -
     assert run.data.metrics["resumed_from_step"] >= 10 and run.data.metrics["steps"] == 60
 
 
-def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(tmp_path: Path) -> None:
+def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
     """The driver is killed once its jobs are queued; the same command again waits for those jobs
-    (submits none twice) and closes the sweep when they end."""
+    (submits none twice) and closes the sweep when they end. Its store is a team's MLflow server."""
     # Long enough that the jobs are still queued or running when the second driver looks, also
     # with other tests training beside (40 steps: a loaded machine once finished them first).
-    args = ("zero=stage2,stage3", "trainer.max_steps=100")
+    server = mlflow_server.uri
+    args = (
+        "zero=stage2,stage3",
+        "trainer.max_steps=100",
+        f"tracking.uri={server}",
+        "tracking.experiment=resumed",
+    )
     first = start(tmp_path, *args)
-    client = mlflow_client(tmp_path)
+    client = mlflow_client(server)
 
     def queued() -> list[str]:
-        exp = client.get_experiment_by_name("zerosweep")
+        exp = client.get_experiment_by_name("resumed")
         parents = exp and client.search_runs([exp.experiment_id], "tags.`zerosweep.role` = 'sweep'")
         return parents[0].data.tags.get("zerosweep.slurm_job_ids", "").split() if parents else []
 
@@ -364,7 +377,7 @@ def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(tmp_path: Path) -> 
     first.wait()
     out = finish(start(tmp_path, *args))
     assert out.count("queued by an earlier driver") == 2
-    parent, children = parent_and_children(tmp_path)
+    parent, children = parent_and_children(server, "resumed")
     assert parent.info.status == "FINISHED" and parent.data.tags["zerosweep.slurm_job_ids"].split() == job_ids
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
     assert {r.data.tags["zerosweep.slurm_job_id"] for r in children} == set(job_ids)
