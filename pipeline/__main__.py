@@ -178,6 +178,11 @@ def main() -> None:
         callback.close_interrupted()
         print(f"stopped: {why_stopped(stop)}; the runs it ended are KILLED", file=sys.stderr)
         sys.exit(143 if isinstance(stop, Terminated) else 130)
+    # A sweep's verdict, read here: Hydra turns an exception in its callback into a warning. (Its
+    # module is loaded only where a sweep ran.)
+    swept = sys.modules.get("pipeline.sweep.callback")
+    if swept is not None and swept.failed():
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,6 +64,20 @@ def links(uri: str, base: str, experiment: str = EXPERIMENT) -> list[str]:
     return out
 
 
+def _port_free(port: int) -> None:
+    """Another server on the port would answer /health in place of ours, and its links would be to
+    another store: refused in one line instead."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            print(
+                f"error: --port: {port} is taken ({e.strerror}). Fix: give a free port, --port N",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+
+
 def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 120) -> None:
     """Block until the server answers /health, failing early if it exited."""
     deadline = time.monotonic() + timeout_s
@@ -89,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         print(*links(uri, uri.rstrip("/"), args.experiment), sep="\n")
         return
     base = f"http://127.0.0.1:{args.port}"
+    _port_free(args.port)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     # Ctrl-C and a kill stop the server. SIGINT explicitly too: a process started from a background
     # job (or under nohup) inherits it ignored, and Python then installs no handler of its own.

@@ -3,9 +3,13 @@ nothing already logged is touched."""
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+
+from pipeline.track import store_uri
 
 from helpers import ok, run_pipeline, runs
 
@@ -212,10 +216,23 @@ def test_read_only_nvme_path_refused_and_earlier_runs_kept(outputs, tmp_path):
     assert after == before
 
 
-@pytest.mark.parametrize("broken", ["garbage store", "read-only dir", "path under a file"])
+@pytest.mark.parametrize("broken", ["garbage store", "read-only dir", "path under a file", "locked store"])
 def test_a_broken_store_or_outputs_dir_is_one_line_and_left_as_it_was(broken, tmp_path):
     outputs = tmp_path / "outputs"
-    if broken == "garbage store":
+    locker = None
+    if broken == "locked store":  # another process holds the whole store
+        MlflowClient(store_uri(outputs)).search_experiments()
+        hold = "import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1]); db.execute('BEGIN EXCLUSIVE'); "
+        hold += "print('locked', flush=True); time.sleep(600)"
+        locker = subprocess.Popen(
+            [sys.executable, "-c", hold, str(outputs / "mlflow.db")], stdout=subprocess.PIPE, text=True
+        )
+        assert locker.stdout.readline() == "locked\n"
+        key, words = (
+            "outputs_dir",
+            "is locked by another process ((sqlite3.OperationalError) database is locked)",
+        )
+    elif broken == "garbage store":
         outputs.mkdir()
         (outputs / "mlflow.db").write_bytes(b"not a database at all")
         key, words = "tracking.uri", "is not an MLflow store"
@@ -232,6 +249,8 @@ def test_a_broken_store_or_outputs_dir_is_one_line_and_left_as_it_was(broken, tm
         result = run_pipeline(outputs, "trainer.max_steps=1")
     finally:
         subprocess.run(["chattr", "-i", str(outputs)], capture_output=True)
+        if locker:
+            locker.kill()
     assert_refused(result, key, words)
     if broken == "garbage store":
         assert (outputs / "mlflow.db").read_bytes() == b"not a database at all"

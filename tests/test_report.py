@@ -16,7 +16,7 @@ from pipeline.report.table import Figures, Row
 from pipeline.sweep.info import SweepInfo
 from pipeline.track import RunState, Store
 
-from helpers import ROOT, Sweep, ok
+from helpers import ROOT, Sweep, ok, run_pipeline, runs
 
 PNGS = ["throughput_vs_memory.png", "loss.png", "step_time.png"]
 METRICS = ["avg_tokens_per_s", "avg_step_time_s", "peak_memory_gib", "final_loss"]
@@ -143,3 +143,31 @@ def test_unfinished_points(sweep: Sweep, tmp_path: Path) -> None:
     assert_valid_png(tmp_path / "loss.png")
     info = SweepInfo(parent, eid, sweep.client.tracking_uri, [], [])
     assert page.pareto(table.rows(Store(info.tracking_uri), info)) == []
+
+
+def test_a_sweep_whose_end_cannot_be_recorded_exits_1_and_still_prints_its_table(tmp_path: Path) -> None:
+    """Its report cannot be written (a directory is in the way): Hydra would turn the error into a
+    warning and exit 0; the sweep says what failed, prints its table first and exits 1, its parent
+    run already closed."""
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "report.html").mkdir(parents=True)
+    outputs = tmp_path / "outputs"
+    args = ("-m", f"hydra.sweep.dir={sweep_dir}", "trainer.max_steps=2", "trainer.save_model=false")
+    result = run_pipeline(outputs, *args)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "error: the sweep's end could not be recorded: IsADirectoryError" in result.stderr
+    assert f"== sweep {sweep_dir}: 1 points" in result.stdout
+    (parent,) = [r for r in runs(outputs) if r.data.tags.get("zerosweep.role") == "sweep"]
+    assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("target", ["a sweep dir that is not", "a run id that is not"])
+def test_a_wrong_target_is_one_line(sweep: Sweep, target: str, tmp_path: Path) -> None:
+    """Not a sweep dir, not a run of the store: one line naming it, exit 2, no store made anywhere."""
+    for outputs in (sweep.outputs_dir, tmp_path / "empty"):
+        what = str(tmp_path / "nowhere") if target.startswith("a sweep dir") else "0123456789abcdef"
+        cmd = [sys.executable, "-m", "pipeline.report", what, "--outputs-dir", str(outputs)]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
+        assert result.stderr.startswith(f"error: target: {what} is not a sweep dir (with sweep.json), and ")
+    assert not (tmp_path / "empty").exists()

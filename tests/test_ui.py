@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from helpers import ROOT, Sweep, free_port
+from helpers import ROOT, Sweep, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -131,3 +131,29 @@ def test_browser_shows_runs_and_params(sweep: Sweep, ui: dict[str, str], tmp_pat
         assert f">{name}<" in compare and f">{zero}<" in compare
     for param in ("optimizer.lr", "precision", "offload", "trainer.max_steps"):
         assert f">{param}<" in compare, param
+
+
+def test_a_taken_port_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Another server already on the port would answer the UI's health check: its links would be to
+    another store. Refused instead, naming the port, exit 2."""
+    port = str(free_port())
+    other = subprocess.Popen([sys.executable, "-m", "http.server", port, "--bind", "127.0.0.1"], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for("the other server", lambda: _answers(f"http://127.0.0.1:{port}/"), timeout=30)
+        cmd = [sys.executable, "-m", "pipeline.ui", "--port", port, "--outputs-dir", str(tmp_path)]
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        other.kill()
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --port: {port} is taken (Address already in use). Fix: give a free port, --port N"
+    ]
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False

@@ -2,9 +2,11 @@
 a sweep's report (page.py) rebuilt from what its runs logged, and its table printed."""
 
 import argparse
+import sys
 from pathlib import Path
 
 from pipeline import track
+from pipeline.errors import ConfigError
 from pipeline.report import table
 from pipeline.report.page import REPORT, write
 from pipeline.sweep.info import SweepInfo
@@ -12,14 +14,24 @@ from pipeline.sweep.info import SweepInfo
 
 def resolve(target: str, uri: str) -> tuple[track.Store, SweepInfo, str]:
     """A sweep dir (its sweep.json, whose store it reads) or a parent run id in the store at uri (its
-    sweep_dir tag) -> (store, info, sweep dir)."""
+    sweep_dir tag) -> (store, info, sweep dir). ConfigError for anything else: a store that is not
+    there is not made."""
     info = SweepInfo.load(target) if Path(target).is_dir() else None
     if info is not None:
         return track.Store(info.tracking_uri), info, target
-    store = track.Store(uri)
-    parent = store.get(target)
+    path = track.sqlite_path(uri)
+    parent = None if path is not None and not path.exists() else track.Store(uri).find(target)
+    if parent is None:
+        where = (
+            f"no MLflow store at {path}" if path and not path.exists() else f"the store {uri} has no such run"
+        )
+        raise ConfigError(
+            "target",
+            f"{target} is not a sweep dir (with sweep.json), and {where}",
+            "give a sweep dir, or the parent run id its table's heading names (in --outputs-dir's store)",
+        )
     sweep_dir = parent.tags.get(track.SWEEP_DIR) or "."
-    return store, SweepInfo(target, parent.experiment_id, uri, overrides=[], varying=[]), sweep_dir
+    return track.Store(uri), SweepInfo(target, parent.experiment_id, uri, overrides=[], varying=[]), sweep_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--outputs-dir", default="outputs", help="where the default sqlite store lives")
     ap.add_argument("--tracking-uri", default=None, help="MLflow store, if not the default one")
     args = ap.parse_args(argv)
-    store, info, sweep_dir = resolve(args.target, track.store_uri(args.outputs_dir, args.tracking_uri))
+    try:
+        store, info, sweep_dir = resolve(args.target, track.store_uri(args.outputs_dir, args.tracking_uri))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(REPORT.text(table.rows(store, info)))
     print(f"report: {write(store, info, sweep_dir)}")
 

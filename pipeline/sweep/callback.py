@@ -23,10 +23,9 @@ from pipeline.track import RunState
 
 
 class SweepRun(Callback):
-    """Parent run at multirun start; the table of points, and the parent's status, at the end."""
-
-    def __init__(self) -> None:
-        self.failed = False
+    """Parent run at multirun start; the table of points, and the parent's status, at the end.
+    Hydra turns an exception raised here into a warning: what the exit status must say is kept in
+    this module (failed()) and read by the command line once Hydra returns."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         cfg = schema.load(config)
@@ -50,22 +49,33 @@ class SweepRun(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.COMPLETED:  # its return_value would raise the job's error
-            self.failed = True
+            _failures.append("a point's job raised")
             return
         outcome = job_return.return_value
         if isinstance(outcome, Outcome) and outcome.state is not None and not outcome.state.ok:
-            self.failed = True
+            _failures.append("a point did not finish")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         _active.clear()
-        failed = close(Path(config.hydra.sweep.dir), self.failed)
+        try:
+            failed = close(Path(config.hydra.sweep.dir), failed=bool(_failures))
+        except Exception as e:
+            _failures.append("the sweep's end could not be recorded")
+            print(f"error: the sweep's end could not be recorded: {type(e).__name__}: {e}", file=sys.stderr)
+            raise
         if failed:
+            _failures.append("a point did not finish")
             print("some points failed: see their MLflow runs (error.txt)", file=sys.stderr)
-            sys.exit(1)
 
 
-# The sweep this process is running, for close_interrupted.
+# The sweep this process is running, for close_interrupted; and what went wrong in it, for failed().
 _active: list[Path] = []
+_failures: list[str] = []
+
+
+def failed() -> bool:
+    """A sweep of this process had a point that did not finish, or could not be closed: exit 1."""
+    return bool(_failures)
 
 
 def close(sweep_dir: Path, failed: bool, stopped: bool = False) -> bool:

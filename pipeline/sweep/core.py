@@ -67,14 +67,14 @@ class Sweep:
         return self.info.parent_run_id
 
     def close(self, heading: str, rows: list[Row], view: View, artifact: str, state: RunState) -> Path:
-        """The end: the table as the parent's artifacts <artifact>.txt and .json, the parent ended in
-        state (first: a report that fails leaves no parent RUNNING), the report, then the table
-        printed under its heading. Returns the report's page."""
+        """The end: the table printed under its heading (first: whatever fails next, the user sees
+        it), the table as the parent's artifacts <artifact>.txt and .json, the parent ended in state
+        (before the report: a report that fails leaves no parent RUNNING), then the report.
+        Returns the report's page."""
         text = view.text(rows)
+        print(f"\n== {heading} ==")
+        print(text, flush=True)
         self.store.log_text(self.parent, text + "\n", f"{artifact}.txt")
         self.store.log_dict(self.parent, view.records(rows), f"{artifact}.json")
         self.store.end(self.parent, state)
-        html = page.write(self.store, self.info, self.sweep_dir)
-        print(f"\n== {heading} ==")
-        print(text)
-        return html
+        return page.write(self.store, self.info, self.sweep_dir)

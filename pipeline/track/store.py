@@ -195,10 +195,14 @@ class Store:
         return max((step for step, _ in self.history(run_id, "loss")), default=0)
 
     def end(self, run_id: str, state: RunState, error: str | None = None) -> None:
-        """Close a run; an error's last lines are kept beside it (error.txt)."""
-        if error is not None:
-            self.log_text(run_id, "\n".join(error.splitlines()[-50:]) + "\n", "error.txt")
-        self.client.set_terminated(run_id, state.value)
+        """Close a run; an error's last lines are kept beside it (error.txt). The run is closed even
+        where error.txt cannot be written (a full disk): never left RUNNING for a later start to
+        blame on the OOM killer."""
+        try:
+            if error is not None:
+                self.log_text(run_id, "\n".join(error.splitlines()[-50:]) + "\n", "error.txt")
+        finally:
+            self.client.set_terminated(run_id, state.value)
 
     def log_metrics(
         self, run_id: str, values: Mapping[str, float], step: int, synchronous: bool = True
@@ -330,21 +334,23 @@ def _wait_while_made(path: Path, wait_s: float = 60) -> None:
     """Another process (`mlflow ui`, a script: they take no lock of ours) may be making this store,
     its schema migration half done: touching it now would break both ("table ... already exists").
     Wait, reading it read-only, until its schema is MLflow's newest, or for wait_s at most (then
-    MLflow's own check says what is wrong with it)."""
+    MLflow's own check says what is wrong with it). A store locked for over a second is held, not
+    being made (a migration locks it in short steps): MLflow's own attempt then says so."""
     from mlflow.store.db.utils import _get_latest_schema_revision
 
     newest = _get_latest_schema_revision()
     deadline = time.monotonic() + wait_s
-    while path.exists() and _schema_version(path) != newest and time.monotonic() < deadline:
+    while path.exists() and time.monotonic() < deadline:
+        try:
+            with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+                if db.execute("SELECT version_num FROM alembic_version").fetchone() == (newest,):
+                    return
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e):
+                return
+        except sqlite3.DatabaseError:  # not a database at all: MLflow's attempt says so
+            return
         time.sleep(0.5)
-
-
-def _schema_version(path: Path) -> str | None:
-    try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
-            return db.execute("SELECT version_num FROM alembic_version").fetchone()[0]
-    except (sqlite3.Error, TypeError):  # no such table (yet), locked, empty
-        return None
 
 
 def _answers(uri: str) -> None:
@@ -362,6 +368,12 @@ def _unusable(cfg: Config, uri: str, e: Exception) -> ConfigError:
             "tracking.uri",
             f"no MLflow server answers at {uri} ({reason})",
             "start it (mlflow server --host 0.0.0.0 --port 5000), or leave tracking.uri unset (sqlite)",
+        )
+    if "locked" in reason:
+        return ConfigError(
+            "outputs_dir",
+            f"the MLflow store {path} is locked by another process ({reason})",
+            f"wait for that process to let go (fuser {path} names it), or use another outputs_dir",
         )
     if "not a database" in reason:
         return ConfigError(
