@@ -1,6 +1,7 @@
-"""Sweeps that survive: rerunning a sweep whose driver died carries on in it (finished points are
-not trained again, a stopped one resumes from its newest checkpoint); sweep.retries tries a point
-that fails while training again, each try a run of its own."""
+"""Sweeps that survive: rerunning a sweep whose driver died carries on in it, however its overrides
+are ordered, and widened (finished points are not trained again, a stopped one resumes from its
+newest checkpoint); sweep.retries tries a point that fails while training again, each try a run of
+its own."""
 
 import os
 import signal
@@ -45,14 +46,19 @@ def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
     os.killpg(driver.pid, signal.SIGKILL)  # the driver dies: no handler, no table, nothing closed
     driver.wait()
 
-    result = ok(run_pipeline(outputs, *SWEEP))
+    # The same sweep typed in another order, and widened by a point: it carries on all the same.
+    result = ok(run_pipeline(outputs, "-m", "trainer.save_steps=10", f"trainer.max_steps={LONG},3,4"))
     assert "point trainer.max_steps=3 FINISHED before" in result.stdout
     (parent,) = [r for r in runs(outputs) if r.data.tags.get("zerosweep.role") == "sweep"]
-    assert parent.info.status == "FINISHED" and "carrying on in sweep " + parent.info.run_id in result.stdout
+    assert parent.info.status == "FINISHED"
+    carried_on = f"carrying on in sweep {parent.info.run_id} (sweep.resume=auto): its finished points stay"
+    assert f"{carried_on}, 1 point added" in result.stdout
     by_name: dict[str, list] = {}
     for run in runs(outputs):
         by_name.setdefault(run.info.run_name, []).append(run)
     (short,) = by_name["trainer.max_steps=3"]  # not trained again
+    (added,) = by_name["trainer.max_steps=4"]
+    assert added.info.status == "FINISHED"
     stopped, carried = by_name[f"trainer.max_steps={LONG}"]
     assert (
         short.info.status == "FINISHED"

@@ -5,16 +5,19 @@ each point's outcome as it ends, and the table, the report and the parent's stat
 parent's life is the sweep core's, core.py, which the search shares).
 """
 
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline import config as schema
 from pipeline import track
+from pipeline.check import compose
 from pipeline.job import Outcome
 from pipeline.report import table
 from pipeline.sweep.core import Sweep
@@ -37,13 +40,19 @@ class SweepRun(Callback):
         store = track.Store.of(cfg)
         experiment_id = track.prepare(cfg)
         name = " ".join(overrides) or "sweep"
-        key = " ".join(o for o in overrides if not o.startswith("sweep.")) or "sweep"
-        parent = carried_on(store, experiment_id, cfg.sweep.resume, key)
+        points = point_keys(config, overrides)
+        key = hashlib.sha1(" ".join(points).encode()).hexdigest()[:16]
+        parent, added = carried_on(store, experiment_id, cfg.sweep.resume, key, points)
         varying = varying_keys(overrides)
-        Sweep.open(store, experiment_id, key, parent, sweep_dir, f"sweep: {name}", name, overrides, varying)
+        tags = {track.SWEEP_POINTS: " ".join(points)} if len(points) <= MAX_LISTED_POINTS else {}
+        Sweep.open(
+            store, experiment_id, key, parent, sweep_dir, f"sweep: {name}", name, overrides, varying, tags
+        )
         if parent:
+            widened = f", {added} point{'s' * (added > 1)} added" if added else ""
             print(
-                f"carrying on in sweep {parent} (sweep.resume={cfg.sweep.resume}): its finished points stay"
+                f"carrying on in sweep {parent} (sweep.resume={cfg.sweep.resume}): its finished points "
+                f"stay{widened}"
             )
         _active.append(sweep_dir)
 
@@ -99,13 +108,41 @@ def close_interrupted() -> None:
         close(_active.pop(), failed=True, stopped=True)
 
 
-def carried_on(store: track.Store, experiment_id: str, resume: str, key: str) -> str | None:
-    """The parent run a sweep carries on in: the newest unfinished sweep of the same command line
-    (auto), the one named (its dir or parent run id), or none (new)."""
+# Points listed on a sweep's parent (17 characters each: MLflow 3 keeps tags up to 8000).
+MAX_LISTED_POINTS = 450
+
+
+def point_keys(config: DictConfig, overrides: list[str]) -> list[str]:
+    """The sweep's points by meaning (track.point_key of each point as its job will compose it),
+    sorted: the same sweep however its overrides are ordered or spelled. Not sweep.* keys: they say
+    how to run it, not what."""
+    loader = GlobalHydra.instance().config_loader()
+    kept = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~").startswith("sweep.")]
+    keys = set()
+    for point in compose.sweep_points(kept, multirun=True):
+        job = loader.load_sweep_config(config, point)
+        cfg = schema.load(job)
+        keys.add(track.point_key(cfg, track.flat_params(cfg, job.hydra.runtime.choices)))
+    return sorted(keys)
+
+
+def carried_on(
+    store: track.Store, experiment_id: str, resume: str, key: str, points: list[str]
+) -> tuple[str | None, int]:
+    """The parent run a sweep carries on in, and how many points it adds to it: the newest
+    unfinished sweep of the same points, or else of fewer of them (widened) (auto); the one named
+    (its dir or parent run id); or none (new)."""
     if resume == "new":
-        return None
+        return None, 0
     if resume == "auto":
-        found = store.unfinished_sweep(experiment_id, key)
-        return found.run_id if found else None
+        unfinished = store.unfinished_sweeps(experiment_id)
+        for run in unfinished:
+            if run.tags.get(track.SWEEP_KEY) == key:
+                return run.run_id, 0
+        for run in unfinished:
+            listed = set(run.tags.get(track.SWEEP_POINTS, "").split())
+            if listed and listed < set(points):
+                return run.run_id, len(set(points) - listed)
+        return None, 0
     info = SweepInfo.load(resume)
-    return info.parent_run_id if info else resume
+    return (info.parent_run_id if info else resume), 0

@@ -44,6 +44,8 @@ CARRIES_ON = "zerosweep.carries_on"
 REQUEUED_AFTER = "zerosweep.requeued_after"
 # A sweep's parent: its command line without sweep.* keys, to find it again when it is rerun.
 SWEEP_KEY = "zerosweep.sweep_key"
+# On a sweep's parent: its points' keys (POINT_KEY), sorted: a sweep of more points carries on in it.
+SWEEP_POINTS = "zerosweep.sweep_points"
 # The dir a sweep's points and its report are in (on the parent and on each point's run).
 SWEEP_DIR = "zerosweep.sweep_dir"
 # On a sweep's parent: its points' Slurm job ids, and the map of those jobs to their submitit folders
@@ -272,13 +274,15 @@ class Store:
         where = f"tags.{PARENT} = '{parent_run_id}' and tags.`{POINT_KEY}` = '{point_key}'"
         return self.search(experiment_id, where)
 
-    def unfinished_sweep(self, experiment_id: str, sweep_key: str) -> RunRecord | None:
-        """The newest sweep of this command line that did not finish (its driver stopped or died);
-        not one that a driver on this host still runs (the same command started twice at once)."""
-        where = f"tags.`{ROLE}` = '{ROLE_SWEEP}' and tags.`{SWEEP_KEY}` = '{sweep_key}'"
-        where += " and attributes.status != 'FINISHED'"
+    def unfinished_sweeps(self, experiment_id: str, sweep_key: str | None = None) -> list[RunRecord]:
+        """The sweeps (of this key, if given) that did not finish (their driver stopped or died),
+        newest first; not one that a driver on this host still runs (the same command started twice
+        at once)."""
+        where = f"tags.`{ROLE}` = '{ROLE_SWEEP}' and attributes.status != 'FINISHED'"
+        if sweep_key is not None:
+            where += f" and tags.`{SWEEP_KEY}` = '{sweep_key}'"
         found = self.search(experiment_id, where, newest_first=True, limit=100)
-        return next((run for run in found if not _driven_here(run)), None)
+        return [run for run in found if not _driven_here(run)]
 
     def latest_sweep(self, experiment_id: str) -> RunRecord | None:
         found = self.search(experiment_id, f"tags.`{ROLE}` = '{ROLE_SWEEP}'", newest_first=True, limit=1)

@@ -50,7 +50,7 @@ class Ledger:
     ) -> "Ledger":
         """The parent run of this search's command line left unfinished (its driver stopped or was
         killed), reopened in its dir; else a new one in a new dir under <outputs_dir>/searches/."""
-        found = store.unfinished_sweep(experiment_id, key)
+        found = next(iter(store.unfinished_sweeps(experiment_id, key)), None)
         carried_on = None
         if found and Path(found.tags.get(track.SWEEP_DIR, "")).is_dir():
             carried_on, sweep_dir = found.run_id, Path(found.tags[track.SWEEP_DIR])
