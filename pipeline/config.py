@@ -319,7 +319,7 @@ class TrainerConf:
         "nproc_per_node": 1,
         "nnodes": 1,
         "logging_steps": 1,
-        "save_total_limit": 1,
+        "save_total_limit": 2,  # a broken newest checkpoint falls back to the one before
         "eval_steps": 0,
         "save_steps": 0,
         "timing_warmup_steps": 0,

@@ -28,7 +28,8 @@ from helpers import (
 
 pytestmark = pytest.mark.slow
 # Point 1 is SIGKILLed once its checkpoint of step 20 is complete: LONG steps leave it 100 more to
-# be killed in (several seconds, checkpoints included) and the rerun 100 or so to carry on with.
+# be killed in (several seconds, checkpoints included) and the rerun 100 or so to carry on with,
+# from the checkpoint before its newest (damaged on purpose).
 LONG = 120
 SWEEP = ("-m", f"trainer.max_steps=3,{LONG}", "trainer.save_steps=10")
 
@@ -45,6 +46,10 @@ def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
     wait_for("point 1's checkpoint of step 20 or later", lambda: _checkpoints(outputs, "1", 20), timeout=300)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver dies: no handler, no table, nothing closed
     driver.wait()
+    # And its newest checkpoint is damaged on disk: the rerun names the file and takes the one before.
+    *_, before, newest = sorted(_checkpoints(outputs, "1", 0), key=lambda p: int(p.parent.name.split("-")[1]))
+    weights = newest.parent / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
 
     # The same sweep typed in another order, and widened by a point: it carries on all the same.
     result = ok(run_pipeline(outputs, "-m", "trainer.save_steps=10", f"trainer.max_steps={LONG},3,4"))
@@ -67,7 +72,8 @@ def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
     )
     assert carried.data.tags["zerosweep.carries_on"] == stopped.info.run_id
     resumed = int(carried.data.metrics["resumed_from_step"])
-    assert resumed > 0 and resumed % 10 == 0 and carried.data.metrics["steps"] == LONG
+    assert f"checkpoint-{resumed}" == before.parent.name and carried.data.metrics["steps"] == LONG
+    assert f"checkpoint {newest.parent} is broken (model.safetensors: " in result.stderr
     assert loss_steps(outputs, carried.info.run_id) == list(range(resumed + 1, LONG + 1))  # the curve goes on
     # Steps buffered for the store were flushed with checkpoint-10, seconds before the SIGKILL.
     assert set(range(1, 11)) <= set(loss_steps(outputs, stopped.info.run_id))

@@ -7,9 +7,11 @@ cannot load the files of M. ZeRO-0 keeps them whole, and any number of ranks loa
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,49 @@ LATEST_UNIVERSAL = "latest_universal"
 
 def newest(out: Path) -> str | None:
     """The Trainer's latest complete checkpoint-N under the job's output dir (trainer_state.json is
-    written last: a job stopped mid-save leaves none)."""
+    written last: a job stopped mid-save leaves none) whose files are whole: a broken one (a full
+    disk, a file truncated or damaged on the way) is named in one line and the one before is used
+    (trainer.save_total_limit keeps at least two)."""
     found = sorted(
         (p.parent for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json")),
         key=lambda p: int(p.name.split("-")[1]),
     )
-    return str(found[-1]) if found else None
+    for checkpoint in reversed(found):
+        problem = damage(checkpoint)
+        if problem is None:
+            return str(checkpoint)
+        print(f"checkpoint {checkpoint} is broken ({problem}): not resumed from", file=sys.stderr)
+    return None
+
+
+def damage(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint's files, read as far as it costs little (no tensor is loaded):
+    the Trainer's state parses, DeepSpeed's `latest` names a dir that is there, each torch file is a
+    whole zip archive (its directory is at its end: a truncated file has none), each safetensors file
+    is as long as its header says. None if nothing is."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"trainer_state.json: {e}"
+    latest = checkpoint / "latest"
+    if latest.is_file() and not (checkpoint / latest.read_text().strip()).is_dir():
+        return f"latest names {latest.read_text().strip()}, which is not there"
+    for path in sorted(checkpoint.rglob("*")):
+        name = str(path.relative_to(checkpoint))
+        try:
+            if path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path) as archive:
+                    archive.infolist()
+            elif path.suffix == ".safetensors":
+                with path.open("rb") as f:
+                    size = int.from_bytes(f.read(8), "little")
+                    header = json.loads(f.read(size))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+                if path.stat().st_size != 8 + size + end:
+                    return f"{name}: {path.stat().st_size} bytes, its header says {8 + size + end}"
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            return f"{name}: {e}"
+    return None
 
 
 def written_by(checkpoint: Path) -> int | None:
