@@ -87,6 +87,8 @@ class Summary:
     # The last evaluation (at the end), when the point has an eval set.
     final_eval_loss: float | None = None
     final_eval_perplexity: float | None = None
+    # Steps whose metrics the store refused for good (track.MetricLogger), where there were any.
+    lost_metric_steps: int | None = None
 
     def metrics(self) -> dict[str, float]:
         """As MLflow metrics and summary.json's keys (an eval the run did not make is left out; the

@@ -13,6 +13,8 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.track import store_uri
+
 from helpers import (
     ROOT,
     MlflowServer,
@@ -245,3 +247,32 @@ def _logging_run(uri: str) -> str | None:
     """The id of the run once it has logged a loss."""
     found = runs(uri)
     return found[0].info.run_id if found and "loss" in found[0].data.metrics else None
+
+
+def test_a_store_busy_for_seconds_loses_no_metric(tmp_path):
+    """Another process holds the sqlite store for 25 s mid-run (a write waits 20 s for it):
+    MLflow's logger drops the batch it could not write; the run writes it again, and every step is
+    there, once, with no step counted lost."""
+    outputs = tmp_path / "outputs"
+    args = ("trainer.max_steps=150", "tracking.buffer_s=1", "tracking.system_metrics=false")
+    proc = subprocess.Popen(pipeline_cmd(outputs, *args), cwd=ROOT, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    hold = "import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1], timeout=60); "
+    hold += "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(25)"
+    try:
+        # The run id file is written once the store is made: reading it before would race its making.
+        wait_for("the run", lambda: list(outputs.glob("runs/*/mlflow_run_id")), timeout=300)
+        run_id = wait_for("a logged loss", lambda: _logging_run(store_uri(outputs)), timeout=300)
+        locker = subprocess.run(
+            [sys.executable, "-c", hold, str(outputs / "mlflow.db")], capture_output=True, text=True
+        )
+        assert locker.stdout == "locked\n" and proc.poll() is None, "it ended before the store was held"
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    run = mlflow_client(outputs).get_run(run_id)
+    assert run.info.status == "FINISHED" and "zerosweep.lost_metric_steps" not in run.data.tags
+    losses = mlflow_client(outputs).get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in losses) == list(range(1, 151))
+    assert "lost_metric_steps" not in run.data.metrics and "the MLflow store did not take" in out

@@ -5,6 +5,7 @@ Runs in the job process (one rank), in a process started by torch's elastic laun
 ranks), or in a Slurm task; takes a pickled Job and returns its Summary.
 """
 
+import dataclasses
 import gc
 import os
 import warnings
@@ -32,7 +33,8 @@ def worker(job: Job, own_process: bool = True) -> Summary:
         training.train()
     finally:
         training.close()
-    return training.clock.summary()
+    lost = training.logger.lost_steps if training.logger else 0  # known once close() flushed
+    return dataclasses.replace(training.clock.summary(), lost_metric_steps=lost or None)
 
 
 class Training:

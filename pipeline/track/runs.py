@@ -1,9 +1,11 @@
 """A point's run over its life: opened (or reopened after a requeue) by the job, appended to by
 rank 0 (RunRef, MetricLogger), finished or failed by itself (TrackedRun); its params and identity."""
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -12,13 +14,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+from mlflow.entities import Metric
 from mlflow.environment_variables import MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS
+from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 
 from pipeline.config import Config
 from pipeline.errors import Hung, why_stopped
 from pipeline.track.sampler import Sampler
-from pipeline.track.store import REQUEUED_AFTER, RUN_ID_FILE, SKIPPED, SLURM_JOB, RunState, Store, prepare
+from pipeline.track.store import (
+    LOST_STEPS,
+    REQUEUED_AFTER,
+    RUN_ID_FILE,
+    SKIPPED,
+    SLURM_JOB,
+    RunState,
+    Store,
+    prepare,
+)
 
 if TYPE_CHECKING:  # pipeline.job imports this package
     from pipeline.job import Summary
@@ -196,7 +209,15 @@ def open_run(
 
 class MetricLogger:
     """Appends metrics to a run from training rank 0, asynchronously and in batches (MLflow's own
-    buffering) so steps never wait on I/O; flush() makes everything logged reach the store."""
+    buffering) so steps never wait on I/O; flush() makes everything logged reach the store.
+
+    MLflow's logger drops a batch it could not write (a store busy for longer than a write waits,
+    20 s on sqlite), and of merged batches it reports only the first as failed. So each flush reads
+    back the steps logged since the last one, writes the missing ones again, with backoff, for up to
+    a minute (RETRY_S), and counts those still refused then (lost_steps: the run's tag and its
+    closing summary say how many)."""
+
+    RETRY_S = (1, 2, 4, 8, 16, 32)
 
     def __init__(self, ref: RunRef, buffer_s: int) -> None:
         mlflow.set_tracking_uri(ref.uri)
@@ -205,10 +226,55 @@ class MetricLogger:
         os.environ[MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS.name] = str(buffer_s)
         self.store = Store(ref.uri)
         self.ref = ref
+        self.lost_steps = 0
+        self._sent: dict[tuple[str, int], tuple[float, int]] = {}  # (key, step): (value, ms)
 
     def __call__(self, values: dict[str, float], step: int) -> None:
         if step > self.ref.after_step:
-            self.store.log_metrics(self.ref.run_id, values, step, synchronous=False)
+            at_ms = int(time.time() * 1000)
+            self.store.log_metrics(self.ref.run_id, values, step, synchronous=False, at_ms=at_ms)
+            self._sent.update({(key, step): (float(value), at_ms) for key, value in values.items()})
 
     def flush(self) -> None:
         mlflow.flush_async_logging()
+        sent, self._sent = self._sent, {}
+        missing = self._missing(sent)
+        for wait_s in self.RETRY_S:
+            if not missing:
+                return
+            steps = len({step for _, step in missing})
+            print(
+                f"the MLflow store did not take {steps} steps' metrics: again in {wait_s} s", file=sys.stderr
+            )
+            time.sleep(wait_s)
+            missing = self._missing(missing) if self._write(missing) else missing
+        steps = len({step for _, step in missing})
+        self.lost_steps += steps
+        print(
+            f"warning: {steps} steps' metrics could not be written to the MLflow store: lost", file=sys.stderr
+        )
+        with contextlib.suppress(MlflowException):
+            self.store.tag(self.ref.run_id, {LOST_STEPS: str(self.lost_steps)})
+
+    def _missing(
+        self, sent: dict[tuple[str, int], tuple[float, int]]
+    ) -> dict[tuple[str, int], tuple[float, int]]:
+        """What of sent the run does not have (all of it, where the store cannot be read now)."""
+        try:
+            have = {
+                (key, step)
+                for key in {k for k, _ in sent}
+                for step, _ in self.store.history(self.ref.run_id, key)
+            }
+        except MlflowException:
+            return sent
+        return {point: value for point, value in sent.items() if point not in have}
+
+    def _write(self, metrics: dict[tuple[str, int], tuple[float, int]]) -> bool:
+        items = [Metric(key, value, at_ms, step) for (key, step), (value, at_ms) in metrics.items()]
+        try:
+            for i in range(0, len(items), 1000):  # a REST store takes at most 1000 metrics a call
+                self.store.client.log_batch(self.ref.run_id, metrics=items[i : i + 1000])
+            return True
+        except MlflowException:
+            return False

@@ -40,6 +40,8 @@ JOB_NUM = "zerosweep.job_num"
 POINT_KEY = "zerosweep.point_key"
 ATTEMPT = "zerosweep.attempt"
 CARRIES_ON = "zerosweep.carries_on"
+# Steps whose metrics the store refused for good (after retries): a run that lost some says so.
+LOST_STEPS = "zerosweep.lost_metric_steps"
 # A run reopened by its requeued Slurm job: what ended the earlier attempts (NODE_FAIL, PREEMPTED...).
 REQUEUED_AFTER = "zerosweep.requeued_after"
 # A sweep's parent: its command line without sweep.* keys, to find it again when it is rerun.
@@ -207,9 +209,15 @@ class Store:
             self.client.set_terminated(run_id, state.value)
 
     def log_metrics(
-        self, run_id: str, values: Mapping[str, float], step: int, synchronous: bool = True
+        self,
+        run_id: str,
+        values: Mapping[str, float],
+        step: int,
+        synchronous: bool = True,
+        at_ms: int | None = None,
     ) -> None:
-        now = int(time.time() * 1000)
+        """One step's values (at_ms: when it was measured, now by default)."""
+        now = at_ms or int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
         self.client.log_batch(run_id, metrics=metrics, synchronous=synchronous)
 
