@@ -106,7 +106,9 @@ def test_saved_model_reloads_with_the_runs_eval_loss(finetuned):
 @pytest.mark.slow
 def test_gpt2_prompt_completion_fp32_export_and_generate(own: Own, outputs: Path):
     """A second architecture, prompt/completion data with a held-out eval fraction, ZeRO-2, the fp32
-    export (zero_to_fp32) beside the saved model; then text from the run, found by its id."""
+    export (zero_to_fp32) beside the saved model; then text from the run, found by its id. What the
+    datasets library caches of the raw file stays under outputs_dir, not in the home directory."""
+    home_cache = outputs.parent / "home-datasets-cache"  # where it would go by default
     ok(
         run_pipeline(
             outputs,
@@ -119,8 +121,10 @@ def test_gpt2_prompt_completion_fp32_export_and_generate(own: Own, outputs: Path
             "zero=stage2",
             "trainer.export_fp32=true",
             f"trainer.max_steps={STEPS}",
+            env={"HF_DATASETS_CACHE": str(home_cache)},
         )
     )
+    assert not list(home_cache.rglob("*.arrow")) and list((outputs / "cache" / "datasets").rglob("*.arrow"))
     (run,) = runs(outputs)
     assert run.info.status == "FINISHED" and "final_eval_loss" in run.data.metrics
     run_dir = Path(run.data.tags["zerosweep.output_dir"])

@@ -49,12 +49,16 @@ def load(path: str | Path) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     return splits["train"], splits.get("eval")
 
 
-def read(paths: list[Path]) -> datasets.Dataset:
-    """The raw examples of files of one kind, or of a dataset saved with save_to_disk."""
+def read(paths: list[Path], cache: Path) -> datasets.Dataset:
+    """The raw examples of files of one kind, or of a dataset saved with save_to_disk. The datasets
+    library's Arrow copy of raw files goes to cache (under outputs_dir), not to the home directory
+    (~/.cache/huggingface/datasets, small on many clusters)."""
     if is_saved_dataset(paths[0]):
         return datasets.concatenate_datasets([_load_saved(p) for p in paths])
     files = [str(p) for p in paths]
-    return datasets.load_dataset(READERS[paths[0].suffix], data_files=files, split="train")
+    return datasets.load_dataset(
+        READERS[paths[0].suffix], data_files=files, split="train", cache_dir=str(cache)
+    )
 
 
 def _load_saved(path: Path) -> datasets.Dataset:
@@ -64,10 +68,11 @@ def _load_saved(path: Path) -> datasets.Dataset:
 
 def _tokenize(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> datasets.DatasetDict:
     d = cfg.data
-    train = read(d.train_paths)
+    cache = Path(cfg.outputs_dir).absolute() / "cache" / "datasets"
+    train = read(d.train_paths, cache)
     raw = {"train": train}
     if d.eval_files is not None:
-        raw["eval"] = read(d.eval_paths)
+        raw["eval"] = read(d.eval_paths, cache)
     elif d.eval_fraction > 0:
         held = train.train_test_split(test_size=d.eval_fraction, seed=cfg.trainer.seed)
         raw = {"train": held["train"], "eval": held["test"]}
