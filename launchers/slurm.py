@@ -10,12 +10,15 @@ and time-out is the plugin's own (its checkpoint() resubmits the point; the job 
 its newest Trainer checkpoint into the same run: pipeline/launch/slurm.py).
 """
 
+import contextlib
 import copy
+import io
 import json
 import logging
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +31,7 @@ from omegaconf import OmegaConf, open_dict
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from pipeline import track
-from pipeline.errors import Hung, why_stopped
+from pipeline.errors import ConfigError, Hung, why_stopped
 from pipeline.job import Outcome
 from pipeline.rank import watchdog
 from pipeline.sweep.info import SweepInfo
@@ -78,6 +81,29 @@ def _signal_name(what: str) -> str:
     return f" ({names[what]})" if what in names else ""
 
 
+# The key to change for what sbatch says it refuses, by a word of its message.
+SBATCH_REFUSES = (
+    ("partition", "launcher.partition", "choose one that sinfo lists"),
+    ("node count", "trainer.nnodes", "ask for no more nodes than the partition has (sinfo)"),
+    ("node configuration", "trainer.nnodes", "ask for nodes the partition has (sinfo: cores, GPUs, memory)"),
+    ("account", "launcher.account", "give an account sacctmgr lists for you"),
+    ("qos", "launcher.qos", "give a QOS of your account (sacctmgr show assoc)"),
+    ("time limit", "launcher.timeout_min", "stay within the partition's time limit (sinfo)"),
+    ("memory", "launcher.mem_gb", "ask for no more memory than the nodes have (sinfo -o %m)"),
+    ("gres", "trainer.nproc_per_node", "ask for no more GPUs per node than the nodes have (sinfo -o %G)"),
+)
+
+
+def refusal(sbatch: str) -> ConfigError:
+    """What sbatch refused, as the one line that names the key to change."""
+    said = [line.removeprefix("sbatch: error: ") for line in sbatch.splitlines() if line.strip()]
+    first = said[0] if said else sbatch.strip()
+    for word, key, fix in SBATCH_REFUSES:
+        if word in sbatch.lower():
+            return ConfigError(key, f"Slurm refused the jobs (sbatch: {first})", fix)
+    return ConfigError("launcher", f"Slurm refused the jobs (sbatch: {first})", "see docs/slurm.md")
+
+
 def _call(num: int, overrides: Sequence[str], state: dict) -> tuple:
     """What submitit pickles for point num: the Hydra launcher's __call__ arguments."""
     return (list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", state)
@@ -111,7 +137,13 @@ class SweepLaunch:
         points = {n: self._point_dir(sweep_dir, n) for n in fresh}
         for point in points.values():
             watchdog.forget(point)
-        new = iter(self._submit([_call(n, o, state) for n, o in fresh.items()]))
+        try:
+            new = iter(self._submit([_call(n, o, state) for n, o in fresh.items()]))
+        except ConfigError as refused:  # nothing was queued: the sweep ends here, its parent FAILED
+            print(f"error: {refused}", file=sys.stderr)
+            if info:
+                store.end(info.parent_run_id, RunState.FAILED, f"Slurm refused the sweep's jobs: {refused}")
+            sys.exit(2)
         jobs = [queued.get(tuple(o)) or (next(new), points[n]) for n, o in numbered]
         ids = [job.job_id for job, _ in jobs]
         log.info(f"Slurm jobs {' '.join(ids)}; submitit logs in {sweep_dir}/.submitit/")
@@ -170,9 +202,15 @@ class SweepLaunch:
             log.info(f"{len(calls)} points in {arrays} job arrays (the cluster's MaxArraySize is {size})")
         executor = self._executor()
         chunks = [calls[i : i + size] for i in range(0, len(calls), size)]
-        return [
-            job for chunk in chunks for job in executor.map_array(self.launcher, *zip(*chunk, strict=True))
-        ]
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's refusal too
+                return [
+                    job
+                    for chunk in chunks
+                    for job in executor.map_array(self.launcher, *zip(*chunk, strict=True))
+                ]
+        except submitit.core.utils.FailedJobError as e:
+            raise refusal(str(e)) from None
 
     def _still_queued(
         self, store: track.Store, info: SweepInfo

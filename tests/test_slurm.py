@@ -454,3 +454,28 @@ def test_a_stopped_slurm_sweep_cancels_its_jobs(tmp_path: Path) -> None:
     assert child.info.status == "KILLED" and parent.info.status == "KILLED"
     error = artifact_text(tmp_path, child.info.run_id, "error.txt", tmp_path)
     assert f"Slurm job {job_id} cancelled: terminated by SIGTERM" in error
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        (
+            "launcher.partition=nope",
+            "error: launcher.partition: Slurm refused the jobs (sbatch: invalid partition",
+        ),
+        (
+            "trainer.nnodes=3",
+            "error: trainer.nnodes: Slurm refused the jobs (sbatch: Batch job submission failed",
+        ),
+    ],
+)
+def test_a_submission_slurm_refuses_is_one_line_and_the_parent_failed(
+    tmp_path: Path, override: str, line: str
+):
+    """A partition that does not exist, more nodes than the cluster has: sbatch's refusal, in one
+    line naming the key, exit 2; the sweep's parent run is closed FAILED, not left RUNNING."""
+    out = finish(start(tmp_path, override, "trainer.max_steps=1"), rc=2)
+    (error,) = [text for text in out.splitlines() if text.startswith("error:")]
+    assert error.startswith(line) and "Traceback" not in out, out[-3000:]
+    (parent,) = runs(tmp_path)
+    assert parent.info.status == "FAILED" and parent.data.tags["zerosweep.role"] == "sweep"
