@@ -104,6 +104,20 @@ def refusal(sbatch: str) -> ConfigError:
     return ConfigError("launcher", f"Slurm refused the jobs (sbatch: {first})", "see docs/slurm.md")
 
 
+def _requeued(job: submitit.Job, wait_s: float = 30) -> bool:
+    """Slurm puts a batch job whose node failed back in the queue (JobRequeue=1, its default), a few
+    seconds after sacct first says NODE_FAIL: is it back (pending or running again)?"""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            ["squeue", "-h", "-j", job.job_id, "-o", "%T"], capture_output=True, text=True
+        )
+        if {"PENDING", "CONFIGURING", "RUNNING"} & set(listed.stdout.split()):
+            return True
+        time.sleep(1)
+    return False
+
+
 def _call(num: int, overrides: Sequence[str], state: dict) -> tuple:
     """What submitit pickles for point num: the Hydra launcher's __call__ arguments."""
     return (list(overrides), "hydra.sweep.dir", num, f"job_id_for_{num}", state)
@@ -281,6 +295,10 @@ class SweepLaunch:
         try:
             return job.results()[0]
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as e:
+            if job.state.split()[0] == "NODE_FAIL" and _requeued(job):
+                log.info(f"Slurm job {job.job_id} lost a node and was requeued: waiting for it again")
+                job.watcher.clear()  # submitit stops polling a job it saw end
+                return self._result(job, overrides, point, store, info)
             # Ended by the scheduler (scancel, time limit, preemption): KILLED; crashed (signal,
             # OOM kill, node failure, an error before a result): FAILED.
             ended_by_slurm = job.state.split()[0] in ("CANCELLED", "TIMEOUT", "PREEMPTED")
