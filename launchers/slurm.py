@@ -75,10 +75,13 @@ def dead_tasks(job: submitit.Job) -> str:
     return "; ".join(f"{tasks} on {node} died: {what}{_signal_name(what)}" for node, tasks, what in died)
 
 
+# Each signal by how srun (strsignal) says it: "Killed" -> SIGKILL.
+SIGNAL_NAMES = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
+
+
 def _signal_name(what: str) -> str:
-    """(SIGKILL) after srun's "Killed", as strsignal names each signal."""
-    names = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
-    return f" ({names[what]})" if what in names else ""
+    """(SIGKILL) after srun's "Killed"."""
+    return f" ({SIGNAL_NAMES[what]})" if what in SIGNAL_NAMES else ""
 
 
 # The key to change for what sbatch says it refuses, by a word of its message.
@@ -295,13 +298,14 @@ class SweepLaunch:
         try:
             return job.results()[0]
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as e:
-            if job.state.split()[0] == "NODE_FAIL" and _requeued(job):
+            ended = job.state.split()[0]
+            if ended == "NODE_FAIL" and _requeued(job):
                 log.info(f"Slurm job {job.job_id} lost a node and was requeued: waiting for it again")
                 job.watcher.clear()  # submitit stops polling a job it saw end
                 return self._result(job, overrides, point, store, info)
             # Ended by the scheduler (scancel, time limit, preemption): KILLED; crashed (signal,
             # OOM kill, node failure, an error before a result): FAILED.
-            ended_by_slurm = job.state.split()[0] in ("CANCELLED", "TIMEOUT", "PREEMPTED")
+            ended_by_slurm = ended in ("CANCELLED", "TIMEOUT", "PREEMPTED")
             state = RunState.KILLED if ended_by_slurm else RunState.FAILED
             died = dead_tasks(job)
             log.error(

@@ -26,8 +26,14 @@ EXPERIMENT = "zerosweep"
 TRAINING = "workflowType=machine_learning"
 
 
-def server_command(uri: str, outputs_dir: str, port: int) -> list[str]:
-    """mlflow server with one worker: the full default (job runners, 4 workers) costs ~2 GiB."""
+# mlflow server's environment: no job runners (with its default 4 workers they cost ~2 GiB).
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def server_command(uri: str, outputs_dir: str, port: int, served: Path | None = None) -> list[str]:
+    """mlflow server with one worker, for the store at uri. Artifacts: where the sqlite store's runs
+    keep them (outputs_dir/mlartifacts, clients write there); or, given served, stored by the
+    server itself there and served through it (--artifacts-destination), as a team's server does."""
     cmd = [
         sys.executable,
         "-m",
@@ -42,7 +48,9 @@ def server_command(uri: str, outputs_dir: str, port: int) -> list[str]:
         "--workers",
         "1",
     ]
-    if track.sqlite_path(uri):
+    if served is not None:
+        cmd += ["--artifacts-destination", served.absolute().as_uri()]
+    elif track.sqlite_path(uri):
         cmd += ["--default-artifact-root", (Path(outputs_dir).absolute() / "mlartifacts").as_uri()]
     return cmd
 
@@ -105,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     base = f"http://127.0.0.1:{args.port}"
     _port_free(args.port)
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, **SERVER_ENV}
     # Ctrl-C and a kill stop the server. SIGINT explicitly too: a process started from a background
     # job (or under nohup) inherits it ignored, and Python then installs no handler of its own.
     for sig in (signal.SIGINT, signal.SIGTERM):

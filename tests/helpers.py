@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipeline.track import store_uri
+from pipeline.ui import SERVER_ENV, server_command, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -235,27 +235,15 @@ class MlflowServer:
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> "MlflowServer":
-        port = self.uri.rsplit(":", 1)[1]
-        cmd = [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            port,
-            "--workers",
-            "1",
-        ]
-        cmd += ["--backend-store-uri", f"sqlite:///{self.root}/server.db"]
-        cmd += ["--artifacts-destination", (self.root / "served-artifacts").as_uri()]
-        env = {**cli_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        port = int(self.uri.rsplit(":", 1)[1])
+        cmd = server_command(
+            f"sqlite:///{self.root}/server.db", str(self.root), port, self.root / "served-artifacts"
+        )
         log = (self.root / "server.log").open("a")
         self._proc = subprocess.Popen(
-            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=cli_env() | SERVER_ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        wait_for("the MLflow server to answer", self._answers, timeout=120)
+        wait_ready(self.uri, self._proc)
         return self
 
     def stop(self) -> None:
@@ -263,13 +251,3 @@ class MlflowServer:
             os.killpg(self._proc.pid, signal.SIGKILL)  # the server and its workers, at once: an outage
             self._proc.wait()
             self._proc = None
-
-    def _answers(self) -> bool:
-        assert self._proc is not None and self._proc.poll() is None, (self.root / "server.log").read_text()[
-            -3000:
-        ]
-        try:
-            with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                return True
-        except OSError:
-            return False

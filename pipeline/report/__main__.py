@@ -20,7 +20,8 @@ def resolve(target: str, uri: str) -> tuple[track.Store, SweepInfo, str]:
     if info is not None:
         return track.Store(info.tracking_uri), info, target
     path = track.sqlite_path(uri)
-    parent = None if path is not None and not path.exists() else track.Store(uri).find(target)
+    store = None if path is not None and not path.exists() else track.Store(uri)  # made only if there
+    parent = store.find(target) if store else None
     if parent is None:
         where = (
             f"no MLflow store at {path}" if path and not path.exists() else f"the store {uri} has no such run"
@@ -31,7 +32,7 @@ def resolve(target: str, uri: str) -> tuple[track.Store, SweepInfo, str]:
             "give a sweep dir, or the parent run id its table's heading names (in --outputs-dir's store)",
         )
     sweep_dir = parent.tags.get(track.SWEEP_DIR) or "."
-    return track.Store(uri), SweepInfo(target, parent.experiment_id, uri, overrides=[], varying=[]), sweep_dir
+    return store, SweepInfo(target, parent.experiment_id, uri, overrides=[], varying=[]), sweep_dir
 
 
 def main(argv: list[str] | None = None) -> None:

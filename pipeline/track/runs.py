@@ -147,13 +147,13 @@ class NodeSampling(Untracked):
     checkpoints, and the run's job tag: not an earlier job's run of the same point)."""
 
     def __init__(self, store: Store, out: Path, job: str, node: str, wait_s: float = 120) -> None:
-        self._find = lambda: _run_of_job(store, out / RUN_ID_FILE, job)
-        self._store, self._node, self._wait_s = store, node, wait_s
+        self._store, self._saved, self._job = store, out / RUN_ID_FILE, job
+        self._node, self._wait_s = node, wait_s
         self._monitor: Sampler | None = None
 
     def __enter__(self) -> "NodeSampling":
         deadline = time.monotonic() + self._wait_s
-        while (run_id := self._find()) is None and time.monotonic() < deadline:
+        while (run_id := self._run_of_job()) is None and time.monotonic() < deadline:
             time.sleep(1)
         if run_id is None:
             print(f"no run of this job after {self._wait_s:.0f} s: {self._node}'s system metrics not logged")
@@ -167,11 +167,12 @@ class NodeSampling(Untracked):
             self._monitor.finish()
         return False
 
-
-def _run_of_job(store: Store, saved: Path, job: str) -> str | None:
-    run_id = saved.read_text().strip() if saved.exists() else None
-    run = run_id and store.find(run_id)
-    return run_id if run and run.state == RunState.RUNNING and run.tags.get(SLURM_JOB) == job else None
+    def _run_of_job(self) -> str | None:
+        """Rank 0's run of this job, once it is open."""
+        run_id = self._saved.read_text().strip() if self._saved.exists() else None
+        run = run_id and self._store.find(run_id)
+        ours = run and run.state == RunState.RUNNING and run.tags.get(SLURM_JOB) == self._job
+        return run_id if ours else None
 
 
 def record_skipped(cfg: Config, name: str, params: dict[str, str], tags: dict[str, str], reason: str) -> str:
