@@ -9,7 +9,6 @@ from pathlib import Path
 
 import psutil
 
-from pipeline import plan
 from pipeline.check import rules
 from pipeline.config import GIB, Config, OffloadDevice
 from pipeline.errors import ConfigError
@@ -114,6 +113,8 @@ def _variant(cfg: Config, override: str, group: str, **change: object) -> tuple[
 
 
 def _fits(variant: Config, capacity: Capacity) -> bool:
+    from pipeline import plan  # loaded by then: only a planned point misses the memory
+
     try:
         rules.check(variant)
     except ConfigError:

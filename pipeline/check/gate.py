@@ -4,20 +4,21 @@ command line, the search's trials and the job (here, or a Slurm job) all ask `ad
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline import plan
 from pipeline.check import fit, inputs, preflight, rules
 from pipeline.config import Config
 from pipeline.errors import ConfigError
-from pipeline.plan import Plan
+
+if TYPE_CHECKING:  # the plan loads torch and transformers: not before the cheaper checks passed
+    from pipeline.plan import Plan
 
 
 @dataclass
 class Admission:
     """A point the checks let through: its plan, and whether it fits the memory where it runs."""
 
-    plan: Plan
+    plan: "Plan"
     # It does not fit the GPU (or host) memory: a single run is refused, a sweep's point skipped.
     misfit: ConfigError | None
 
@@ -27,9 +28,12 @@ def admit(cfg: Config, output_dir: Path, use_cpu: bool, runs_here: bool = True) 
     otherwise its plan, held against the memory (runs_here: this machine's, else what the launcher says)."""
     rules.check(cfg)
     inputs.check(cfg)
+    preflight.check(cfg, runs_here)
+    from pipeline import plan
+
     the_plan = plan.make(cfg, output_dir, use_cpu)
     deepspeed_accepts(the_plan.deepspeed)
-    preflight.check(cfg, the_plan.memory.nvme, runs_here)
+    preflight.check_nvme_room(cfg, the_plan.memory.nvme)
     return Admission(the_plan, fit.refusal(cfg, the_plan.memory, runs_here))
 
 

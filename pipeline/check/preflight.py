@@ -16,12 +16,13 @@ from pipeline.config import GIB, Config, OffloadDevice, Provider
 from pipeline.errors import ConfigError
 
 
-def check(cfg: Config, nvme_bytes: int, runs_here: bool = True) -> None:
+def check(cfg: Config, runs_here: bool = True) -> None:
     """Raise ConfigError for the first problem of this machine with this config. The GPU checks
-    only where the point will train (runs_here): a cluster's nodes check themselves, in the job."""
+    only where the point will train (runs_here): a cluster's nodes check themselves, in the job.
+    What needs the plan (room on the NVMe drive) is check_nvme_room, after it."""
     _check_hf_names(cfg)
     if cfg.offload.device == OffloadDevice.nvme:
-        _check_nvme_path(cfg, nvme_bytes)
+        _check_nvme_path(cfg)
         if not libaio_usable():
             raise ConfigError(
                 "offload.device",
@@ -48,7 +49,7 @@ def nvme_path(cfg: Config) -> Path:
     return Path(cfg.offload.nvme_path).expanduser().absolute()
 
 
-def _check_nvme_path(cfg: Config, need: int) -> None:
+def _check_nvme_path(cfg: Config) -> None:
     path = nvme_path(cfg)
     if path == Path(cfg.outputs_dir).absolute() / "nvme":
         path.mkdir(parents=True, exist_ok=True)  # the default lives in our own outputs/
@@ -67,6 +68,13 @@ def _check_nvme_path(cfg: Config, need: int) -> None:
             f"{path} is not writable ({e.strerror})",
             "point offload.nvme_path at a writable directory",
         ) from None
+
+
+def check_nvme_room(cfg: Config, need: int) -> None:
+    """Room on the NVMe drive for the planned offloaded states (need bytes, or offload.nvme_min_free)."""
+    if cfg.offload.device != OffloadDevice.nvme:
+        return
+    path = nvme_path(cfg)
     need = cfg.offload.nvme_min_free if cfg.offload.nvme_min_free is not None else need
     free = shutil.disk_usage(path).free
     if free < need:

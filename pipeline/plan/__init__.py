@@ -9,7 +9,6 @@ from typing import Any
 from pipeline.config import Config
 from pipeline.plan import memory, settings
 from pipeline.plan.memory import MemoryPlan
-from pipeline.rank import model, tokenizer
 
 
 @dataclass
@@ -23,6 +22,8 @@ class Plan:
 
 
 def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
+    from pipeline.rank import model, tokenizer  # torch and transformers: once a plan is asked for
+
     model_cfg = model.model_config(cfg, tokenizer.BYTE_VOCAB)
     params, largest = model.sizes(model_cfg)
     ds = settings.deepspeed_config(cfg, model_cfg.hidden_size)

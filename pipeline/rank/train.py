@@ -18,7 +18,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from pipeline import track
 from pipeline.config import ModelSource
 from pipeline.job import Job, Summary
-from pipeline.rank import data, model, tokenizer
+from pipeline.rank import cpu_probe, data, model, tokenizer
 from pipeline.rank.metrics import Diverged, StepMetrics
 from pipeline.rank.watchdog import Watchdog
 
@@ -28,6 +28,7 @@ def worker(job: Job, own_process: bool = True) -> Summary:
     own_process: the rank is a process of its own (not the job's, as one local rank is)."""
     # DeepSpeed calls torch.distributed's deprecated names on every step: keep the progress readable.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed")
+    cpu_probe.remember()
     training = Training(job, own_process)
     try:
         training.train()
