@@ -107,6 +107,27 @@ def refusal(sbatch: str) -> ConfigError:
     return ConfigError("launcher", f"Slurm refused the jobs (sbatch: {first})", "see docs/slurm.md")
 
 
+# How often the driver asks Slurm about a job that has not written its result: submitit alone asks
+# at ever longer intervals (half the time since the last submission, up to 10 minutes), so a job
+# cancelled, killed or on a lost node was noticed minutes late. One sacct call covers all the jobs
+# submitit watches.
+SACCT_POLL_S = 5
+
+
+def _ended(job: submitit.Job) -> None:
+    """Until the job has its result, or Slurm says it ended without one. submitit then waits 15 s
+    more for the result file, for a network filesystem's late view of it: not on a local disk."""
+    if not track.network_filesystem(job.paths.folder):
+        job._results_timeout_s = 1  # submitit's knob (its own tests set it so)
+    asked = time.monotonic()
+    while not job.done():
+        time.sleep(1)
+        if time.monotonic() - asked >= SACCT_POLL_S:
+            asked = time.monotonic()
+            if job.done(force_check=True):
+                return
+
+
 def _requeued(job: submitit.Job, wait_s: float = 30) -> bool:
     """Slurm puts a batch job whose node failed back in the queue (JobRequeue=1, its default), a few
     seconds after sacct first says NODE_FAIL: is it back (pending or running again)?"""
@@ -296,6 +317,7 @@ class SweepLaunch:
         """The point's result; a job that ended without one (scancel, node failure, OOM kill) is
         reported in its MLflow run and as a KILLED or FAILED point instead of stopping the sweep."""
         try:
+            _ended(job)
             return job.results()[0]
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as e:
             ended = job.state.split()[0]

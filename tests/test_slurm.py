@@ -225,44 +225,33 @@ def sacct_restarts(job_id: str, ended: str = "REQUEUED") -> int:
     return sum(line.startswith(ended) for line in out.splitlines())
 
 
-def test_scancel_of_one_point_leaves_the_others_and_the_parent_consistent(tmp_path: Path) -> None:
-    # Each step written as it ends: the kill must come while point 1 trains (60 steps, ~5 s).
-    proc = start(tmp_path, "zero=stage2,stage3", "trainer.max_steps=60", "tracking.buffer_s=0")
+def test_a_cancelled_point_is_killed_a_crashed_one_failed_and_the_other_finishes(tmp_path: Path) -> None:
+    """Three points: point 1's job is cancelled (scancel): its run is KILLED. Point 2's training
+    process dies by SIGKILL (what the OOM killer or a segfault does): its run is FAILED with srun's
+    word on how it died. Point 0 finishes; the table says each, the parent is FAILED."""
+    # Each step written as it ends: both blows must come while their point trains (60 steps).
+    proc = start(tmp_path, "zero=stage1,stage2,stage3", "trainer.max_steps=60", "tracking.buffer_s=0")
     sweep = wait_for("the sweep dir", lambda: list((tmp_path / "sweeps").glob("*")))[0]
     wait_for("point 1's MLflow run", lambda: (sweep / "1" / "mlflow_run_id").exists())
-    job_id = sorted(p.name for p in (sweep / ".submitit").glob("*_1"))[0]
-    subprocess.run(["scancel", job_id], check=True)
+    cancelled = sorted(p.name for p in (sweep / ".submitit").glob("*_1"))[0]
+    subprocess.run(["scancel", cancelled], check=True)
+    wait_for("point 2's first logged step", lambda: _logged_steps(tmp_path, sweep / "2"))
+    crashed = sorted(p.name for p in (sweep / ".submitit").glob("*_2"))[0]
+    os.kill(_task_pid(crashed), 9)
     out = finish(proc, rc=1)
     parent, children = parent_and_children(tmp_path)
     assert parent.info.status == "FAILED"
     states = {r.data.params["zero"]: r for r in children}
-    assert states["stage2"].info.status == "FINISHED" and states["stage3"].info.status == "KILLED"
-    assert states["stage3"].data.tags["zerosweep.slurm_job_id"] == job_id
-    assert "CANCELLED" in artifact_text(tmp_path, states["stage3"].info.run_id, "error.txt", tmp_path)
-    table = artifact_text(tmp_path, parent.info.run_id, "sweep_table.txt", tmp_path)
-    assert "KILLED" in table and "KILLED" in out
-    assert sacct_states([job_id])[job_id].startswith("CANCELLED")
-
-
-def test_crashed_point_is_failed_and_the_others_finish(tmp_path: Path) -> None:
-    """Point 1's training process dies by SIGKILL (what the OOM killer or a segfault does): its run
-    is FAILED with the end of its Slurm log, the table says so, point 0 finishes."""
-    # Each step written as it ends: the kill must come while point 1 trains (60 steps, ~5 s).
-    proc = start(tmp_path, "zero=stage2,stage3", "trainer.max_steps=60", "tracking.buffer_s=0")
-    sweep = wait_for("the sweep dir", lambda: list((tmp_path / "sweeps").glob("*")))[0]
-    wait_for("point 1's first logged step", lambda: _logged_steps(tmp_path, sweep / "1"))
-    job_id = sorted(p.name for p in (sweep / ".submitit").glob("*_1"))[0]
-    os.kill(_task_pid(job_id), 9)
-    out = finish(proc, rc=1)
-    parent, children = parent_and_children(tmp_path)
-    assert parent.info.status == "FAILED"
-    states = {r.data.params["zero"]: r for r in children}
-    assert states["stage2"].info.status == "FINISHED" and states["stage3"].info.status == "FAILED"
-    assert sacct_states([job_id])[job_id] == "FAILED"
+    assert states["stage1"].info.status == "FINISHED"
+    assert states["stage2"].info.status == "KILLED" and states["stage3"].info.status == "FAILED"
+    assert states["stage2"].data.tags["zerosweep.slurm_job_id"] == cancelled
+    assert "CANCELLED" in artifact_text(tmp_path, states["stage2"].info.run_id, "error.txt", tmp_path)
     error = artifact_text(tmp_path, states["stage3"].info.run_id, "error.txt", tmp_path)
-    assert f"Slurm job {job_id} ended FAILED" in error and "died: Killed (SIGKILL)" in error
+    assert f"Slurm job {crashed} ended FAILED" in error and "died: Killed (SIGKILL)" in error
     table = artifact_text(tmp_path, parent.info.run_id, "sweep_table.txt", tmp_path)
-    assert "FAILED" in table and "FAILED" in out
+    assert "KILLED" in table and "FAILED" in table and "KILLED" in out and "FAILED" in out
+    ended = sacct_states([cancelled, crashed])
+    assert ended[cancelled].startswith("CANCELLED") and ended[crashed] == "FAILED"
 
 
 def _logged_steps(outputs: Path, point: Path) -> list[int]:
