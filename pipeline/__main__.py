@@ -6,6 +6,7 @@ then the MLflow store is made once; then Hydra runs the jobs. A dry sweep ends h
 table of its points.
 """
 
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -159,6 +160,13 @@ def hydra_main(cfg: DictConfig) -> "Outcome":
     return app.run(cfg)
 
 
+def _remember_command() -> None:
+    """The command as typed, for every run it makes (their provenance), in every process they run in."""
+    from pipeline.track import provenance
+
+    os.environ.setdefault(provenance.COMMAND_ENV, provenance.command_line())
+
+
 def main() -> None:
     # Ctrl-C and a kill end the runs they stop as KILLED, saying why. SIGINT explicitly too: a
     # process started from a background job (or nohup) inherits it ignored.
@@ -167,9 +175,11 @@ def main() -> None:
     if search.requested(sys.argv[1:]):  # search=fastest drives trials of its own (pipeline/sweep/search)
         from pipeline.sweep.search import driver
 
+        _remember_command()
         driver.main(sys.argv[1:])
         return
     check_command_line(sys.argv[1:])
+    _remember_command()
     try:
         hydra_main()
     except KeyboardInterrupt as stop:

@@ -90,7 +90,9 @@ def open_run(
     tags[track.ATTEMPT] = str(len(before) + 1)
     if before:
         tags[track.CARRIES_ON] = before[-1].run_id
-    return track.open_run(cfg, point.out, point.name, params, tags, where.requeued_after(), where.node)
+    return track.open_run(
+        cfg, point.out, point.name, params, tags, point.overrides, where.requeued_after(), where.node
+    )
 
 
 def earlier_attempts(cfg: Config, point: Point) -> list[RunRecord]:

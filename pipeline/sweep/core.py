@@ -10,7 +10,7 @@ from pipeline import track
 from pipeline.report import page
 from pipeline.report.table import Row, View
 from pipeline.sweep.info import SweepInfo
-from pipeline.track import RunState, Store
+from pipeline.track import RunState, Store, provenance
 
 # The parent's param: the command line it sweeps.
 OVERRIDES_PARAM = "sweep.overrides"
@@ -37,7 +37,8 @@ class Sweep:
         tags: dict[str, str] | None = None,
     ) -> "Sweep":
         """The parent run: the one it carries on in (an earlier run of the same command that did not
-        finish), RUNNING again, or a new one (name, with command as its param); either way tagged as
+        finish), RUNNING again, or a new one (name, with command as its param, and what made it:
+        track/provenance.py); either way tagged as
         this driver's sweep of key in sweep_dir (plus tags), its sweep.json written there."""
         tags = {
             track.ROLE: track.ROLE_SWEEP,
@@ -52,6 +53,7 @@ class Sweep:
             parent = carried_on
         else:
             parent = store.create_run(experiment_id, name, tags, {OVERRIDES_PARAM: command})
+            provenance.write(store, parent, provenance.collect(overrides))
         info = SweepInfo(parent, experiment_id, store.uri, overrides, varying)
         info.save(sweep_dir)
         return cls(store, info, sweep_dir)

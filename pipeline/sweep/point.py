@@ -8,12 +8,15 @@ from hydra.types import RunMode
 
 from pipeline.sweep.info import SweepInfo
 from pipeline.track import JOB_NUM, OUTPUT_DIR, OVERRIDES, PARENT, SWEEP_DIR
+from pipeline.track.secrets import masked
 
 
 @dataclass
 class Point:
     out: Path
     name: str
+    # The command line's overrides of this point, as Hydra parsed them.
+    overrides: list[str]
     multirun: bool
     # Each group's chosen option (zero: stage2, ...), logged beside the values they set.
     choices: dict[str, str | None]
@@ -36,5 +39,6 @@ class Point:
             sweep = SweepInfo.load(hc.sweep.dir)  # None when the sweep tracks nothing
         if sweep:
             tags[PARENT] = sweep.parent_run_id
-        default_name = sweep.point_name(overrides) if sweep else ",".join(overrides) or "default"
-        return cls(out, run_name or default_name, multirun, dict(hc.runtime.choices), tags, sweep)
+        # Masked: it is printed, and may hold tracking.uri=http://alice:***@host.
+        default_name = masked(sweep.point_name(overrides) if sweep else ",".join(overrides) or "default")
+        return cls(out, run_name or default_name, overrides, multirun, dict(hc.runtime.choices), tags, sweep)

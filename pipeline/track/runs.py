@@ -21,7 +21,9 @@ from omegaconf import OmegaConf
 
 from pipeline.config import Config
 from pipeline.errors import Hung, why_stopped
+from pipeline.track import provenance
 from pipeline.track.sampler import Sampler
+from pipeline.track.secrets import masked
 from pipeline.track.store import (
     LOST_STEPS,
     REQUEUED_AFTER,
@@ -61,7 +63,8 @@ def point_key(cfg: Config, params: Mapping[str, str]) -> str:
 
 
 def flat_params(cfg: Config, choices: Mapping[str, str | None]) -> dict[str, str]:
-    """Every leaf of the composed config as 'group.key', plus each group's choice and lr."""
+    """Every leaf of the composed config as 'group.key', plus each group's choice and lr; masked
+    (tracking.uri's password): a point's key (point_key) stays the same when the password changes."""
     tree = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
     flat: dict[str, str] = {}
 
@@ -70,7 +73,7 @@ def flat_params(cfg: Config, choices: Mapping[str, str | None]) -> dict[str, str
             for k, v in node.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
         else:
-            flat[prefix] = json.dumps(node) if isinstance(node, (list, dict)) else str(node)
+            flat[prefix] = masked(json.dumps(node) if isinstance(node, (list, dict)) else str(node))
 
     walk("", tree)
     flat.update({group: str(choice) for group, choice in choices.items() if choice is not None})
@@ -189,13 +192,15 @@ def open_run(
     name: str,
     params: dict[str, str],
     tags: dict[str, str],
+    overrides: list[str],
     requeued_after: str = "",
     node: str | None = None,
 ) -> TrackedRun:
     """The job's run: a requeued job (requeued_after: what ended its earlier attempts) reopens the
     run whose id it saved in its output dir, beside its checkpoints, and says why; any other job
-    creates one and saves its id there. node: the name its system metrics go under, in a job
-    across nodes."""
+    creates one, with what made it (provenance: the code, software and machine here, and the
+    command with its overrides), and saves its id there. node: the name its system metrics go
+    under, in a job across nodes."""
     store = Store.of(cfg)
     saved = out / RUN_ID_FILE
     sampled = cfg.tracking.system_metrics
@@ -205,6 +210,7 @@ def open_run(
         return TrackedRun(store, run_id, store.reopen(run_id), sampled, node)
     run_id = store.create_run(prepare(cfg), name, tags, params)
     saved.write_text(run_id + "\n")
+    provenance.write(store, run_id, provenance.collect(overrides))
     return TrackedRun(store, run_id, 0, sampled, node)
 
 

@@ -1,0 +1,1 @@
+"""`python -m pipeline.diff`: what differs between two runs (__main__.py)."""
