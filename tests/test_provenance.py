@@ -76,8 +76,8 @@ def test_a_run_records_what_made_it_and_reruns_to_the_same_losses(outputs: Path,
     assert unknown.returncode == 2
     assert unknown.stderr.strip() == (
         f"error: run: 0123abcd is not a run dir (with mlflow_run_id) nor a sweep dir, and the store "
-        f"sqlite:///{outputs / 'mlflow.db'} has no run 0123abcd. Fix: give a run's dir, a sweep's dir, or a run "
-        "id (--outputs-dir or --tracking-uri: its store)"
+        f"sqlite:///{outputs / 'mlflow.db'} has no run 0123abcd. Fix: give a run's dir, a sweep's dir, "
+        "or a run id (--outputs-dir or --tracking-uri: its store)"
     )
 
 
@@ -101,3 +101,28 @@ def test_a_sweep_records_its_provenance_once_and_reruns_as_a_new_sweep(sweep: Sw
     again = ok(cli("rerun", str(sweep.sweep_dir), "dry_run=true"))
     assert "-m " in again.stderr and "sweep.resume=new" in again.stderr
     assert "dry sweep: 2 points" in again.stdout
+
+
+def test_a_rerun_gives_a_key_whose_default_changed_since_its_original_value():
+    """The original's params are its composed config: today's files composing a key otherwise (a
+    default edited since) make that key one more override, in Hydra's grammar, and the composed
+    config is the original's again."""
+    from pipeline.check import compose
+    from pipeline.rerun.__main__ import pinned
+    from pipeline.track import flat_params
+
+    overrides = ["zero=stage2"]
+    then = flat_params(compose.compose_point(overrides), {"zero": "stage2"})
+    assert pinned(overrides, then) == []
+    then |= {
+        "zero.reduce_bucket_size": "12345",
+        "data.text_field": "the text",
+        "tracking.uri": "http://a:***@h",
+    }
+    extra = pinned(overrides, then)
+    assert sorted(extra) == ["data.text_field='the text'", "zero.reduce_bucket_size=12345"]  # no tracking.uri
+    again = flat_params(compose.compose_point([*overrides, *extra]), {"zero": "stage2"})
+    assert {k: again[k] for k in ("zero.reduce_bucket_size", "data.text_field")} == {
+        "zero.reduce_bucket_size": "12345",
+        "data.text_field": "the text",
+    }
