@@ -256,6 +256,12 @@ class DataConf:
         return _as_paths(self.eval_files)
 
     @property
+    def columns(self) -> dict[str, str]:
+        """The columns the format reads, by the key that names each ({"text_field": "text"})."""
+        keys = ["text_field"] if self.format == DataFormat.text else ["prompt_field", "completion_field"]
+        return {key: getattr(self, key) for key in keys}
+
+    @property
     def has_eval(self) -> bool:
         """An eval set: eval files, or a held-out fraction of the train files."""
         return self.source == DataSource.files and (self.eval_files is not None or self.eval_fraction > 0)

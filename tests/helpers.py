@@ -190,6 +190,70 @@ def make_own(root: Path) -> Own:
     return own
 
 
+@dataclass
+class Bad:
+    """The user's files each with one defect, cut from own's: data a reader or the tokenizer refuses,
+    and own.llama with broken weights or tokenizer (copies: the config and tokenizer edited, the
+    weights cut)."""
+
+    long_jsonl: Path  # 2,400 lines of own.train's rows, line 2001 not JSON
+    null_text: Path  # line 5: {"text": null}
+    numeric_text: Path  # line 6: {"text": 42}
+    latin1_text: Path  # line 7: a Latin-1 byte in the text
+    no_completion: Path  # own.chat with line 30 missing its completion
+    csv: Path  # own.train's rows as csv (cells of many lines), the third with an extra cell
+    csv_bad_line: int  # the line of the file that row starts on
+    tiny: Path  # one short document
+    truncated_weights: Path
+    empty_weights: Path
+    small_embedding: Path  # config.json's vocab_size below the tokenizer's 512
+    no_eos: Path  # the tokenizer without eos (and pad) token
+
+
+def make_bad(own: Own, root: Path) -> Bad:
+    import csv
+    import json
+    import shutil
+
+    lines = own.train.read_text().splitlines(keepends=True)
+    texts = [json.loads(line)["text"] for line in lines[:100]]
+    bad = Bad(
+        *(root / name for name in ("long.jsonl", "null.jsonl", "numeric.jsonl", "latin1.jsonl")),
+        root / "no_completion.jsonl",
+        root / "rows.csv",
+        2 + sum(text.count("\n") + 1 for text in texts[:2]),
+        *(root / name for name in ("tiny.jsonl", "truncated", "empty_weights", "small_embedding", "no_eos")),
+    )
+    bad.long_jsonl.write_text("".join((lines * 3)[:2000]) + '{"text": "cut off\n' + "".join(lines[:400]))
+    for path, number, line in (
+        (bad.null_text, 5, b'{"text": null}\n'),
+        (bad.numeric_text, 6, b'{"text": 42}\n'),
+        (bad.latin1_text, 7, b'{"text": "caf\xe9 au lait"}\n'),
+    ):
+        path.write_bytes("".join(lines[: number - 1]).encode() + line + "".join(lines[number:]).encode())
+    chat = own.chat.read_text().splitlines(keepends=True)
+    bad.no_completion.write_text(
+        "".join(chat[:29]) + json.dumps({"prompt": "Continue: x"}) + "\n" + "".join(chat[30:])
+    )
+    with bad.csv.open("w", newline="") as f:
+        rows = [[text] for text in texts]
+        csv.writer(f).writerows([["text"], *rows[:2], [*rows[2], "stray"], *rows[3:]])
+    bad.tiny.write_text(json.dumps({"text": "hi"}) + "\n")
+    for path in (bad.truncated_weights, bad.empty_weights, bad.small_embedding, bad.no_eos):
+        shutil.copytree(own.llama, path)
+    weights = (own.llama / "model.safetensors").read_bytes()
+    (bad.truncated_weights / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    (bad.empty_weights / "model.safetensors").write_bytes(b"")
+    for path, name, edit in (
+        (bad.small_embedding, "config.json", {"vocab_size": 300}),
+        (bad.no_eos, "tokenizer_config.json", {"eos_token": None, "pad_token": None}),
+    ):
+        settings = json.loads((path / name).read_text())
+        settings.update(edit)
+        (path / name).write_text(json.dumps({k: v for k, v in settings.items() if v is not None}))
+    return bad
+
+
 def nan_model(own: Own, into: Path) -> Path:
     """own.llama with one nan weight: its loss is nan from the first step (a diverged run)."""
     import torch

@@ -1,6 +1,8 @@
 """Bad input: one line naming the key and the fix, exit 2, no traceback, no MLflow run, and
 nothing already logged is touched."""
 
+import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -9,9 +11,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.rank import corpus
 from pipeline.track import store_uri
 
-from helpers import ok, run_pipeline, runs
+from helpers import Bad, Own, make_bad, ok, run_pipeline, runs
 
 CASES = {
     "misspelt key": (["zero.stag=3"], "zero.stag", "no such key"),
@@ -274,6 +277,119 @@ def test_own_model_and_data_refused_before_anything_starts(name, outputs, own):
     result = run_pipeline(outputs, *overrides(own))
     assert_refused(result, key, words)
     assert not (outputs / "mlflow.db").exists() and not (outputs / "runs").exists()
+
+
+# The user's files and model read before anything starts: a bad row by its file, line and field.
+def llama(o: Own, *args: str) -> list[str]:
+    return [*HF, f"model.name_or_path={o.llama}", *args]
+
+
+def chat(model: Path, o: Own, *args: str) -> list[str]:
+    return [
+        *HF,
+        f"model.name_or_path={model}",
+        f"data.train_files={o.chat}",
+        "data.format=prompt_completion",
+        *args,
+    ]
+
+
+READ_CASES = {
+    "a line that is not JSON, by its line in the file": (
+        lambda o, b: llama(o, f"data.train_files={b.long_jsonl}"),
+        "data.train_files",
+        "long.jsonl line 2001: not valid JSON (",
+    ),
+    "null text": (
+        lambda o, b: llama(o, f"data.train_files={b.null_text}"),
+        "data.train_files",
+        "null.jsonl line 5, field 'text' has no value (null)",
+    ),
+    "numeric text": (
+        lambda o, b: llama(o, f"data.train_files={b.numeric_text}"),
+        "data.train_files",
+        "numeric.jsonl line 6, field 'text' is 42 (int), not text",
+    ),
+    "text that is not UTF-8": (
+        lambda o, b: llama(o, f"data.train_files={b.latin1_text}"),
+        "data.train_files",
+        "latin1.jsonl line 7, field 'text': not UTF-8 (byte 0xe9)",
+    ),
+    "a completion missing in a later row": (
+        lambda o, b: chat(o.llama, o, f"data.train_files={b.no_completion}"),
+        "data.train_files",
+        "no_completion.jsonl line 30, field 'completion' is missing",
+    ),
+    "a csv row in a list mixing jsonl and csv, by its csv line": (
+        lambda o, b: llama(o, f"data.train_files=[{o.train},{b.csv}]"),
+        "data.train_files",
+        "rows.csv line {csv_bad_line}: 2 cells, the header has 1",
+    ),
+    "train text shorter than one block": (
+        lambda o, b: llama(o, f"data.train_files={b.tiny}"),
+        "data.train_files",
+        "tiny.jsonl: 3 tokens after tokenization, less than one block; one step needs data.seq_len=128",
+    ),
+    "eval text shorter than one block": (
+        lambda o, b: llama(o, f"data.train_files={o.train}", f"data.eval_files={b.tiny}", "data.seq_len=64"),
+        "data.eval_files",
+        "tiny.jsonl: 3 tokens after tokenization, less than one block; one step needs data.seq_len=64",
+    ),
+    "prompts that fill the block": (
+        lambda o, b: chat(o.llama, o, "data.seq_len=4"),
+        "data.train_files",
+        "no pair of chat.jsonl has a completion token within data.seq_len=4 tokens",
+    ),
+    "truncated weights": (
+        lambda o, b: [*HF, f"model.name_or_path={b.truncated_weights}", f"data.train_files={o.train}"],
+        "model.name_or_path",
+        "truncated/model.safetensors cannot be read (",
+    ),
+    "zero-byte weights": (
+        lambda o, b: [*HF, f"model.name_or_path={b.empty_weights}", f"data.train_files={o.train}"],
+        "model.name_or_path",
+        "empty_weights/model.safetensors cannot be read (",
+    ),
+    "a vocabulary larger than the embedding": (
+        lambda o, b: [*HF, f"model.name_or_path={b.small_embedding}", f"data.train_files={o.train}"],
+        "model.name_or_path",
+        "the tokenizer has 512 tokens, more than the model's embedding size (300",
+    ),
+    "prompt_completion with a tokenizer without eos": (
+        lambda o, b: chat(b.no_eos, o),
+        "data.format",
+        "has none: the model would never learn to stop",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def bad(own: Own, tmp_path_factory: pytest.TempPathFactory) -> Bad:
+    return make_bad(own, tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("name", READ_CASES)
+def test_own_files_read_before_anything_starts(name, outputs, own, bad):
+    overrides, key, words = READ_CASES[name]
+    result = run_pipeline(outputs, *overrides(own, bad))
+    assert_refused(result, key, words.format(csv_bad_line=bad.csv_bad_line))
+    assert not (outputs / "mlflow.db").exists() and not (outputs / "runs").exists()
+
+
+def test_a_list_mixing_jsonl_and_csv_is_read_each_with_its_reader(own, tmp_path):
+    texts = [json.loads(line)["text"] for line in own.eval.read_text().splitlines()]
+    more = tmp_path / "more.csv"
+    with more.open("w", newline="") as f:
+        csv.writer(f).writerows([["text"], *([t] for t in texts)])
+    ok(
+        run_pipeline(
+            tmp_path / "outputs", *llama(own, f"data.train_files=[{own.train},{more}]", "dry_run=true")
+        )
+    )
+    rows = corpus.read([own.train, more], tmp_path / "cache", ["text"])
+    assert rows["text"][-len(texts) :] == texts and len(rows) == len(
+        own.train.read_text().splitlines()
+    ) + len(texts)
 
 
 def test_help_says_how_to_use_it():

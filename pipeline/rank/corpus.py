@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+from itertools import groupby
 from pathlib import Path
 
 import datasets
@@ -49,19 +50,36 @@ def load(path: str | Path) -> tuple[datasets.Dataset, datasets.Dataset | None]:
     return splits["train"], splits.get("eval")
 
 
-def read(paths: list[Path], cache: Path) -> datasets.Dataset:
-    """The raw examples of files of one kind, or of a dataset saved with save_to_disk. The datasets
-    library's Arrow copy of raw files goes to cache (under outputs_dir), not to the home directory
+def read(paths: list[Path], cache: Path, columns: list[str]) -> datasets.Dataset:
+    """The raw examples of data files and datasets saved with save_to_disk, each read by its own
+    kind's reader (a list may mix .jsonl and .csv), cut to the columns used and cast to one string
+    type (csv's is large_string, json's string) so that they concatenate. The datasets library's Arrow
+    copy of raw files goes to cache (under outputs_dir), not to the home directory
     (~/.cache/huggingface/datasets, small on many clusters)."""
-    if is_saved_dataset(paths[0]):
-        return datasets.concatenate_datasets([_load_saved(p) for p in paths])
-    files = [str(p) for p in paths]
-    return datasets.load_dataset(
-        READERS[paths[0].suffix], data_files=files, split="train", cache_dir=str(cache)
+    text = datasets.Features({column: datasets.Value("string") for column in columns})
+    parts = [
+        _read_kind(kind, list(same), cache).select_columns(columns)
+        for kind, same in groupby(paths, key=_kind)
+    ]
+    return datasets.concatenate_datasets(
+        [part if part.features == text else part.cast(text) for part in parts]
     )
 
 
-def _load_saved(path: Path) -> datasets.Dataset:
+def _kind(path: Path) -> str:
+    """The datasets builder that reads the file (READERS), or "saved" for a save_to_disk dir."""
+    return "saved" if is_saved_dataset(path) else READERS[path.suffix]
+
+
+def _read_kind(kind: str, paths: list[Path], cache: Path) -> datasets.Dataset:
+    if kind == "saved":
+        return datasets.concatenate_datasets([load_saved(p) for p in paths])
+    files = [str(p) for p in paths]
+    return datasets.load_dataset(kind, data_files=files, split="train", cache_dir=str(cache))
+
+
+def load_saved(path: Path) -> datasets.Dataset:
+    """A dataset saved with save_to_disk: itself, or the train split of a saved DatasetDict."""
     saved = datasets.load_from_disk(str(path))
     return saved["train"] if isinstance(saved, datasets.DatasetDict) else saved
 
@@ -69,10 +87,11 @@ def _load_saved(path: Path) -> datasets.Dataset:
 def _tokenize(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> datasets.DatasetDict:
     d = cfg.data
     cache = Path(cfg.outputs_dir).absolute() / "cache" / "datasets"
-    train = read(d.train_paths, cache)
+    columns = list(d.columns.values())
+    train = read(d.train_paths, cache, columns)
     raw = {"train": train}
     if d.eval_files is not None:
-        raw["eval"] = read(d.eval_paths, cache)
+        raw["eval"] = read(d.eval_paths, cache, columns)
     elif d.eval_fraction > 0:
         held = train.train_test_split(test_size=d.eval_fraction, seed=cfg.trainer.seed)
         raw = {"train": held["train"], "eval": held["test"]}
@@ -82,15 +101,19 @@ def _tokenize(cfg: Config, tokenizer: PreTrainedTokenizerBase) -> datasets.Datas
 
 def _packed(split: datasets.Dataset, cfg: Config, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
     seq_len, field = cfg.data.seq_len, cfg.data.text_field
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def pack(batch: dict) -> dict:
-        ids = tokenizer(batch[field], add_special_tokens=False)["input_ids"]
-        stream = [token for doc in ids for token in doc + eos]
+        stream = [token for doc in documents(tokenizer, batch[field]) for token in doc]
         blocks = [stream[i : i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
         return {"input_ids": blocks, "labels": blocks}
 
     return split.map(pack, batched=True, batch_size=1000, remove_columns=split.column_names)
+
+
+def documents(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[list[int]]:
+    """Each document's token ids with an EOS after it: the stream that text data packs into blocks."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return [ids + eos for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def _pairs(split: datasets.Dataset, cfg: Config, tokenizer: PreTrainedTokenizerBase) -> datasets.Dataset:
@@ -101,8 +124,12 @@ def _pairs(split: datasets.Dataset, cfg: Config, tokenizer: PreTrainedTokenizerB
         return pair(tokenizer, row[d.prompt_field], row[d.completion_field], d.seq_len, pad)
 
     encoded = split.map(encode, remove_columns=split.column_names)
-    # A completion cut off whole by seq_len leaves nothing to learn (and a NaN loss).
-    return encoded.filter(lambda row: any(label != IGNORE for label in row["labels"]))
+    return encoded.filter(teaches)
+
+
+def teaches(example: dict) -> bool:
+    """A completion cut off whole by seq_len leaves nothing to learn (and a NaN loss)."""
+    return any(label != IGNORE for label in example["labels"])
 
 
 def pair(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str, seq_len: int, pad: int) -> dict:

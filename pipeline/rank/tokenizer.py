@@ -16,8 +16,15 @@ BYTE_VOCAB = 256
 
 def load(cfg: Config) -> PreTrainedTokenizerBase:
     if cfg.data.tokenizer == TokenizerChoice.auto and cfg.model.source == ModelSource.pretrained:
-        return AutoTokenizer.from_pretrained(cfg.model.name_or_path)
+        return pretrained(cfg.model.name_or_path)
     return byte_level()
+
+
+@lru_cache(maxsize=4)
+def pretrained(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The model's own tokenizer, loaded once per process: the checks of every point of a sweep,
+    and the data's tokenization after them, ask for it again."""
+    return AutoTokenizer.from_pretrained(name_or_path)
 
 
 @lru_cache(maxsize=1)
