@@ -36,8 +36,9 @@ def report_cli(target: str, s: Sweep) -> subprocess.CompletedProcess:
 
 
 def table_rows(text: str) -> dict[str, dict[str, str]]:
-    """report.txt -> {run name: {column: cell}} (names hold no spaces in these tests)."""
-    header, *lines = text.strip().splitlines()
+    """report.txt -> {run name: {column: cell}} (names hold no spaces in these tests); its lines on
+    the sweep's code (track/provenance.py summary) left out."""
+    header, *lines = [line for line in text.strip().splitlines() if "code: " not in line]
     cols = header.split()
     return {cells[0]: dict(zip(cols, cells, strict=True)) for cells in (line.split() for line in lines)}
 
@@ -69,6 +70,11 @@ def assert_report_matches_runs(s: Sweep, expected_names: list[str]) -> None:
             assert row[key] == ("-" if logged is None else table.fmt(logged)), (key, row, logged)
             assert f"<td>{html.escape(row[key])}</td>" in page
     assert page.count("data:image/png;base64,") == len(PNGS)
+    # The sweep's code and versions said once, first; every point ran on it (none flagged).
+    code = (s.sweep_dir / "report.txt").read_text().splitlines()[0]
+    commit = client.get_run(s.info["parent_run_id"]).data.tags["mlflow.source.git.commit"]
+    assert code.startswith(f"code: commit {commit[:10]}") and "torch " in code and "deepspeed " in code
+    assert "ran on other code" not in page and html.escape(code) in page
     for name in PNGS:
         assert_valid_png(s.sweep_dir / name)
     logged = {a.path for a in client.list_artifacts(s.info["parent_run_id"], "report")}

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from pipeline.report import table  # noqa: E402
 from pipeline.report.table import Row  # noqa: E402
 from pipeline.sweep.info import SweepInfo  # noqa: E402
-from pipeline.track import RunState, Store  # noqa: E402
+from pipeline.track import RunState, Store, provenance  # noqa: E402
 
 # Every point's choices and figures, for the page and report.txt.
 REPORT = table.View(
@@ -133,7 +133,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def render_html(title: str, rows: list[Row], pngs: list[Path]) -> str:
+def render_html(title: str, code: str, rows: list[Row], pngs: list[Path]) -> str:
     headers, cells = REPORT.cells(rows)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
@@ -145,7 +145,8 @@ def render_html(title: str, rows: list[Row], pngs: list[Path]) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1><table><tr>{head}</tr>{body}</table>{imgs}</body></html>\n"
+        f"<body><h1>{html.escape(title)}</h1><p>{html.escape(code).replace(chr(10), '<br>')}</p>"
+        f"<table><tr>{head}</tr>{body}</table>{imgs}</body></html>\n"
     )
 
 
@@ -159,9 +160,12 @@ def write(store: Store, info: SweepInfo, sweep_dir: str | Path) -> Path:
         plot_loss(histories(store, rows, "loss"), out / "loss.png"),
         plot_step_time(histories(store, rows, "step_time_s"), out / "step_time.png"),
     ]
-    (out / "report.txt").write_text(REPORT.text(rows) + "\n")
+    parent = store.get(info.parent_run_id)
+    points = {row.name: store.get(row.run_id).tags for row in rows if row.run_id}
+    code = provenance.summary(parent.tags, points)
+    (out / "report.txt").write_text(f"{code}\n{REPORT.text(rows)}\n")
     page = out / "report.html"
-    title = f"{store.get(info.parent_run_id).name} ({len(rows)} points)"
-    page.write_text(render_html(title, rows, pngs))
+    title = f"{parent.name} ({len(rows)} points)"
+    page.write_text(render_html(title, code, rows, pngs))
     store.log_files(info.parent_run_id, [page, out / "report.txt", *pngs], "report")
     return page

@@ -50,6 +50,7 @@ DIFF_FILE = "git_diff.patch"
 # Tags (MLflow's own, which its UI shows and links, then ours).
 GIT_COMMIT = "mlflow.source.git.commit"
 DIRTY = "zerosweep.git_dirty"
+CHANGES = "zerosweep.git_changes"  # a short hash of the uncommitted changes: equal trees, equal hash
 RERUN_OF = "zerosweep.rerun_of"
 COMMAND = "zerosweep.command"
 GPU = "zerosweep.gpu"
@@ -91,6 +92,8 @@ class Provenance:
         }
         if self.code.commit:
             tags[GIT_COMMIT] = self.code.commit
+        if self.code.dirty:
+            tags[CHANGES] = self.code.diff_sha1[:10]
         if self.machine["gpus"]:
             gpus = self.machine["gpus"]
             tags[GPU] = f"{len(gpus)} x {gpus[0]['name']}"
@@ -281,3 +284,26 @@ def find_run(target: str, uri: str) -> tuple[Store, str]:
             "give a run's dir, a sweep's dir, or a run id (--outputs-dir or --tracking-uri: its store)",
         )
     return store, target
+
+
+def code_of(tags: dict[str, str]) -> str:
+    """A run's code as its tags say, in one phrase ('unknown' for a run that recorded none)."""
+    commit = tags.get(GIT_COMMIT)
+    if commit is None:
+        return "unknown"
+    return f"commit {commit[:10]}" + (f" + changes {tags[CHANGES]}" if CHANGES in tags else "")
+
+
+def summary(parent_tags: dict[str, str], points: dict[str, dict[str, str]]) -> str:
+    """A sweep's code and versions, said once, and the points (name: tags) that ran on other code."""
+    versions = ", ".join(
+        f"{name} {parent_tags[f'zerosweep.{name}']}"
+        for name in ("python", *MAIN_PACKAGES, "cuda")
+        if f"zerosweep.{name}" in parent_tags
+    )
+    code = code_of(parent_tags)
+    line = f"code: {code}; {versions}"
+    other = {name: code_of(tags) for name, tags in points.items() if code_of(tags) not in (code, "unknown")}
+    if other:
+        line += "\nran on other code: " + "; ".join(f"{name} ({phrase})" for name, phrase in other.items())
+    return line

@@ -62,6 +62,11 @@ def main(run_id: str, uri: str, interval_s: str, node: str) -> None:
     monitor.start()
     sys.stdin.buffer.read()  # until the pipe closes
     monitor.finish()
+    # MLflow's monitor drops what it sampled since its last publish: a run shorter than one interval
+    # would have no system metrics at all. One last sample, at the run's end.
+    monitor.collect_metrics()
+    monitor.publish_metrics(monitor.aggregate_metrics())
+    monitor.mlflow_logger.flush()
 
 
 def _only_visible_gpus(monitor: SystemMetricsMonitor) -> None:
