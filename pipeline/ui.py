@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from pipeline import track
+from pipeline.track.secrets import masked
 
 EXPERIMENT = "zerosweep"
 # The UI's GenAI / Model training switch is per browser; this query puts it on Model training
@@ -56,8 +57,10 @@ def server_command(uri: str, outputs_dir: str, port: int, served: Path | None = 
 
 
 def links(uri: str, base: str, experiment: str = EXPERIMENT) -> list[str]:
-    """URLs of the experiment's runs table and of the latest sweep's comparison view."""
+    """URLs of the experiment's runs table and of the latest sweep's comparison view, printed: base's
+    password masked (the browser asks for it)."""
     store = track.Store(uri)
+    base = masked(base)
     eid = store.experiment_id(experiment)
     if eid is None:
         return [f"{base}/  (no '{experiment}' experiment yet: run a sweep first)"]

@@ -105,9 +105,12 @@ def print_result(
 
 
 def ui_command(cfg: Config) -> str:
-    """How to open the UI on this run's store."""
+    """How to open the UI on this run's store, its password masked. masked is imported here:
+    pipeline.track loads MLflow, which a dry run never needs."""
+    from pipeline.track.secrets import masked
+
     if cfg.tracking.uri:
-        return f"python -m pipeline.ui --tracking-uri {cfg.tracking.uri}"
+        return f"python -m pipeline.ui --tracking-uri {masked(cfg.tracking.uri)}"
     return f"python -m pipeline.ui --outputs-dir {Path(cfg.outputs_dir).absolute()}"
 
 

@@ -23,6 +23,7 @@ from pipeline.report import table
 from pipeline.sweep.core import Sweep
 from pipeline.sweep.info import SweepInfo, varying_keys
 from pipeline.track import RunState
+from pipeline.track.secrets import masked
 
 
 class SweepRun(Callback):
@@ -70,7 +71,8 @@ class SweepRun(Callback):
             failed = close(Path(config.hydra.sweep.dir), failed=bool(_failures))
         except Exception as e:
             _failures.append("the sweep's end could not be recorded")
-            print(f"error: the sweep's end could not be recorded: {type(e).__name__}: {e}", file=sys.stderr)
+            why = masked(f"{type(e).__name__}: {e}")  # MLflow's errors name the URL they asked
+            print(f"error: the sweep's end could not be recorded: {why}", file=sys.stderr)
             raise
         if failed:
             _failures.append("a point did not finish")

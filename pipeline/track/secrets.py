@@ -4,8 +4,10 @@ terminal. Every text the pipeline writes or prints that may hold a URI goes thro
 
 import re
 
-# user:password@ in any URL's authority (scheme://user:password@host): the password part.
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)(?P<password>[^/\s@]+)(?=@)")
+# user:password@ in any URL's authority (scheme://user:password@host): the password part. Also where
+# its colons are escaped: Hydra passes a sweep's point `tracking.uri=http\://alice\:pw@host`, and JSON
+# writes that backslash twice.
+_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*\\*://[^/\s:@]+:)(?P<password>[^/\s@]+)(?=@)")
 
 
 def masked(text: str) -> str:

@@ -1,10 +1,15 @@
 """The MLflow store as the pipeline uses it: its URI, the runs read back (RunRecord, RunState),
 and its making, once, before any run."""
 
+import base64
+import functools
+import logging
+import os
 import socket
 import sqlite3
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Mapping
 from contextlib import closing
@@ -16,12 +21,14 @@ from typing import Any
 import psutil
 from filelock import FileLock
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.environment_variables import MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline.config import Config
 from pipeline.errors import ConfigError
+from pipeline.track.secrets import masked
 
 RUN_ID_FILE = "mlflow_run_id"
 # The tags the pipeline writes and finds runs by, each named once, here.
@@ -160,11 +167,14 @@ class RunRecord:
 
 
 class Store:
-    """One MLflow store (sqlite file or server), as the pipeline uses it."""
+    """One MLflow store (sqlite file or server), as the pipeline uses it: the one door to it, so
+    every name, param, tag and text artifact written through it is masked (secrets.masked)."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.client = MlflowClient(uri)
+        if masked(uri) != uri:
+            _masking_output()
 
     @classmethod
     def of(cls, cfg: Config) -> "Store":
@@ -186,8 +196,9 @@ class Store:
         self.client.set_experiment_tag(experiment_id, "mlflow.experimentKind", "custom_model_development")
 
     def create_run(self, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, str]) -> str:
-        run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
-        items = [Param(k, v) for k, v in params.items()]
+        tags = {k: masked(v) for k, v in tags.items()}
+        run_id = self.client.create_run(experiment_id, run_name=masked(name), tags=tags).info.run_id
+        items = [Param(k, masked(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # a REST store takes at most 100 params a call
             self.client.log_batch(run_id, params=items[i : i + 100])
         return run_id
@@ -222,20 +233,26 @@ class Store:
         self.client.log_batch(run_id, metrics=metrics, synchronous=synchronous)
 
     def tag(self, run_id: str, tags: dict[str, str]) -> None:
-        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.log_batch(run_id, tags=[RunTag(k, masked(v)) for k, v in tags.items()])
 
     def untag(self, run_id: str, key: str) -> None:
         self.client.delete_tag(run_id, key)
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
-        self.client.log_text(run_id, text, path)
+        self.client.log_text(run_id, masked(text), path)
 
     def log_dict(self, run_id: str, value: Any, path: str) -> None:
         self.client.log_dict(run_id, value, path)
 
     def log_files(self, run_id: str, paths: Iterable[Path], folder: str | None = None) -> None:
+        """A text file that holds a password (Hydra's config.yaml keeps tracking.uri as typed) is
+        logged masked; the file itself, on this machine, is left as it is."""
         for path in paths:
-            self.client.log_artifact(run_id, str(path), folder)
+            text = _text(path)
+            if text is not None and masked(text) != text:
+                self.log_text(run_id, text, f"{folder}/{path.name}" if folder else path.name)
+            else:
+                self.client.log_artifact(run_id, str(path), folder)
 
     def log_folder(self, run_id: str, folder: Path) -> None:
         """A whole directory (a saved model), as an artifact folder of the same name."""
@@ -365,21 +382,58 @@ def _wait_while_made(path: Path, wait_s: float = 60) -> None:
         time.sleep(0.5)
 
 
+@functools.cache
+def _masking_output() -> None:
+    """Where the URI holds a password, what MLflow and Hydra print of it is masked too: MLflow's
+    "View run ... at: <uri>/#/..." line as it ends each run is not printed (here and in the
+    processes started from here), and every log record of this process is masked (Hydra logs each
+    sweep point's overrides, MLflow's errors the URL they asked)."""
+    os.environ[MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.name] = "true"
+    make = logging.getLogRecordFactory()
+
+    def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made = make(*args, **kwargs)
+        try:
+            made.msg, made.args = masked(made.getMessage()), ()
+        except (TypeError, ValueError):  # a bad format: the handler says so, as it would have
+            pass
+        return made
+
+    logging.setLogRecordFactory(record)
+
+
+def _text(path: Path) -> str | None:
+    """The file's text; None for a binary file (a plot)."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        return None
+
+
 def _answers(uri: str) -> None:
-    """A tracking server answers in seconds (MLflow's client would retry for minutes)."""
-    with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5):
+    """A tracking server answers in seconds (MLflow's client would retry for minutes). urllib sends
+    no URL's user:password: they go as basic auth, as MLflow's client (requests) sends them."""
+    url = urllib.parse.urlsplit(uri)
+    health = url._replace(netloc=url.netloc.rpartition("@")[2], path=f"{url.path.rstrip('/')}/health")
+    request = urllib.request.Request(health.geturl())
+    if url.username is not None:
+        user = urllib.parse.unquote(url.username)
+        password = urllib.parse.unquote(url.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    with urllib.request.urlopen(request, timeout=5):
         pass
 
 
 def _unusable(cfg: Config, uri: str, e: Exception) -> ConfigError:
     """Why the store cannot be used, as the one line that names the key to change."""
-    reason = (str(getattr(e, "reason", "")) or str(e)).strip().splitlines()[0]
+    reason = masked((str(getattr(e, "reason", "")) or str(e)).strip().splitlines()[0])
     path = sqlite_path(uri)
     if path is None:
         return ConfigError(
             "tracking.uri",
-            f"no MLflow server answers at {uri} ({reason})",
-            "start it (mlflow server --host 0.0.0.0 --port 5000), or leave tracking.uri unset (sqlite)",
+            f"no MLflow server answers at {masked(uri)} ({reason})",
+            "start it (mlflow server --host 127.0.0.1 --port 5000), or leave tracking.uri unset (sqlite)",
         )
     if "locked" in reason:
         return ConfigError(
