@@ -167,7 +167,14 @@ def _remember_command() -> None:
     os.environ.setdefault(provenance.COMMAND_ENV, provenance.command_line())
 
 
+def open_deepspeed_keys(argv: list[str]) -> list[str]:
+    """`deepspeed.<key>=value` sets any DeepSpeed key, nested too: Hydra adds a key to the
+    `deepspeed` dict only when told to (++), so the command line says it for the user."""
+    return [f"++{a}" if a.startswith("deepspeed.") else a for a in argv]
+
+
 def main() -> None:
+    sys.argv[1:] = open_deepspeed_keys(sys.argv[1:])
     # Ctrl-C and a kill end the runs they stop as KILLED, saying why. SIGINT explicitly too: a
     # process started from a background job (or nohup) inherits it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -2,6 +2,7 @@
 models on it, this machine, then the memory: each refusal is one ConfigError naming the key. The
 command line, the search's trials and the job (here, or a Slurm job) all ask `admit`."""
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ def admit(cfg: Config, output_dir: Path, use_cpu: bool, runs_here: bool = True) 
 
     the_plan = plan.make(cfg, output_dir, use_cpu)
     deepspeed_accepts(the_plan.deepspeed)
+    deepspeed_knows(cfg.deepspeed)
     preflight.check_nvme_room(cfg, the_plan.memory.nvme)
     return Admission(the_plan, fit.refusal(cfg, the_plan.memory, runs_here))
 
@@ -63,3 +65,79 @@ def deepspeed_accepts(ds: dict[str, Any]) -> None:
 
 # The config group each DeepSpeed section is planned from.
 OUR_KEY = {"zero_optimization": "zero", "fp16": "precision", "bf16": "precision"}
+
+
+def deepspeed_knows(extra: dict[str, Any]) -> None:
+    """deepspeed.<key> values, read by DeepSpeed's own config parser: it asks for every key it knows
+    by name, so one it never asked for is a typo that DeepSpeed would ignore without a word. Refused
+    with the closest name it asked for at that level; a value it refuses, with its reason."""
+    if not extra:
+        return
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from pydantic import ValidationError
+
+    read = _Reading({"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1, **extra})
+    try:
+        DeepSpeedConfig(read)
+    except ValidationError as e:  # a section DeepSpeed models with pydantic
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in (e.title, *first["loc"]))
+        raise ConfigError(
+            "deepspeed", f"DeepSpeed refuses {where}: {first['msg']}", "see DeepSpeed's config docs"
+        ) from None
+    except Exception as e:  # its parser raises what each older section does: assertions, ...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(
+            "deepspeed", f"DeepSpeed refuses it: {first}", "see DeepSpeed's config docs"
+        ) from None
+    unknown = read.unknown(set(extra))
+    if unknown:
+        path, known = unknown
+        near = difflib.get_close_matches(path[-1], known, n=1)
+        fix = f"did you mean deepspeed.{'.'.join((*path[:-1], near[0]))}?" if near else "remove it"
+        raise ConfigError(
+            f"deepspeed.{'.'.join(path)}", "DeepSpeed has no such key (it would ignore it)", fix
+        )
+
+
+class _Reading(dict):
+    """A config dict that notes which keys its reader asks for by name (nested dicts too). Where the
+    reader takes a section whole (a pydantic model of DeepSpeed's: it refuses unknown keys itself),
+    no key of it is judged."""
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        super().__init__({k: _Reading(v) if isinstance(v, dict) else v for k, v in value.items()})
+        self.asked: set[str] = set()
+        self.whole = False
+
+    def __getitem__(self, key: str) -> Any:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.add(str(key))
+        return super().__contains__(key)
+
+    def keys(self) -> Any:
+        self.whole = True
+        return super().keys()
+
+    def __iter__(self) -> Any:
+        self.whole = True
+        return super().__iter__()
+
+    def unknown(self, mine: set[str], path: tuple[str, ...] = ()) -> tuple[tuple[str, ...], list[str]] | None:
+        """The first of mine (keys of this level to judge) never asked for, with those that were."""
+        for key in sorted(mine):
+            if not self.whole and key not in self.asked:
+                return (*path, key), sorted(self.asked)
+            value = dict.get(self, key)
+            if isinstance(value, _Reading):
+                found = value.unknown(set(dict.keys(value)), (*path, key))
+                if found:
+                    return found
+        return None
