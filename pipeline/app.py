@@ -19,6 +19,7 @@ from pipeline.rank import checkpoints, data
 from pipeline.report import console
 from pipeline.sweep.point import Point
 from pipeline.track import RunRecord, RunState
+from pipeline.track.secrets import masked
 
 
 def failure_policy(task: Callable[[Config, Point], Outcome]) -> Callable[[DictConfig], Outcome]:
@@ -39,7 +40,7 @@ def failure_policy(task: Callable[[Config, Point], Outcome]) -> Callable[[DictCo
             except Exception as e:
                 if not point.multirun:
                     raise
-                print(f"point {point.name} FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+                print(f"point {point.name} FAILED: {type(e).__name__}: {masked(str(e))}", file=sys.stderr)
                 if isinstance(e, ConfigError):
                     return Outcome(RunState.FAILED)
                 if attempt < tries:

@@ -10,6 +10,7 @@ from pipeline.errors import ConfigError
 from pipeline.report import table
 from pipeline.report.page import REPORT, write
 from pipeline.sweep.info import SweepInfo
+from pipeline.track.secrets import masked
 
 
 def resolve(target: str, uri: str) -> tuple[track.Store, SweepInfo, str]:
@@ -24,7 +25,9 @@ def resolve(target: str, uri: str) -> tuple[track.Store, SweepInfo, str]:
     parent = store.find(target) if store else None
     if parent is None:
         where = (
-            f"no MLflow store at {path}" if path and not path.exists() else f"the store {uri} has no such run"
+            f"no MLflow store at {path}"
+            if path and not path.exists()
+            else f"the store {masked(uri)} has no such run"
         )
         raise ConfigError(
             "target",

@@ -20,6 +20,7 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 ROOT = str(Path(__file__).resolve().parents[2])
 # Started by name, not with -m: the package's __init__ imports this module first.
 ENTRY = f"import sys; from {__name__} import main; main(*sys.argv[1:])"
+URI_ENV = "ZEROSWEEP_SAMPLER_URI"
 
 
 class Sampler:
@@ -29,13 +30,16 @@ class Sampler:
     samples after the earlier attempt's (a new run has none: they start at 0)."""
 
     def __init__(self, run_id: str, uri: str, interval_s: int, node: str | None = None) -> None:
-        self._args = [run_id, uri, str(interval_s), node or ""]
+        self._args = [run_id, str(interval_s), node or ""]
+        self._uri = uri
         self._proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         cmd = [sys.executable, "-c", ENTRY, *self._args]
         path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "PYTHONPATH": path}
+        # The store's URI in the environment, not the command line, which any user of the machine
+        # can read (ps): it may hold a password.
+        env = {**os.environ, "PYTHONPATH": path, URI_ENV: self._uri}
         # A session of its own: a terminal's Ctrl-C goes to the training process, which stops it.
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env, start_new_session=True)
 
@@ -51,7 +55,8 @@ class Sampler:
         self._proc = None
 
 
-def main(run_id: str, uri: str, interval_s: str, node: str) -> None:
+def main(run_id: str, interval_s: str, node: str) -> None:
+    uri = os.environ[URI_ENV]
     # Slurm signals every process of a job step: the training process decides when the run
     # ends (a preempted job checkpoints first), and closes the pipe then.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
