@@ -62,6 +62,10 @@ PRESETS: dict[str, tuple] = {
     "z3+comm_fp32": ("z3", ["zero.communication_data_type=fp32"]),
     # The 1B on NVMe (z3_nvme's reference trains the small model): its GPU and host peaks, no ratio.
     "z3_nvme+1b": ("z3_nvme", ["model=llama_1b"]),
+    # fp16 with DeepSpeed's dynamic loss scaling, against the reference's bf16 (its overflow skips
+    # in the row's name).
+    "z2+fp16": ("z2", ["precision=fp16"]),
+    "z3+fp16": ("z3", ["precision=fp16"]),
 }
 
 
@@ -164,6 +168,7 @@ def run_pipeline(
         "plan_host_gib": plan["host_model_states"] / 2**30,
         "loss_last": res["final_loss"],
         "gpus": how.get("gpus", 1),
+        "overflow_skips": res.get("overflow_skips"),
     }
 
 
@@ -435,7 +440,9 @@ def main() -> None:
         mine = run_pipeline(base, extra, a.out / "preset" / p, a.timeout, **how)
         # A preset that trains another model than its variant's reference has nothing to compare with.
         same_model = not any(x.startswith("model=") for x in extra)
-        lines.append(row(p, "pipeline", mine, refs.get(base) if same_model else None))
+        skips = mine and mine["overflow_skips"]
+        name = p if skips is None else f"{p} ({skips} overflow skips)"
+        lines.append(row(name, "pipeline", mine, refs.get(base) if same_model else None))
         print(lines[-1], flush=True)
         if a.scaling:
             lines.append(scaling_row(base, extra, mine, a, how, name=p))

@@ -89,6 +89,8 @@ class Summary:
     final_eval_perplexity: float | None = None
     # Steps whose metrics the store refused for good (track.MetricLogger), where there were any.
     lost_metric_steps: int | None = None
+    # fp16: the steps DeepSpeed's loss scaler skipped on an overflow.
+    overflow_skips: int | None = None
 
     def metrics(self) -> dict[str, float]:
         """As MLflow metrics and summary.json's keys (an eval the run did not make is left out; the

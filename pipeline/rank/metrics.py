@@ -31,6 +31,7 @@ class StepMetrics(TrainerCallback):
         warmup: int,
         log_fn: LogFn | None,
         stop_on_nan: bool = True,
+        fp16: bool = False,
     ) -> None:
         self.tokens_per_step = tokens_per_step
         self.flops_per_token = flops_per_token
@@ -54,6 +55,11 @@ class StepMetrics(TrainerCallback):
         # The latest evaluation's loss and perplexity, and its step, when the point has an eval set.
         self.evaluation: dict[str, float] = {}
         self.evaluated_at: int | None = None
+        # fp16: the steps DeepSpeed's loss scaler skipped on an overflow (counted), and its scale
+        # (logged as loss_scale beside the loss): a run that overflows often shows it.
+        self.fp16 = fp16
+        self.overflow_skips = 0
+        self._loss_scale: float | None = None
 
     def on_train_begin(self, args, state, control, **kw):
         self.first_step = self.last_step = state.global_step
@@ -71,6 +77,16 @@ class StepMetrics(TrainerCallback):
         self._t0 = now
         self.last_step = state.global_step
         self.peak_host = max(self.peak_host, psutil.Process().memory_info().rss)
+        if self.fp16:
+            self._count_overflow(kw.get("optimizer"))
+
+    def _count_overflow(self, optimizer: object) -> None:
+        """accelerate's DeepSpeed optimizer wrapper says whether DeepSpeed skipped this step; the
+        ZeRO (or FP16) optimizer it wraps holds the loss scale."""
+        if getattr(optimizer, "step_was_skipped", False):
+            self.overflow_skips += 1
+        scale = getattr(getattr(optimizer, "optimizer", None), "loss_scale", None)
+        self._loss_scale = float(scale) if isinstance(scale, (int, float)) else self._loss_scale
 
     def on_evaluate(self, args, state, control, **kw):
         # An evaluation runs between two steps: keep its time out of the next step's.
@@ -95,6 +111,10 @@ class StepMetrics(TrainerCallback):
                 values.update(
                     step_time_s=self.step_times[-1], tokens_per_s=self.tokens_per_step / self.step_times[-1]
                 )
+            if self.fp16 and "loss" in logs:
+                values["overflow_skips"] = self.overflow_skips
+                if self._loss_scale is not None:
+                    values["loss_scale"] = self._loss_scale
             self.log_fn(values, state.global_step)
 
     def node_host_peak(self) -> None:
@@ -125,4 +145,5 @@ class StepMetrics(TrainerCallback):
             resumed_from_step=self.first_step,
             final_eval_loss=self.evaluation.get("eval_loss"),  # the last evaluation: at the end
             final_eval_perplexity=self.evaluation.get("eval_perplexity"),
+            overflow_skips=self.overflow_skips if self.fp16 else None,
         )

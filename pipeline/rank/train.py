@@ -52,7 +52,12 @@ class Training:
             track.MetricLogger(job.run, cfg.tracking.buffer_s) if self.rank == 0 and job.run else None
         )
         self.clock = StepMetrics(
-            job.tokens_per_step, job.flops_per_token, t.timing_warmup_steps, self.logger, t.stop_on_nan
+            job.tokens_per_step,
+            job.flops_per_token,
+            t.timing_warmup_steps,
+            self.logger,
+            t.stop_on_nan,
+            cfg.precision.fp16,
         )
         flush = self.logger.flush if self.logger else None
         self.watchdog = (
