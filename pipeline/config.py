@@ -7,13 +7,14 @@ top-level keys). Past composition the pipeline works on `Config` objects (`load`
 attributes, and they pickle to the ranks and Slurm tasks as they are.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.nodes import IntegerNode
 
 GIB = 2**30  # the unit of every memory figure users see
 # Where conf/ and the shipped data are: relative data paths are taken from here.
@@ -60,6 +61,15 @@ class Dtype(Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class WarmupType(Enum):
+    """How DeepSpeed's warmup schedulers rise to the lr: its WARMUP_LOG_RATE and WARMUP_LINEAR_RATE
+    (deepspeed.runtime.lr_schedules; a test holds them equal). DeepSpeed takes a misspelt one for log
+    without a word: as an enum it is refused when the config is composed."""
+
+    log = "log"
+    linear = "linear"
 
 
 @dataclass
@@ -180,16 +190,76 @@ class OptimizerConf:
 
 @dataclass
 class SchedulerConf:
+    """DeepSpeed's schedulers take the keys below by DeepSpeed's own names (deepspeed.runtime.lr_schedules),
+    each scheduler only its own (the plan sends those its class takes); HF's take warmup_steps only."""
+
     provider: Provider = Provider.hf
-    # DeepSpeed scheduler type (WarmupLR, WarmupDecayLR, WarmupCosineLR) or HF lr_scheduler_type.
+    # DeepSpeed scheduler type (WarmupLR, WarmupDecayLR, WarmupCosineLR, OneCycle, LRRangeTest) or HF
+    # lr_scheduler_type.
     name: str = "linear"
     warmup_steps: int = 2
-    warmup_type: str = "linear"
+    # WarmupLR, WarmupDecayLR, WarmupCosineLR: DeepSpeed's default, log, is what the guide's JSON gets.
+    warmup_type: WarmupType = WarmupType.log
+    # WarmupLR, WarmupDecayLR: the lr warmup starts from (it rises to optimizer.lr).
+    warmup_min_lr: float = 0.0
+    # WarmupCosineLR: ratios of optimizer.lr where warmup starts and where the cosine ends.
     cos_min_ratio: float = 0.0001
     warmup_min_ratio: float = 0.0
+    # OneCycle: the lr rises from cycle_min_lr to cycle_max_lr over cycle_first_step_size steps, falls
+    # back over cycle_second_step_size (None: as many), then decays by decay_lr_rate every
+    # decay_step_size steps (0: stays at cycle_min_lr). None: optimizer.lr for the top, a tenth of it
+    # for the bottom (the span of DeepSpeed's command-line defaults), and one cycle over the run
+    # (the first half of trainer.max_steps up). A stair count above 0 moves the lr in that many stairs.
+    cycle_min_lr: float | None = None
+    cycle_max_lr: float | None = None
+    decay_lr_rate: float = 0.0
+    cycle_first_step_size: int | None = None
+    cycle_second_step_size: int | None = None
+    cycle_first_stair_count: int = 0
+    cycle_second_stair_count: int | None = None
+    decay_step_size: int = 0
+    # OneCycle: cycle beta1 inversely to the lr, between these. Off, unlike DeepSpeed's class (its
+    # command line's default): on, DeepSpeed also sets every group's beta2 to 0.99 (rules.py holds it
+    # to optimizer.beta2).
+    cycle_momentum: bool = False
+    cycle_min_mom: float = 0.8
+    cycle_max_mom: float = 0.9
+    decay_mom_rate: float = 0.0
+    # LRRangeTest: the lr starts at lr_range_test_min_lr (None: optimizer.lr) and grows by
+    # lr_range_test_step_rate times it every lr_range_test_step_size steps (in stairs, or continuously).
+    lr_range_test_min_lr: float | None = None
+    lr_range_test_step_size: int = 2000
+    lr_range_test_step_rate: float = 1.0
+    lr_range_test_staircase: bool = False
 
     # The least value of each count and size.
-    AT_LEAST: ClassVar[dict[str, int]] = {"warmup_steps": 0}
+    AT_LEAST: ClassVar[dict[str, int]] = {
+        "warmup_steps": 0,
+        "cycle_first_step_size": 1,
+        "cycle_second_step_size": 0,
+        "cycle_first_stair_count": 0,
+        "cycle_second_stair_count": 0,
+        "decay_step_size": 0,
+        "lr_range_test_step_size": 1,
+    }
+
+    def deepspeed_values(self, lr: float, steps: int) -> dict[str, Any]:
+        """Every DeepSpeed scheduler's keyword arguments by DeepSpeed's names: this group's keys, with
+        what the Trainer shares (optimizer.lr, warmup and total steps) and the Nones resolved. The plan
+        sends a scheduler those its class takes; the rules check them."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {
+            "warmup_type": self.warmup_type.value,
+            # HF passes at least one warmup step to DeepSpeed (which refuses 0); match it, or HF objects.
+            "warmup_num_steps": max(1, self.warmup_steps),
+            "warmup_max_lr": lr,
+            "total_num_steps": steps,
+            "cycle_min_lr": lr / 10 if self.cycle_min_lr is None else self.cycle_min_lr,
+            "cycle_max_lr": lr if self.cycle_max_lr is None else self.cycle_max_lr,
+            "cycle_first_step_size": (
+                max(1, steps // 2) if self.cycle_first_step_size is None else self.cycle_first_step_size
+            ),
+            "lr_range_test_min_lr": lr if self.lr_range_test_min_lr is None else self.lr_range_test_min_lr,
+        }
 
 
 @dataclass
@@ -495,4 +565,21 @@ def register() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
 
 
+def accept_whole_floats() -> None:
+    """An integer key takes a whole number written as a float, as the guide writes sizes
+    (zero.reduce_bucket_size=5e8, or 5e8 in a recipe), as that integer. OmegaConf refuses every float
+    for an int, in Hydra's own composition of the job too, so its integer node is taught this here,
+    where every process that composes gets the schema. A fraction (5.5) is still refused (compose.py
+    names the key)."""
+    refuse = IntegerNode._validate_and_convert_impl
+
+    def convert(node: IntegerNode, value: Any) -> int:
+        if type(value) is float and value.is_integer():
+            return int(value)
+        return refuse(node, value)
+
+    IntegerNode._validate_and_convert_impl = convert
+
+
 register()
+accept_whole_floats()

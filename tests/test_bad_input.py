@@ -107,6 +107,32 @@ CASES = {
         "offload.device",
         "zero=stage2 offload=nvme",
     ),
+    "misspelt warmup type": (
+        ["scheduler=warmup", "scheduler.warmup_type=lienar"],
+        "scheduler.warmup_type",
+        "Invalid value 'lienar', expected one of [log, linear]",
+    ),
+    "unknown DeepSpeed scheduler": (
+        ["scheduler=warmup", "scheduler.name=OneCycleLR"],
+        "scheduler.name",
+        "no scheduler 'OneCycleLR'. Fix: use one of LRRangeTest, OneCycle, WarmupCosineLR, WarmupDecayLR, "
+        "WarmupLR, or scheduler.provider=hf",
+    ),
+    "OneCycle's bottom above its top": (
+        ["scheduler=one_cycle", "scheduler.cycle_min_lr=1e-2", "scheduler.cycle_max_lr=1e-3"],
+        "scheduler.cycle_min_lr",
+        "the cycle's bottom 0.01 is above its top",
+    ),
+    "LRRangeTest from a zero lr": (
+        ["scheduler=lr_range_test", "scheduler.lr_range_test_min_lr=0"],
+        "scheduler.lr_range_test_min_lr",
+        "LRRangeTest needs a finite number above 0, got 0.0",
+    ),
+    "a size that is not a whole number": (
+        ["zero.reduce_bucket_size=5.5e0"],
+        "zero.reduce_bucket_size",
+        "5.5 is not a whole number. Fix: write a whole number",
+    ),
 }
 
 

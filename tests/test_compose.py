@@ -4,8 +4,10 @@ against the guide's two example configs."""
 
 import copy
 import dataclasses
+import inspect
 import itertools
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,6 +15,7 @@ import deepspeed.runtime.constants as ds_constants
 import deepspeed.runtime.swap_tensor.constants as ds_swap_constants
 import deepspeed.runtime.zero.config as ds_zero_config
 import pytest
+import torch
 import yaml
 from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 from omegaconf import OmegaConf
@@ -21,7 +24,7 @@ from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
 from pipeline.check import gate, rules
 from pipeline.check.compose import compose_point
-from pipeline.config import Config
+from pipeline.config import Config, SchedulerConf, WarmupType
 from pipeline.errors import ConfigError
 from pipeline.plan import settings
 
@@ -77,17 +80,104 @@ def test_groups_have_the_guides_options():
     assert OPTIONS["precision"] == ["bf16", "fp16", "fp32"]
     assert {"adamw", "adam", "lamb", "adamw_torch"} <= set(OPTIONS["optimizer"])
     assert {"warmup_linear", "warmup_cosine", "warmup_decay", "constant"} <= set(OPTIONS["scheduler"])
+    assert {"warmup", "one_cycle", "lr_range_test"} <= set(OPTIONS["scheduler"])
 
 
 def test_deepspeed_names_are_the_ones_deepspeed_knows():
     """rules.py keeps its own lists (no DeepSpeed import while a sweep is checked): they must stay
     within DeepSpeed's, or a name would pass the check and fail once the ranks have started."""
     from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
-    from deepspeed.runtime.lr_schedules import VALID_LR_SCHEDULES
+    from deepspeed.runtime.lr_schedules import VALID_LR_SCHEDULES, WARMUP_LINEAR_RATE, WARMUP_LOG_RATE
 
     assert {name.lower() for name in rules.DS_OPTIMIZERS} <= set(DEEPSPEED_OPTIMIZERS)
     assert not rules.ONE_BIT & set(DEEPSPEED_OPTIMIZERS)
-    assert rules.DS_SCHEDULERS <= set(VALID_LR_SCHEDULES)
+    assert rules.DS_SCHEDULERS == set(VALID_LR_SCHEDULES)
+    assert {t.value for t in WarmupType} == {WARMUP_LOG_RATE, WARMUP_LINEAR_RATE}
+    assert set(rules.SCHEDULER_KEYS) == rules.DS_SCHEDULERS
+
+
+def _deepspeed_scheduler(name: str) -> type:
+    from deepspeed.runtime import lr_schedules
+
+    return getattr(lr_schedules, name)
+
+
+def _defaults(scheduler: type) -> dict:
+    """The keyword defaults of a DeepSpeed scheduler class: what a JSON that leaves a key out gets."""
+    return {
+        key: p.default
+        for key, p in inspect.signature(scheduler).parameters.items()
+        if p.default is not inspect.Parameter.empty and key != "last_batch_iteration"
+    }
+
+
+def test_every_deepspeed_scheduler_gets_its_own_keys_and_deepspeed_builds_it():
+    """One option per DeepSpeed scheduler; the plan sends each only keys its class takes (the engine
+    passes them as keyword arguments: another is a TypeError in the ranks, as OneCycle and LRRangeTest
+    once got warmup keys), and the class builds and steps on them as the engine would."""
+    planned = {}
+    for option in OPTIONS["scheduler"]:
+        cfg = compose_point([f"scheduler={option}"])
+        if cfg.scheduler.provider.value == "deepspeed":
+            planned[option] = settings.scheduler_section(cfg)
+    assert {s["type"] for s in planned.values()} == rules.DS_SCHEDULERS and len(planned) == 5
+    for option, section in planned.items():
+        scheduler = _deepspeed_scheduler(section["type"])
+        takes = set(inspect.signature(scheduler).parameters)
+        assert set(section["params"]) <= takes, (option, set(section["params"]) - takes)
+        assert set(SchedulerConf.__dataclass_fields__) & takes <= set(section["params"]) | {
+            "cycle_second_step_size",  # None: DeepSpeed's own (as the first)
+            "cycle_second_stair_count",
+        }, option
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+        built = scheduler(optimizer, **section["params"])
+        built.step()
+        assert 0 <= built.get_last_lr()[0] <= 3e-4 * 2, option
+
+
+def test_scheduler_defaults_are_deepspeeds():
+    """Where the schema keeps DeepSpeed's default it is DeepSpeed's own; the exceptions are config.py's
+    Nones (drawn from optimizer.lr and trainer.max_steps) and cycle_momentum (off: it sets beta2)."""
+    ours = dataclasses.asdict(SchedulerConf()) | {"warmup_type": SchedulerConf().warmup_type.value}
+    chosen = {key for key, value in ours.items() if value is None} | {"cycle_momentum"}
+    for name in sorted(rules.DS_SCHEDULERS):
+        for key, default in _defaults(_deepspeed_scheduler(name)).items():
+            if key in ours and key not in chosen:
+                assert ours[key] == default, (name, key)
+
+
+def test_the_guides_example_warms_up_as_its_json_does():
+    """experiment=zero3_nvme is the guide's ZeRO-Infinity example: its WarmupLR gets what DeepSpeed gives
+    the guide's JSON, HF's "auto"s filled and DeepSpeed's defaults for the rest (log warmup, not linear)."""
+    guide = _resolve_guide(json.loads((GOLDEN / "guide_zero3_infinity.json").read_text()), {})["scheduler"]
+    ours = settings.scheduler_section(compose_point(["experiment=zero3_nvme"]))
+    assert ours == {
+        "type": guide["type"],
+        "params": _defaults(_deepspeed_scheduler(guide["type"])) | guide["params"],
+    }
+
+
+def test_sizes_written_as_the_guide_writes_them(tmp_path, monkeypatch):
+    """5e8 for an integer key is the integer 500000000, on the command line and in a recipe; 5.5 is not
+    a whole number: one line naming the key."""
+    cfg = compose_point(["zero.reduce_bucket_size=5e8", "trainer.max_steps=4.0"])
+    assert (cfg.zero.reduce_bucket_size, cfg.trainer.max_steps) == (500_000_000, 4)
+    planned = settings.deepspeed_config(cfg, hidden=128)["zero_optimization"]["reduce_bucket_size"]
+    assert type(planned) is int and planned == 500_000_000
+    recipes = tmp_path / "conf" / "experiment"
+    recipes.mkdir(parents=True)
+    (recipes / "guide_sizes.yaml").write_text(
+        "# @package _global_\nzero:\n  stage: 3\n  stage3_max_live_parameters: 1e9\n  sub_group_size: 1e9\n"
+    )
+    monkeypatch.setattr(sys, "argv", ["pipeline", f"outputs_dir={tmp_path}"])  # where Hydra finds recipes
+    cfg = compose_point(["experiment=guide_sizes", f"outputs_dir={tmp_path}"])
+    assert (cfg.zero.stage3_max_live_parameters, cfg.zero.sub_group_size) == (10**9, 10**9)
+    assert type(cfg.zero.sub_group_size) is int
+    for value in ("5.5e0", "inf"):
+        with pytest.raises(
+            ConfigError, match=r"^zero.reduce_bucket_size: .* is not a whole number\. Fix: write"
+        ):
+            compose_point([f"zero.reduce_bucket_size={value}"])
 
 
 def test_what_deepspeed_refuses_is_refused_before_start():
@@ -236,7 +326,14 @@ def test_zero2_cpu_offload_carries_the_guides_zero2_example(outputs):
 def test_zero3_nvme_carries_the_guides_infinity_example_resolved(outputs, tmp_path):
     nvme = tmp_path / "nvme"
     nvme.mkdir()
-    ds = _dry_run(outputs, "zero=stage3", "offload=nvme", "scheduler=warmup", f"offload.nvme_path={nvme}")
+    # Sizes as the guide writes them (1e9): whole numbers, integers also in Hydra's own compose of the job.
+    sizes = [
+        "zero.sub_group_size=1e9",
+        "zero.stage3_max_live_parameters=1e9",
+        "offload.param_buffer_size=1e8",
+    ]
+    ds = _dry_run(outputs, "experiment=zero3_nvme", f"offload.nvme_path={nvme}", *sizes)
+    assert type(ds["zero_optimization"]["offload_param"]["buffer_size"]) is int
     guide = json.loads((GOLDEN / "guide_zero3_infinity.json").read_text())
     # The guide nests "aio" in zero_optimization, where DeepSpeed 0.19 refuses it; it is top-level.
     guide["aio"] = guide["zero_optimization"].pop("aio")

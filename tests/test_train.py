@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.check import preflight
+
 from helpers import ROOT, mlflow_client, ok, run_pipeline, runs
 
 pytestmark = pytest.mark.slow
@@ -107,7 +109,46 @@ def test_zero3_nvme_bf16_with_cosine_schedule(outputs):
     assert ds["scheduler"]["type"] == "WarmupCosineLR" and "aio" in ds
     swap = Path(ds["zero_optimization"]["offload_param"]["nvme_path"])
     assert swap.is_dir() and any(swap.rglob("*.swp")), "nothing was swapped to the NVMe path"
+    # Not on an NVMe drive (outputs/ on this machine's disk): one warning line before it trains.
+    warned = preflight.slow_drive_warning(swap)
+    assert result.stderr.count("warning: offload.nvme_path:") == (1 if warned else 0)
+    assert warned is None or warned in result.stderr
     assert len(loss_history(outputs, run.info.run_id)) == STEPS and "final loss" in result.stdout
+
+
+LR = 3e-4  # optimizer.lr's default
+# The learning rate each DeepSpeed scheduler gives steps 1-4 (logged after each), at the defaults:
+# 2 warmup steps (log: 0, then all of it), OneCycle's one cycle over the run, LRRangeTest growing by
+# its own lr each step (scheduler.lr_range_test_step_size=1).
+SCHEDULES = {
+    "warmup": [0, LR, LR, LR],  # up, then held
+    "warmup_decay": [0, LR, LR, LR / 2],  # then down in a line, to 0 at the last step
+    "warmup_cosine": [0, LR, LR / 2, LR * 1e-4],  # then down a cosine, to cos_min_ratio
+    "one_cycle": [0.55 * LR, LR, 0.55 * LR, LR / 10],  # from lr/10 up to lr in 2 steps, back in 2
+    "lr_range_test": [2 * LR, 3 * LR, 4 * LR, 5 * LR],  # up every step
+}
+
+
+def test_every_deepspeed_scheduler_trains(outputs):
+    """Each DeepSpeed scheduler trains with its own keys (OneCycle and LRRangeTest once crashed in the
+    ranks on warmup keys), and the lr it logs moves as that scheduler moves it."""
+    result = ok(
+        run_pipeline(
+            outputs,
+            "-m",
+            f"scheduler={','.join(SCHEDULES)}",
+            "trainer.max_steps=4",
+            "scheduler.lr_range_test_step_size=1",
+            "trainer.save_model=false",
+        )
+    )
+    children = finished_children(outputs)
+    assert len(children) == len(SCHEDULES), result.stdout[-2000:]
+    for run in children:
+        option = run.data.params["scheduler"]
+        history = mlflow_client(outputs).get_metric_history(run.info.run_id, "learning_rate")
+        assert [m.step for m in history] == [1, 2, 3, 4], option
+        assert [m.value for m in history] == pytest.approx(SCHEDULES[option], rel=1e-3, abs=1e-12), option
 
 
 def test_two_ranks_give_one_ranks_losses_at_the_same_global_batch(tmp_path):

@@ -5,6 +5,7 @@ have trained). Here each point of the sweep is composed and checked first, and a
 becomes one ConfigError line naming the key.
 """
 
+import math
 import re
 
 from hydra import compose, initialize_config_dir
@@ -99,6 +100,10 @@ def _explain(e: Exception) -> ConfigError:
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             known = _known_keys(parent)
             return ConfigError(key, "no such key", f"use one of {', '.join(known)}" if known else "remove it")
+        value = getattr(cause, "value", None)
+        if type(value) is float and "to Integer" in problem:  # a whole one (5e8) is taken: config.py
+            example = f", e.g. {key}={round(value)}" if math.isfinite(value) else ""
+            return ConfigError(key, f"{value} is not a whole number", f"write a whole number{example}")
         return ConfigError(key, problem, f"give {key} a value of the right type (see pipeline/config.py)")
     if "Ambiguous value" in problem:
         arg = re.search(r"'([^']+)'", problem)

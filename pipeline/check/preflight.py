@@ -7,8 +7,10 @@ the node that runs it. Each failure is one ConfigError naming the key to change.
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,6 +25,11 @@ def check(cfg: Config, runs_here: bool = True) -> None:
     _check_hf_names(cfg)
     if cfg.offload.device == OffloadDevice.nvme:
         _check_nvme_path(cfg)
+        # Where the point trains (a cluster's node tells of its own drive, in the job); each point's
+        # job says it before it trains (the command line's own check runs quiet).
+        warning = slow_drive_warning(nvme_path(cfg)) if runs_here else None
+        if warning:
+            print(warning, file=sys.stderr)
         if not libaio_usable():
             raise ConfigError(
                 "offload.device",
@@ -68,6 +75,53 @@ def _check_nvme_path(cfg: Config) -> None:
             f"{path} is not writable ({e.strerror})",
             "point offload.nvme_path at a writable directory",
         ) from None
+
+
+@dataclass(frozen=True)
+class Drive:
+    """The disk under a path, as the kernel describes it (/sys/block/<name>)."""
+
+    name: str  # nvme0n1, sda, vda
+    model: str  # "" where the device gives none (virtio)
+    rotational: bool
+
+    @property
+    def nvme(self) -> bool:
+        return self.name.startswith("nvme")
+
+
+def drive_of(path: Path, sysfs: Path = Path("/sys")) -> Drive | None:
+    """The disk holding path: its filesystem's device number, /sys/dev/block/<major>:<minor>, a
+    partition's parent disk. None where no one disk can be told: tmpfs, overlay and network
+    filesystems (no block device), device-mapper, md, loop and zram (other devices under them)."""
+    dev = os.stat(path).st_dev
+    node = sysfs / "dev" / "block" / f"{os.major(dev)}:{os.minor(dev)}"
+    if not node.exists():
+        return None
+    disk = node.resolve()
+    if (disk / "partition").exists():
+        disk = disk.parent
+    if disk.name.startswith(("dm-", "md", "loop", "zram")):
+        return None
+    try:
+        rotational = (disk / "queue" / "rotational").read_text().strip() == "1"
+    except OSError:
+        return None
+    model = disk / "device" / "model"
+    return Drive(disk.name, model.read_text().strip() if model.exists() else "", rotational)
+
+
+def slow_drive_warning(path: Path, sysfs: Path = Path("/sys")) -> str | None:
+    """One line where path is on a drive that is not NVMe; None on NVMe, or where the drive cannot be told
+    (no false warning)."""
+    drive = drive_of(path, sysfs)
+    if drive is None or drive.nvme:
+        return None
+    kind = ", ".join(filter(None, (drive.model, "rotational" if drive.rotational else "non-rotational")))
+    return (
+        f"warning: offload.nvme_path: {path} is on {drive.name} ({kind}), not an NVMe drive: the offloaded "
+        "states move at that disk's speed, expect steps many times slower than on NVMe"
+    )
 
 
 def check_nvme_room(cfg: Config, need: int) -> None:

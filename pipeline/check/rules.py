@@ -6,6 +6,7 @@ sweep is checked in well under a second before any point starts.
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.config import (
@@ -37,6 +38,27 @@ DS_OPTIMIZERS = {"Adam", "AdamW", "Lamb", "Adagrad", "Lion"}
 RESIDENT = 10**12
 ONE_BIT = {"onebitadam", "onebitlamb", "zerooneadam"}
 DS_SCHEDULERS = {"WarmupLR", "WarmupDecayLR", "WarmupCosineLR", "OneCycle", "LRRangeTest"}
+# Each DeepSpeed scheduler's real-valued keys, and what each must be (DeepSpeed trains on any float).
+ABOVE_0 = ("a finite number above 0", lambda v: math.isfinite(v) and v > 0)
+AT_LEAST_0 = ("a finite number, 0 or more", lambda v: math.isfinite(v) and v >= 0)
+RATIO = ("a number in [0, 1]", lambda v: 0 <= v <= 1)
+MOMENTUM = ("a number in [0, 1)", lambda v: 0 <= v < 1)
+SCHEDULER_KEYS: dict[str, dict[str, tuple[str, Callable[[float], bool]]]] = {
+    "WarmupLR": {"warmup_min_lr": AT_LEAST_0},
+    "WarmupDecayLR": {"warmup_min_lr": AT_LEAST_0},
+    "WarmupCosineLR": {"warmup_min_ratio": RATIO, "cos_min_ratio": RATIO},
+    "OneCycle": {
+        "cycle_min_lr": AT_LEAST_0,
+        "cycle_max_lr": ABOVE_0,
+        "decay_lr_rate": AT_LEAST_0,
+        "cycle_min_mom": MOMENTUM,
+        "cycle_max_mom": MOMENTUM,
+        "decay_mom_rate": AT_LEAST_0,
+    },
+    "LRRangeTest": {"lr_range_test_min_lr": ABOVE_0, "lr_range_test_step_rate": AT_LEAST_0},
+}
+# OneCycle's cycle_momentum gives every group betas (beta1, 0.99) (deepspeed.runtime.lr_schedules).
+ONE_CYCLE_BETA2 = 0.99
 
 
 def check(cfg: Config) -> None:
@@ -179,12 +201,40 @@ def _check_optimizer(cfg: Config) -> None:
 
 
 def _check_scheduler(cfg: Config) -> None:
+    """The chosen DeepSpeed scheduler's own keys (the others are not planned): a learning rate DeepSpeed
+    would take and train on without a word (negative, nan, a cycle's bottom above its top)."""
     sch = cfg.scheduler
-    if sch.provider == Provider.deepspeed and sch.name not in DS_SCHEDULERS:
+    if sch.provider != Provider.deepspeed:
+        return
+    if sch.name not in DS_SCHEDULERS:
         raise ConfigError(
             "scheduler.name",
             f"DeepSpeed has no scheduler '{sch.name}'",
             f"use one of {', '.join(sorted(DS_SCHEDULERS))}, or scheduler.provider=hf",
+        )
+    values = sch.deepspeed_values(cfg.optimizer.lr, cfg.trainer.max_steps)
+    for key, (must, holds) in SCHEDULER_KEYS[sch.name].items():
+        if not holds(values[key]):
+            raise ConfigError(
+                f"scheduler.{key}",
+                f"{sch.name} needs {must}, got {values[key]}",
+                f"give scheduler.{key} {must}",
+            )
+    if sch.name != "OneCycle":
+        return
+    bottom, top = values["cycle_min_lr"], values["cycle_max_lr"]
+    if bottom > top:
+        raise ConfigError(
+            "scheduler.cycle_min_lr",
+            f"the cycle's bottom {bottom} is above its top, scheduler.cycle_max_lr {top}",
+            "set scheduler.cycle_min_lr below scheduler.cycle_max_lr",
+        )
+    beta2 = cfg.optimizer.beta2
+    if sch.cycle_momentum and beta2 != ONE_CYCLE_BETA2:
+        raise ConfigError(
+            "scheduler.cycle_momentum",
+            f"OneCycle's momentum cycle sets beta2 to {ONE_CYCLE_BETA2}, not optimizer.beta2={beta2}",
+            f"set optimizer.beta2={ONE_CYCLE_BETA2}, or scheduler.cycle_momentum=false",
         )
 
 

@@ -7,6 +7,7 @@ check has nothing to find.
 """
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -107,18 +108,15 @@ def zero_section(cfg: Config, hidden: int) -> dict[str, Any]:
 
 
 def scheduler_section(cfg: Config) -> dict[str, Any]:
-    s, lr = cfg.scheduler, cfg.optimizer.lr
-    # HF passes at least one warmup step to DeepSpeed (which refuses 0); match it, or HF objects.
-    warmup = max(1, s.warmup_steps)
-    total = cfg.trainer.max_steps
-    params: dict[str, Any] = {"warmup_num_steps": warmup, "warmup_type": s.warmup_type}
-    if s.name in ("WarmupLR", "WarmupDecayLR"):
-        params.update(warmup_min_lr=0, warmup_max_lr=lr)
-    if s.name in ("WarmupDecayLR", "WarmupCosineLR"):
-        params["total_num_steps"] = total
-    if s.name == "WarmupCosineLR":
-        params.update(warmup_min_ratio=s.warmup_min_ratio, cos_min_ratio=s.cos_min_ratio)
-    return {"type": s.name, "params": params}
+    """DeepSpeed's scheduler block: the keys its class for scheduler.name takes, no other (the engine
+    passes them as keyword arguments: one it does not take is a TypeError in the ranks)."""
+    from deepspeed.runtime import lr_schedules  # the plan stage: the checks before it stay light
+
+    s = cfg.scheduler
+    takes = inspect.signature(getattr(lr_schedules, s.name)).parameters
+    values = s.deepspeed_values(cfg.optimizer.lr, cfg.trainer.max_steps)
+    # None: DeepSpeed's own default (OneCycle's second half and stairs as its first).
+    return {"type": s.name, "params": {k: v for k, v in values.items() if k in takes and v is not None}}
 
 
 def training_args(cfg: Config, ds: dict[str, Any], output_dir: Path, use_cpu: bool) -> dict[str, Any]:
