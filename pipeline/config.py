@@ -511,6 +511,11 @@ class Config:
     sweep: SweepConf = field(default_factory=SweepConf)
     # search=fastest: search the fastest config that fits instead of training this one.
     search: SearchConf | None = None
+    # DeepSpeed keys no group covers, passed through as written (deepspeed.wall_clock_breakdown=true,
+    # deepspeed.flops_profiler.enabled=true): DeepSpeed's own config parser checks them before anything
+    # starts, a typo refused with the closest name it knows; a key a group covers is refused with that
+    # group's key (rules.COVERED).
+    deepspeed: dict[str, Any] = field(default_factory=dict)
     # Write and print the plan (DeepSpeed JSON, TrainingArguments, memory), train nothing.
     dry_run: bool = False
     # Where runs, sweeps and the MLflow store live; relative to the working directory.

@@ -18,6 +18,21 @@ from helpers import Bad, Own, make_bad, ok, run_pipeline, runs
 
 CASES = {
     "misspelt key": (["zero.stag=3"], "zero.stag", "no such key"),
+    "misspelt DeepSpeed key": (
+        ["deepspeed.flops_profiler.enabeld=true"],
+        "deepspeed.flops_profiler.enabeld",
+        "no such key (it would ignore it). Fix: did you mean deepspeed.flops_profiler.enabled?",
+    ),
+    "DeepSpeed key a group covers": (
+        ["deepspeed.gradient_clipping=0.5"],
+        "deepspeed.gradient_clipping",
+        "a config group sets it. Fix: use trainer.max_grad_norm",
+    ),
+    "DeepSpeed value DeepSpeed refuses": (
+        ["deepspeed.comms_logger.verbose=maybe"],
+        "deepspeed",
+        "DeepSpeed refuses CommsLoggerConfig.verbose: Input should be a valid boolean",
+    ),
     "misspelt top-level key": (["gradient_clipings=1.0"], "gradient_clipings", "no such key"),
     "added key": (["+trainer.foo=1"], "trainer.foo", "no such key"),
     "unknown option": (["zero=stage5"], "zero", "stage0, stage1, stage2, stage3"),

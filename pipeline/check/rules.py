@@ -61,9 +61,30 @@ SCHEDULER_KEYS: dict[str, dict[str, tuple[str, Callable[[float], bool]]]] = {
 ONE_CYCLE_BETA2 = 0.99
 
 
+# DeepSpeed's keys that a group plans, and the key to set instead of deepspeed.<key>.
+COVERED = {
+    "zero_optimization": "zero.* (and offload.*)",
+    "aio": "offload.aio.*",
+    "fp16": "precision (precision=fp16, precision.*)",
+    "bf16": "precision (precision=bf16)",
+    "bfloat16": "precision (precision=bf16)",
+    "optimizer": "optimizer.*",
+    "zero_allow_untested_optimizer": "optimizer (optimizer.provider)",
+    "zero_force_ds_cpu_optimizer": "optimizer (optimizer.provider)",
+    "scheduler": "scheduler.*",
+    "train_batch_size": "trainer.micro_batch_size, trainer.gradient_accumulation_steps and the ranks",
+    "train_micro_batch_size_per_gpu": "trainer.micro_batch_size",
+    "gradient_accumulation_steps": "trainer.gradient_accumulation_steps",
+    "gradient_clipping": "trainer.max_grad_norm",
+    "communication_data_type": "zero.communication_data_type",
+    "compile": "trainer.deepcompile",
+}
+
+
 def check(cfg: Config) -> None:
     """Raise ConfigError for the first rule the config breaks."""
     _check_ranges(cfg)
+    _check_deepspeed_keys(cfg)
     _check_offload(cfg)
     _check_optimizer(cfg)
     _check_scheduler(cfg)
@@ -71,6 +92,14 @@ def check(cfg: Config) -> None:
     _check_model(cfg)
     _check_data(cfg)
     _check_saving(cfg)
+
+
+def _check_deepspeed_keys(cfg: Config) -> None:
+    """deepspeed.<key> is for what no group covers: a covered key would fight the group's value
+    (the plan writes each shared value once, into DeepSpeed and the Trainer alike)."""
+    for key in cfg.deepspeed:
+        if key in COVERED:
+            raise ConfigError(f"deepspeed.{key}", "a config group sets it", f"use {COVERED[key]}")
 
 
 def _check_ranges(cfg: Config) -> None:

@@ -58,7 +58,18 @@ def deepspeed_config(cfg: Config, hidden: int) -> dict[str, Any]:
     if cfg.offload.device == OffloadDevice.nvme:
         # Top level: DeepSpeed rejects "aio" inside zero_optimization, where the guide's example has it.
         ds["aio"] = dataclasses.asdict(cfg.offload.aio)
-    return ds
+    return _merged(ds, cfg.deepspeed)
+
+
+def _merged(planned: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The planned dict with deepspeed.<key> values laid over it, section by section (rules refused
+    the keys a group covers; what is left overrides only the plan's fixed choices, e.g.
+    wall_clock_breakdown)."""
+    merged = dict(planned)
+    for key, value in extra.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merged(merged[key], value) if both else value
+    return merged
 
 
 def zero_section(cfg: Config, hidden: int) -> dict[str, Any]:
