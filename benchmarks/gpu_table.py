@@ -66,6 +66,9 @@ PRESETS: dict[str, tuple] = {
     # in the row's name).
     "z2+fp16": ("z2", ["precision=fp16"]),
     "z3+fp16": ("z3", ["precision=fp16"]),
+    # Activation checkpointing: the plan's activation term with it, against the measured peak.
+    "z2+gc": ("z2", ["trainer.gradient_checkpointing=true"]),
+    "z3+gc": ("z3", ["trainer.gradient_checkpointing=true"]),
 }
 
 
