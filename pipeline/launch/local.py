@@ -106,7 +106,9 @@ class Local:
             rdzv_endpoint="127.0.0.1:0",
             start_method="spawn",
             max_restarts=0,
-            monitor_interval=1,
+            # Polled often: a rank killed outright is seen dead before its peers fail on the broken link
+            # (elastic names the first failure it finds as the cause).
+            monitor_interval=0.1,
         )
         try:
             return elastic_launch(config, elastic_rank)(job)[0]
