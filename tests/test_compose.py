@@ -346,3 +346,22 @@ def test_zero3_nvme_carries_the_guides_infinity_example_resolved(outputs, tmp_pa
         DeepSpeedZeroConfig(
             **json.loads((GOLDEN / "guide_zero3_infinity.json").read_text())["zero_optimization"]
         )
+
+
+def test_a_run_is_named_by_what_it_trains_with_each_path_by_its_last_part():
+    from pipeline.sweep.info import point_name
+
+    typed = [
+        "model=hf",
+        "model.name_or_path=/some/long/dir/m1",
+        "data=files",
+        "data.train_files=[/data/t.jsonl,/data/more/e.csv]",
+        "outputs_dir=/scratch/me/outputs",
+        "tracking.experiment=mine",
+    ]
+    short = "model=hf,model.name_or_path=m1,data=files,data.train_files=[t.jsonl,e.csv]"
+    assert point_name(typed, []) == short
+    assert point_name(["zero=stage2", "data.train_files=/d/a.jsonl"], ["data.train_files"]) == (
+        "data.train_files=a.jsonl"
+    )
+    assert point_name(["outputs_dir=/tmp/o"], []) == "default"

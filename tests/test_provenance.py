@@ -29,6 +29,9 @@ def test_a_run_records_what_made_it_and_reruns_to_the_same_losses(outputs: Path,
     ok(run_pipeline(outputs, "trainer.max_steps=4", "zero=stage2"))
     (original,) = runs(outputs)
     tags = original.data.tags
+    # Named by what it trains; where it is kept stays in the tag of every override.
+    assert original.info.run_name == "trainer.max_steps=4,zero=stage2"
+    assert tags["zerosweep.overrides"] == f"outputs_dir={outputs} trainer.max_steps=4 zero=stage2"
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()

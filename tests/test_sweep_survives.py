@@ -6,6 +6,7 @@ its own."""
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -194,3 +195,39 @@ def test_two_sweeps_at_once_on_one_store_lose_no_run_and_no_metric(outputs: Path
                 range(1, steps + 1)
             )
         assert "final_loss" in run.data.metrics
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB filesystem (a tmpfs; mounting needs root, as CI and the Slurm tests have)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_disk_that_fills_up_at_a_checkpoint_fails_its_point_saying_so_and_the_sweep_exits_1(
+    outputs: Path, small_disk: Path
+):
+    """The points' dirs on a disk too small for one checkpoint (the store elsewhere): the point ends
+    FAILED with the full disk as its reason, not left RUNNING for a later start to call it killed;
+    the table is printed and the sweep exits 1."""
+    sweep = small_disk / "sweep"
+    result = run_pipeline(
+        outputs,
+        "-m",
+        f"hydra.sweep.dir={sweep}",
+        "trainer.max_steps=4",
+        "trainer.save_steps=2",
+        "zero=stage2",
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    (point,) = [r for r in runs(outputs) if r.data.tags.get("zerosweep.role") != "sweep"]
+    assert point.info.status == "FAILED"
+    error = artifact_text(outputs, point.info.run_id, "error.txt", outputs.parent / "e")
+    assert f"no space left on device: {sweep / '0'} has " in error, error[-2000:]
+    assert f"== sweep {sweep}: 1 points" in result.stdout and "FAILED" in result.stdout
+    assert all(r.info.status != "RUNNING" for r in runs(outputs))

@@ -7,6 +7,7 @@ nesting of the child runs).
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +37,19 @@ class SweepInfo:
         return point_name(task_overrides, self.varying)
 
 
+# Keys that say where a run is kept, not what it trains: left out of a run's name (its
+# zerosweep.overrides tag keeps every override as typed).
+WHERE = ("outputs_dir", "tracking.", "hydra.", "sweep.")
+
+
 def point_name(task_overrides: list[str], varying: list[str]) -> str:
-    """A point's name: its values of the keys that vary (zero=stage2,offload=cpu)."""
-    picked = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in varying]
-    return ",".join(picked) or ",".join(task_overrides) or "default"
+    """A point's name: its values of the keys that vary (zero=stage2,offload=cpu); a single run's,
+    what it trains. Each path by its last part (model.name_or_path=/data/models/m1 -> ...=m1): the
+    UI's run list shows names, not tags."""
+    key = [o.split("=", 1)[0].lstrip("+~") for o in task_overrides]
+    picked = [o for o, k in zip(task_overrides, key, strict=True) if k in varying]
+    picked = picked or [o for o, k in zip(task_overrides, key, strict=True) if not k.startswith(WHERE)]
+    return ",".join(re.sub(r"[^,\[\]=\s]*/", "", o) for o in picked) or "default"
 
 
 def varying_keys(overrides: list[str]) -> list[str]:

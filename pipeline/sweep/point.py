@@ -6,7 +6,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from pipeline.sweep.info import SweepInfo
+from pipeline.sweep.info import SweepInfo, point_name
 from pipeline.track import JOB_NUM, OUTPUT_DIR, OVERRIDES, PARENT, SWEEP_DIR
 from pipeline.track.secrets import masked
 
@@ -40,5 +40,5 @@ class Point:
         if sweep:
             tags[PARENT] = sweep.parent_run_id
         # Masked: it is printed, and may hold tracking.uri=http://alice:***@host.
-        default_name = masked(sweep.point_name(overrides) if sweep else ",".join(overrides) or "default")
+        default_name = masked(sweep.point_name(overrides) if sweep else point_name(overrides, []))
         return cls(out, run_name or default_name, overrides, multirun, dict(hc.runtime.choices), tags, sweep)

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -88,10 +89,11 @@ class TrackedRun:
     submitit's exit after a checkpoint and requeue, and the requeued job reopens it."""
 
     def __init__(
-        self, store: Store, run_id: str, after_step: int, system_metrics: bool, node: str | None
+        self, store: Store, run_id: str, after_step: int, system_metrics: bool, node: str | None, out: Path
     ) -> None:
         self.store = store
         self.run_id = run_id
+        self.out = out
         self.ref = RunRef(store.uri, run_id, after_step)
         self._monitor = Sampler(run_id, store.uri, 2, node) if system_metrics else None
 
@@ -118,6 +120,8 @@ class TrackedRun:
             why = "".join(traceback.format_exception(kind, error, tb))
             if isinstance(error, KeyboardInterrupt):  # the reason last, where error.txt keeps it
                 why += f"\nstopped: {why_stopped(error)}"
+            elif (full := disk_full(self.out)) is not None:
+                why += f"\n{full}"
             self.store.end(self.run_id, state, why)
         return False
 
@@ -125,6 +129,24 @@ class TrackedRun:
         if self._monitor:
             self._monitor.finish()
             self._monitor = None
+
+
+# Below this much room, a failure is told as the full disk it most likely is: torch's checkpoint
+# writer says only "file write failed".
+FULL_DISK_BYTES = 16 * 2**20
+
+
+def disk_full(out: Path) -> str | None:
+    """'no space left on device: ...' where the run's dir (its checkpoints) has next to no room."""
+    try:
+        free = shutil.disk_usage(out).free
+    except OSError:
+        return None
+    if free >= FULL_DISK_BYTES:
+        return None
+    return (
+        f"no space left on device: {out} has {free / 2**20:.1f} MiB free (its checkpoints are written there)"
+    )
 
 
 class Untracked:
@@ -207,11 +229,11 @@ def open_run(
     if requeued_after and saved.exists():
         run_id = saved.read_text().strip()
         store.tag(run_id, {REQUEUED_AFTER: requeued_after})
-        return TrackedRun(store, run_id, store.reopen(run_id), sampled, node)
+        return TrackedRun(store, run_id, store.reopen(run_id), sampled, node, out)
     run_id = store.create_run(prepare(cfg), name, tags, params)
     saved.write_text(run_id + "\n")
     provenance.write(store, run_id, provenance.collect(overrides))
-    return TrackedRun(store, run_id, 0, sampled, node)
+    return TrackedRun(store, run_id, 0, sampled, node, out)
 
 
 class MetricLogger:
