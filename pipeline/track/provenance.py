@@ -148,8 +148,9 @@ def _code() -> Code:
     commit = _git("rev-parse", "HEAD")
     if commit is None:
         return Code(None)
-    diff = masked(_git("diff", "HEAD", "--no-color") or "")
-    untracked = (_git("ls-files", "--others", "--exclude-standard") or "").split()
+    # This checkout's files only: it may sit inside a larger repository (a monorepo; a copy).
+    diff = masked(_git("diff", "HEAD", "--no-color", "--", ".") or "")
+    untracked = (_git("ls-files", "--others", "--exclude-standard", "--", ".") or "").split()
     changed = "\n".join([diff, *untracked])
     return Code(
         commit.strip(), bool(diff or untracked), untracked, hashlib.sha1(changed.encode()).hexdigest(), diff
