@@ -329,6 +329,7 @@ class SweepLaunch:
             # OOM kill, node failure, an error before a result): FAILED.
             ended_by_slurm = ended in ("CANCELLED", "TIMEOUT", "PREEMPTED")
             state = RunState.KILLED if ended_by_slurm else RunState.FAILED
+            _wait_gone([job.job_id], timeout_s=30)  # srun writes its word on the tasks as the job ends
             died = dead_tasks(job)
             log.error(
                 f"point {' '.join(overrides)} (Slurm job {job.job_id}) {state}: it ended {job.state}"

@@ -199,7 +199,8 @@ def test_interrupted_job_resumes_into_the_same_run_through_an_mlflow_server(
         )
         assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/config.json"}
     # Stored by the server, under its --artifacts-destination: the jobs wrote no file of their own there.
-    served = mlflow_server.root / "served-artifacts"
+    # (The server is the session's: this experiment's folder holds this sweep's runs only.)
+    served = mlflow_server.root / "served-artifacts" / parent.info.experiment_id
     assert len(list(served.rglob("deepspeed.json"))) == 2 and list(served.rglob("model/config.json"))
 
 

@@ -77,6 +77,20 @@ def test_losses_are_equal_across_stages_and_offload(six_point_sweep, tmp_path):
     assert run.info.run_id in result.stdout and "final loss" in result.stdout and "tokens/s" in result.stdout
 
 
+def test_activation_checkpointing_trains_to_the_same_losses(six_point_sweep, tmp_path):
+    """trainer.gradient_checkpointing=true recomputes each layer's activations in backward: the
+    Trainer and the model take it (training_args.json), and on CPU the losses are the sweep's."""
+    outputs, _ = six_point_sweep
+    (reference,) = [r for r in finished_children(outputs) if r.info.run_name == "zero=stage1,offload=none"]
+    single = tmp_path / "outputs"
+    checkpointed = ("zero=stage1", "trainer.gradient_checkpointing=true", f"trainer.max_steps={STEPS}")
+    ok(run_pipeline(single, *checkpointed))
+    (run,) = runs(single)
+    (args,) = single.glob("runs/*/training_args.json")
+    assert json.loads(args.read_text())["gradient_checkpointing"] is True
+    assert loss_history(single, run.info.run_id) == loss_history(outputs, reference.info.run_id)
+
+
 def test_offload_json_matches_the_point(six_point_sweep):
     outputs, _ = six_point_sweep
     for path in outputs.glob("sweeps/*/*/deepspeed.json"):
