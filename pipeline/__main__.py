@@ -98,7 +98,8 @@ def _make_store(cfg: Config, multirun: bool) -> None:
     path = track.sqlite_path(uri)
     named = cfg.sweep.resume
     if multirun and named not in ("auto", "new") and SweepInfo.load(named) is None:
-        if not ((path is None or path.exists()) and track.Store(uri).find(named)):
+        store = track.Store.existing(uri)
+        if not (store and store.find(named)):
             why = f"{named} is neither a sweep dir (with sweep.json) nor a run in the store"
             _refuse([ConfigError("sweep.resume", why, "give one of those, or auto / new")])
     shared = path and launch.submits(cfg.launcher.name, multirun) and track.network_filesystem(path.parent)

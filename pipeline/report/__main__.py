@@ -20,13 +20,12 @@ def resolve(target: str, uri: str) -> tuple[track.Store, SweepInfo, str]:
     info = SweepInfo.load(target) if Path(target).is_dir() else None
     if info is not None:
         return track.Store(info.tracking_uri), info, target
-    path = track.sqlite_path(uri)
-    store = None if path is not None and not path.exists() else track.Store(uri)  # made only if there
+    store = track.Store.existing(uri)
     parent = store.find(target) if store else None
     if parent is None:
         where = (
-            f"no MLflow store at {path}"
-            if path and not path.exists()
+            f"no MLflow store at {track.sqlite_path(uri)}"
+            if store is None
             else f"the store {masked(uri)} has no such run"
         )
         raise ConfigError(

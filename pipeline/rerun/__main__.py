@@ -28,7 +28,7 @@ from pipeline.track.store import RunRecord
 NOT_PINNED = ("tracking.uri", "sweep.")
 
 
-def command(store: track.Store, run: RunRecord, then: provenance.Provenance | None) -> list[str]:
+def command(run: RunRecord, then: provenance.Provenance | None) -> list[str]:
     """The pipeline's arguments that train run again: its overrides, and its values of the keys
     whose defaults changed since (a single run), or its sweep's command (a sweep or search parent)."""
     if run.tags.get(track.ROLE) == track.ROLE_SWEEP:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         run = store.get(run_id)
         with tempfile.TemporaryDirectory() as into:
             then = provenance.load(store, run_id, Path(into))
-        pipeline_args = command(store, run, then)
+        pipeline_args = command(run, then)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

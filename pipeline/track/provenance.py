@@ -25,9 +25,11 @@ from typing import Any
 
 import psutil
 from mlflow.exceptions import MlflowException
+from omegaconf import OmegaConf
 
+from pipeline.errors import ConfigError
 from pipeline.track.secrets import masked
-from pipeline.track.store import Store
+from pipeline.track.store import RUN_ID_FILE, Store, sqlite_path, store_uri
 
 # The checkout whose code runs (its conf/ is Hydra's config dir).
 ROOT = Path(__file__).resolve().parents[2]
@@ -260,11 +262,6 @@ def find_run(target: str, uri: str) -> tuple[Store, str]:
     """A run dir (it holds the run's id file; its Hydra config names its store), a sweep dir (its
     sweep.json: the parent run), or a run id in the store at uri -> (store, run id). ConfigError in
     one line naming what was looked up where; a store that is not there is not made."""
-    from omegaconf import OmegaConf
-
-    from pipeline.errors import ConfigError
-    from pipeline.track.store import RUN_ID_FILE, sqlite_path, store_uri
-
     folder = Path(target)
     if (folder / RUN_ID_FILE).is_file() and (folder / ".hydra" / "config.yaml").is_file():
         composed = OmegaConf.load(folder / ".hydra" / "config.yaml")
@@ -273,12 +270,10 @@ def find_run(target: str, uri: str) -> tuple[Store, str]:
     elif (folder / "sweep.json").is_file():
         saved = json.loads((folder / "sweep.json").read_text())
         uri, target = saved["tracking_uri"], saved["parent_run_id"]
-    path = sqlite_path(uri)
-    store = None if path is not None and not path.exists() else Store(uri)  # made only if there
+    store = Store.existing(uri)
     if store is None or store.find(target) is None:
-        where = (
-            f"no MLflow store at {path}" if store is None else f"the store {masked(uri)} has no run {target}"
-        )
+        missing = f"no MLflow store at {sqlite_path(uri)}"
+        where = missing if store is None else f"the store {masked(uri)} has no run {target}"
         raise ConfigError(
             "run",
             f"{target} is not a run dir (with {RUN_ID_FILE}) nor a sweep dir, and {where}",

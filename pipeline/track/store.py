@@ -181,6 +181,13 @@ class Store:
         """The store a composed config tracks to."""
         return cls(tracking_uri(cfg))
 
+    @classmethod
+    def existing(cls, uri: str) -> "Store | None":
+        """The store at uri, for reading; None where it is a sqlite file that is not there (opening
+        it would make one)."""
+        path = sqlite_path(uri)
+        return None if path is not None and not path.exists() else cls(uri)
+
     def experiment_id(self, name: str) -> str | None:
         exp = self.client.get_experiment_by_name(name)
         return exp.experiment_id if exp else None
