@@ -242,6 +242,36 @@ def test_refused_before_anything_starts(name, outputs):
     assert not (outputs / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("line", "key", "words"),
+    [
+        ("reduce_bucket_size: lots", "zero.reduce_bucket_size", "in the recipe experiment/mine. Fix: in the"),
+        (
+            "reduce_bucket_sze: 5",
+            "zero.reduce_bucket_sze",
+            "Fix: in the recipe experiment/mine, did you mean zero.reduce_bucket_size?",
+        ),
+    ],
+)
+def test_a_bad_value_in_a_users_recipe_names_the_key_and_the_recipe(line, key, words, outputs, tmp_path):
+    recipe = tmp_path / "conf" / "experiment" / "mine.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text(f"# @package _global_\nzero:\n  {line}\n")
+    result = run_pipeline(outputs, "experiment=mine", f"hydra.searchpath=[file://{tmp_path / 'conf'}]")
+    assert_refused(result, key, words)
+
+
+def test_a_recipe_writes_sizes_as_the_guide_does(outputs, tmp_path):
+    """5e8, as the guide writes bucket sizes, is the whole number it means."""
+    recipe = tmp_path / "experiment" / "mine.yaml"
+    recipe.parent.mkdir(parents=True)
+    recipe.write_text("# @package _global_\nzero:\n  reduce_bucket_size: 5e8\n")
+    result = ok(
+        run_pipeline(outputs, "experiment=mine", f"hydra.searchpath=[file://{tmp_path}]", "dry_run=true")
+    )
+    assert '"reduce_bucket_size": 500000000,' in result.stdout
+
+
 @pytest.mark.slow
 def test_read_only_nvme_path_refused_and_earlier_runs_kept(outputs, tmp_path):
     ok(run_pipeline(outputs, "trainer.max_steps=2"))

@@ -5,6 +5,7 @@ have trained). Here each point of the sweep is composed and checked first, and a
 becomes one ConfigError line naming the key.
 """
 
+import difflib
 import math
 import re
 
@@ -92,14 +93,30 @@ def _choose(group: str) -> str:
 
 
 def _explain(e: Exception) -> ConfigError:
-    cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else e
+    error = _explain_key(_keyed_cause(e))
+    recipe = re.match(r"In '([^']+)'", str(e))  # a value from a recipe file, not the command line
+    if recipe:  # conf/experiment/mine.yaml, or a recipe on hydra.searchpath
+        ours = CONF_DIR / f"{recipe.group(1)}.yaml"
+        where = f"conf/{recipe.group(1)}.yaml" if ours.is_file() else f"the recipe {recipe.group(1)}"
+        fix = str(error).split(". Fix: ", 1)[1]
+        return ConfigError(error.key, f"{error.problem} in {where}", f"in {where}, {fix}")
+    return error
+
+
+def _explain_key(cause: BaseException) -> ConfigError:
     key = getattr(cause, "full_key", None)
     problem = _first_line(str(cause))
     if key:
         if "not in" in problem or "not in struct" in problem:
             parent = key.rsplit(".", 1)[0] if "." in key else ""
             known = _known_keys(parent)
-            return ConfigError(key, "no such key", f"use one of {', '.join(known)}" if known else "remove it")
+            near = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+            fix = (
+                f"did you mean {parent + '.' if parent else ''}{near[0]}?"
+                if near
+                else f"use one of {', '.join(known)}"
+            )
+            return ConfigError(key, "no such key", fix if known else "remove it")
         value = getattr(cause, "value", None)
         if type(value) is float and "to Integer" in problem:  # a whole one (5e8) is taken: config.py
             example = f", e.g. {key}={round(value)}" if math.isfinite(value) else ""
@@ -113,6 +130,16 @@ def _explain(e: Exception) -> ConfigError:
             "add -m (--multirun) to sweep over them",
         )
     return ConfigError("overrides", problem, "check the command line")
+
+
+def _keyed_cause(e: BaseException) -> BaseException:
+    """The OmegaConf error that names the key, wherever Hydra's composition error chains it."""
+    link: BaseException | None = e
+    while link is not None:
+        if isinstance(link, OmegaConfBaseException) and getattr(link, "full_key", None):
+            return link
+        link = link.__cause__ or link.__context__
+    return e
 
 
 def _known_keys(parent: str) -> list[str]:
