@@ -67,10 +67,11 @@ def deepspeed_accepts(ds: dict[str, Any]) -> None:
 OUR_KEY = {"zero_optimization": "zero", "fp16": "precision", "bf16": "precision"}
 
 
-def deepspeed_knows(extra: dict[str, Any]) -> None:
+def deepspeed_knows(extra: dict[str, Any], prefix: str = "deepspeed.") -> None:
     """deepspeed.<key> values, read by DeepSpeed's own config parser: it asks for every key it knows
     by name, so one it never asked for is a typo that DeepSpeed would ignore without a word. Refused
-    with the closest name it asked for at that level; a value it refuses, with its reason."""
+    with the closest name it asked for at that level; a value it refuses, with its reason. Keys are
+    named with prefix (none for a user's JSON file, whose keys they are)."""
     if not extra:
         return
     from deepspeed.runtime.config import DeepSpeedConfig
@@ -94,10 +95,8 @@ def deepspeed_knows(extra: dict[str, Any]) -> None:
     if unknown:
         path, known = unknown
         near = difflib.get_close_matches(path[-1], known, n=1)
-        fix = f"did you mean deepspeed.{'.'.join((*path[:-1], near[0]))}?" if near else "remove it"
-        raise ConfigError(
-            f"deepspeed.{'.'.join(path)}", "DeepSpeed has no such key (it would ignore it)", fix
-        )
+        fix = f"did you mean {prefix}{'.'.join((*path[:-1], near[0]))}?" if near else "remove it"
+        raise ConfigError(f"{prefix}{'.'.join(path)}", "DeepSpeed has no such key (it would ignore it)", fix)
 
 
 class _Reading(dict):
@@ -136,7 +135,9 @@ class _Reading(dict):
             if not self.whole and key not in self.asked:
                 return (*path, key), sorted(self.asked)
             value = dict.get(self, key)
-            if isinstance(value, _Reading):
+            # A section its reader asked for and then never read through these methods went to a
+            # pydantic model as it is (the monitors' tensorboard, ...), which refuses unknown keys itself.
+            if isinstance(value, _Reading) and (value.asked or value.whole):
                 found = value.unknown(set(dict.keys(value)), (*path, key))
                 if found:
                     return found

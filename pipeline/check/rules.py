@@ -63,10 +63,7 @@ ONE_CYCLE_BETA2 = 0.99
 
 # DeepSpeed's keys that a group plans, and the key to set instead of deepspeed.<key>.
 COVERED = {
-    "zero_optimization": "zero.* (and offload.*)",
     "aio": "offload.aio.*",
-    "fp16": "precision (precision=fp16, precision.*)",
-    "bf16": "precision (precision=bf16)",
     "bfloat16": "precision (precision=bf16)",
     "optimizer": "optimizer.*",
     "zero_allow_untested_optimizer": "optimizer (optimizer.provider)",
@@ -78,6 +75,26 @@ COVERED = {
     "gradient_clipping": "trainer.max_grad_norm",
     "communication_data_type": "zero.communication_data_type",
     "compile": "trainer.deepcompile",
+}
+
+
+# Sections a group plans only some keys of: those keys, and the key to set instead. Their other keys
+# pass through (ZeRO++'s zero_quantized_weights, fp16's auto_cast, bf16's immediate_grad_update, ...).
+PARTLY_COVERED = {
+    "zero_optimization": {
+        **{
+            f.name: f"zero.{f.name}"
+            for f in dataclasses.fields(ZeroConf)
+            if f.name != "communication_data_type"
+        },
+        "offload_optimizer": "offload=cpu|nvme and offload.*",
+        "offload_param": "offload=cpu|nvme and offload.params",
+    },
+    "fp16": {
+        "enabled": "precision=fp16",
+        **{f.name: f"precision.{f.name}" for f in dataclasses.fields(PrecisionConf) if f.name != "dtype"},
+    },
+    "bf16": {"enabled": "precision=bf16"},
 }
 
 
@@ -97,9 +114,13 @@ def check(cfg: Config) -> None:
 def _check_deepspeed_keys(cfg: Config) -> None:
     """deepspeed.<key> is for what no group covers: a covered key would fight the group's value
     (the plan writes each shared value once, into DeepSpeed and the Trainer alike)."""
-    for key in cfg.deepspeed:
+    for key, value in cfg.deepspeed.items():
         if key in COVERED:
             raise ConfigError(f"deepspeed.{key}", "a config group sets it", f"use {COVERED[key]}")
+        planned = PARTLY_COVERED.get(key, {})
+        for sub in value if isinstance(value, dict) else {}:
+            if sub in planned:
+                raise ConfigError(f"deepspeed.{key}.{sub}", "a config group sets it", f"use {planned[sub]}")
 
 
 def _check_ranges(cfg: Config) -> None:

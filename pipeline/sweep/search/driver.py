@@ -12,7 +12,7 @@ import optuna
 from hydra._internal.utils import get_args_parser
 
 from pipeline import track
-from pipeline.check import compose, inputs
+from pipeline.check import compose, ds_json, inputs
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Terminated, why_stopped
 from pipeline.sweep.search import study as studies
@@ -270,7 +270,9 @@ class Search:
             f"{best.step_s * 1000:.1f} ms/step, {best.metrics.get('avg_tokens_per_s', 0):,.0f} tokens/s.\n"
         )
         header += f"Trains: {winner.train_command(self.cfg.outputs_dir, name)}\nSame as: {command}"
-        text = winner.recipe(user, self.space.overrides(best.point), header)
+        # A recipe stands alone: a deepspeed_config's recipe goes in as its own overrides.
+        standalone = ds_json.inlined(user, self.cfg.outputs_dir)
+        text = winner.recipe(standalone, self.space.overrides(best.point), header)
         path = winner.write_recipe(self.cfg.outputs_dir, name, text, self.ledger.sweep_dir)
         store, parent = self.ledger.store, self.ledger.parent
         store.tag(parent, {track.SEARCH_WINNER: best.run_id})
