@@ -63,6 +63,15 @@ class Dtype(Enum):
     fp16 = "fp16"
 
 
+class PeftMethod(Enum):
+    """What a run trains: every weight, or a LoRA adapter on a frozen base (qlora: the base in 4 bits,
+    bitsandbytes, on a CUDA GPU)."""
+
+    none = "none"
+    lora = "lora"
+    qlora = "qlora"
+
+
 class WarmupType(Enum):
     """How DeepSpeed's warmup schedulers rise to the lr: its WARMUP_LOG_RATE and WARMUP_LINEAR_RATE
     (deepspeed.runtime.lr_schedules; a test holds them equal). DeepSpeed takes a misspelt one for log
@@ -297,6 +306,37 @@ class ModelConf:
 
 
 @dataclass
+class PeftConf:
+    """peft=lora|qlora: a LoRA adapter (the peft library) trained on the frozen model; peft=none trains
+    every weight. The adapter lands in <run dir>/adapter/ (trainer.merge_adapter: the merged model too)."""
+
+    method: PeftMethod = PeftMethod.none
+    # The adapter's rank, and its scale alpha / r on the update.
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    # Module names (or name suffixes) that get an adapter; None: every linear layer of the architecture
+    # but the output layer (peft's "all-linear").
+    target_modules: list[str] | None = None
+    # Modules trained whole and saved with the adapter (e.g. [lm_head, embed_tokens] for new tokens).
+    modules_to_save: list[str] = field(default_factory=list)
+    # qlora: the 4-bit data type of the frozen base (nf4 or fp4) and its quantized quantization constants.
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+    # The least value of each count and size.
+    AT_LEAST: ClassVar[dict[str, int]] = {"r": 1}
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != PeftMethod.none
+
+    @property
+    def quantized(self) -> bool:
+        return self.method == PeftMethod.qlora
+
+
+@dataclass
 class DataConf:
     source: DataSource = DataSource.text
     # source=text: a text file; relative paths are taken from the project root.
@@ -386,6 +426,9 @@ class TrainerConf:
     save_model: bool = True
     # Also write fp32 weights, from a ZeRO checkpoint (DeepSpeed's zero_to_fp32), to <run dir>/model_fp32/.
     export_fp32: bool = False
+    # peft=lora|qlora: also write the base with the adapter merged into it, a plain Hugging Face model
+    # directory, to <run dir>/model/ (the adapter alone is always saved, to <run dir>/adapter/).
+    merge_adapter: bool = False
 
     # The least value of each count and size.
     AT_LEAST: ClassVar[dict[str, int]] = {
@@ -505,6 +548,7 @@ class Config:
     scheduler: SchedulerConf = field(default_factory=SchedulerConf)
     model: ModelConf = field(default_factory=ModelConf)
     data: DataConf = field(default_factory=DataConf)
+    peft: PeftConf = field(default_factory=PeftConf)
     trainer: TrainerConf = field(default_factory=TrainerConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     launcher: LauncherConf = field(default_factory=LauncherConf)

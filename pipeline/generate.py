@@ -3,7 +3,8 @@
     python -m pipeline.generate <run id | run dir | model dir> "a prompt" [--max-new-tokens N] [--zero3]
 
 A run id is looked up in the MLflow store (--outputs-dir / --tracking-uri, as pipeline.ui): its
-run dir's model/ if this machine has it, else the model the run logged. The completion is
+run dir's model/ if this machine has it, else the model the run logged. A LoRA run (peft=lora|qlora)
+without a merged model/ is read from its adapter/, on the base the adapter names. The completion is
 greedy. --zero3 (or, on a GPU, a model larger than the GPU's free memory) partitions the weights
 with DeepSpeed ZeRO-3 inference, parameters offloaded to host memory.
 """
@@ -21,25 +22,34 @@ from pipeline.launch import local
 
 
 def model_dir(target: str, uri: str, scratch: Path) -> Path:
-    """The model directory a run id, a run dir or a model dir names."""
+    """The model (or adapter) directory a run id, a run dir, a model dir or an adapter dir names."""
     path = Path(target)
-    if (path / "config.json").exists():
-        return path
-    if (path / "model" / "config.json").exists():
-        return path / "model"
+    found = _saved_in(path)
+    if found is not None:
+        return found
     if path.exists():
-        raise SystemExit(f"error: {path} holds no trained model (model/config.json)")
+        raise SystemExit(f"error: {path} holds no trained model (model/config.json or adapter/)")
     store = track.Store(uri)
     run = store.find(target)
     if run is None:
         raise SystemExit(f"error: {target} is neither a model dir, a run dir, nor a run in {uri}")
-    local = Path(run.tags.get(track.OUTPUT_DIR, "")) / "model"
-    if (local / "config.json").exists():
+    local = _saved_in(Path(run.tags.get(track.OUTPUT_DIR, "")))
+    if local is not None:
         return local
-    return store.download(target, "model", scratch)
+    logged = {a.path for a in store.client.list_artifacts(run.info.run_id)}
+    return store.download(target, "model" if "model" in logged else "adapter", scratch)
+
+
+def _saved_in(path: Path) -> Path | None:
+    """The model or adapter a dir is, or its run's merged model/ (first) or adapter/."""
+    for candidate in (path, path / "model", path / "adapter"):
+        if (candidate / "config.json").exists() or (candidate / "adapter_config.json").exists():
+            return candidate
+    return None
 
 
 def load(path: Path, zero3: bool) -> PreTrainedModel:
+    """The model, or an adapter on its base (transformers loads the base the adapter names, then it)."""
     if zero3 or _too_big(path):
         return _zero3(path)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -67,8 +67,13 @@ class Job:
     def fp32_dir(self) -> Path:
         return self.out / "model_fp32"
 
+    @property
+    def adapter_dir(self) -> Path:
+        """peft=lora|qlora: the adapter (PeftModel.from_pretrained loads it on its base)."""
+        return self.out / "adapter"
+
     def saved_models(self) -> list[Path]:
-        return [d for d in (self.model_dir, self.fp32_dir) if d.is_dir()]
+        return [d for d in (self.model_dir, self.fp32_dir, self.adapter_dir) if d.is_dir()]
 
 
 @dataclass

@@ -4,6 +4,7 @@ offload puts states there, host memory. A point that does not fit never starts: 
 refused, a sweep's point is skipped (recorded as such); check_fit=false starts it anyway."""
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,11 @@ from pipeline.check import rules
 from pipeline.config import GIB, Config, OffloadDevice
 from pipeline.errors import ConfigError
 from pipeline.plan.memory import MemoryPlan
+
+# ZeRO-2 against ZeRO-3 in tokens/s, the 1B Llama on one H100, full fine-tune: 0.196 s a step against 0.417
+# (benchmarks/RESULTS.md, first and second sessions). ZeRO-3 gathers every weight each forward and
+# backward, frozen or not, so LoRA keeps that cost while its optimizer step all but vanishes.
+ZERO2_SPEEDUP = 2.1
 
 
 @dataclass
@@ -64,10 +70,27 @@ def refusal(cfg: Config, memory: MemoryPlan, runs_here: bool) -> ConfigError | N
     capacity = Capacity.of(cfg, runs_here)
     problem = shortfall(cfg, memory, capacity)
     if problem is None:
+        note = zero2_note(cfg, capacity)
+        if note:
+            print(note, file=sys.stderr)
         return None
     fixes = [change for change, variant in _variants(cfg) if _fits(variant, capacity)]
     fix = f"use {_either(fixes) if fixes else _fallback(cfg, memory, capacity)}"
     return ConfigError("memory", problem, f"{fix}; check_fit=false starts it anyway")
+
+
+def zero2_note(cfg: Config, capacity: Capacity) -> str | None:
+    """LoRA on ZeRO-3 whose base fits each GPU under ZeRO-2 as well: one line suggesting ZeRO-2, which
+    does not gather the frozen weights every step. None otherwise (or where the GPU is not known)."""
+    if not cfg.peft.enabled or cfg.zero.stage != 3 or capacity.gpu is None:
+        return None
+    change, variant = _variant(cfg, "zero=stage2", "zero", stage=2)
+    if not _fits(variant, capacity):
+        return None
+    return (
+        f"note: zero: {cfg.peft.method.value} on ZeRO-3, but its base fits each GPU under ZeRO-2 as well: "
+        f"{change} skips gathering the frozen weights every step, expect ~{ZERO2_SPEEDUP}x the tokens/s"
+    )
 
 
 def _fallback(cfg: Config, memory: MemoryPlan, capacity: Capacity) -> str:

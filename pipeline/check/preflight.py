@@ -158,6 +158,12 @@ def _check_accelerator(cfg: Config) -> None:
             "fp16 needs a GPU (DeepSpeed on CPU has no fp16)",
             "use precision=bf16 or precision=fp32 here, or dry_run=true to check the plan",
         )
+    if cfg.peft.quantized and gpus == 0:
+        raise ConfigError(
+            "peft",
+            "qlora needs a CUDA GPU (bitsandbytes' 4-bit layers run on CUDA only)",
+            "use peft=lora here, or dry_run=true to check the plan",
+        )
     cores = len(os.sched_getaffinity(0))
     if not gpus and cfg.trainer.nproc_per_node > cores:
         raise ConfigError(

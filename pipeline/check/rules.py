@@ -19,6 +19,7 @@ from pipeline.config import (
     ModelSource,
     OffloadConf,
     OffloadDevice,
+    PeftConf,
     PrecisionConf,
     Provider,
     SchedulerConf,
@@ -109,6 +110,7 @@ def check(cfg: Config) -> None:
     _check_model(cfg)
     _check_data(cfg)
     _check_saving(cfg)
+    _check_peft(cfg)
 
 
 def _check_deepspeed_keys(cfg: Config) -> None:
@@ -176,6 +178,7 @@ RANGED = (
     ("offload.aio", AioConf),
     ("launcher", LauncherConf),
     ("precision", PrecisionConf),
+    ("peft", PeftConf),
 )
 MINIMUMS = [
     (f"{group}.{key}", least)
@@ -366,4 +369,46 @@ def _check_saving(cfg: Config) -> None:
             "zero.stage3_gather_16bit_weights_on_model_save",
             "ZeRO-3 cannot save the trained model whole without it",
             "set it true, or trainer.save_model=false (with trainer.export_fp32=true for fp32 weights)",
+        )
+
+
+# bitsandbytes' 4-bit data types (BitsAndBytesConfig.bnb_4bit_quant_type).
+QUANT_TYPES = ("nf4", "fp4")
+
+
+def _check_peft(cfg: Config) -> None:
+    """The adapter's own values (peft would train on a negative alpha or a dropout of 1 without a word),
+    and what DeepSpeed cannot do with a 4-bit base."""
+    p = cfg.peft
+    if cfg.trainer.merge_adapter and not p.enabled:
+        raise ConfigError(
+            "trainer.merge_adapter", "there is no adapter to merge (peft=none)", "use peft=lora or peft=qlora"
+        )
+    if not p.enabled:
+        return
+    if not (math.isfinite(p.alpha) and p.alpha > 0):
+        raise ConfigError(
+            "peft.alpha", f"must be a finite number above 0, got {p.alpha}", "set e.g. peft.alpha=32"
+        )
+    if not 0 <= p.dropout < 1:
+        raise ConfigError("peft.dropout", f"must be in [0, 1), got {p.dropout}", "set e.g. peft.dropout=0.05")
+    if p.target_modules is not None and not p.target_modules:
+        raise ConfigError(
+            "peft.target_modules",
+            "an empty list adapts nothing",
+            "name its layers, or leave it unset for all",
+        )
+    if not p.quantized:
+        return
+    if p.quant_type not in QUANT_TYPES:
+        raise ConfigError(
+            "peft.quant_type", f"bitsandbytes has no 4-bit type '{p.quant_type}'", "use nf4 or fp4"
+        )
+    if cfg.offload.device == OffloadDevice.nvme:
+        # ZeRO-Infinity swaps parameters through its own flat buffers; the 4-bit weights' quantization
+        # state (bitsandbytes' Params4bit.quant_state) does not go with them.
+        raise ConfigError(
+            "offload.device",
+            "QLoRA's 4-bit base cannot be swapped to NVMe by DeepSpeed",
+            "use offload=cpu or offload=none with peft=qlora, or peft=lora",
         )

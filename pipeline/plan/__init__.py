@@ -2,6 +2,7 @@
 truth) and the memory it needs (memory.py), from the composed config and the model's shape (read
 from its config, never its weights)."""
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,17 +27,26 @@ def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
 
     model_cfg = model.model_config(cfg, tokenizer.BYTE_VOCAB)
     params, largest = model.sizes(model_cfg)
+    shape = memory.ModelShape(
+        params, largest, model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
+    )
+    if cfg.peft.enabled:
+        from pipeline.rank import adapter  # peft: only where an adapter is asked for
+
+        sized = adapter.sizes(cfg, model_cfg)
+        shape = dataclasses.replace(
+            shape,
+            params=sized.params,
+            trainable=sized.trainable,
+            quantized=sized.quantized,
+            adapted_inputs=sized.adapted_inputs,
+        )
     ds = settings.deepspeed_config(cfg, model_cfg.hidden_size)
     return Plan(
         deepspeed=ds,
         training_args=settings.training_args(cfg, ds, output_dir, use_cpu),
         world_size=cfg.world_size,
-        params=params,
-        flops_per_token=model.flops_per_token(model_cfg, params, cfg.data.seq_len),
-        memory=memory.estimate(
-            cfg,
-            memory.ModelShape(
-                params, largest, model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
-            ),
-        ),
+        params=shape.params,
+        flops_per_token=model.flops_per_token(model_cfg, shape.params, cfg.data.seq_len, shape.trainable),
+        memory=memory.estimate(cfg, shape),
     )

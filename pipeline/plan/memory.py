@@ -8,6 +8,7 @@ that live through it, ZeRO's communication buckets, and everything the forward p
 against those peaks (tests/test_memory.py holds the table; the bar is 10%).
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from pipeline.config import GIB, Config, OffloadDevice
@@ -42,6 +43,14 @@ ACTIVATION_BYTES, CHECKPOINTED_BYTES = 34, 2
 # returns (2), their fp32 log-softmax (4), its gradient and the logits' fp32 gradient (4 + 4);
 # 12 in all fits the measured peaks (the fp32 upcast and the softmax gradient do not overlap fully).
 LOGIT_BYTES = 12
+# peft=lora|qlora: the trainable parameters (the adapter) go through DeepSpeed's estimators as a model of
+# their own; the frozen base has no gradients, no fp32 master and no optimizer states, only its weights:
+# 16 bits under bf16/fp16 (DeepSpeed casts the module), 32 under fp32, and under QLoRA 4-bit nf4 with a
+# blocksize-64 fp32 absmax double-quantized to 8 bits (a 256-block fp32 second level): 0.5 + 1/64 +
+# 4/(64*256) bytes a weight. Not yet held against a GPU peak (issue 33 item 5).
+QLORA_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+# LoRA's dropout saves, for each adapted layer, its dropped-out input in 16 bits and the mask (1 byte).
+LORA_DROPOUT_BYTES = 3
 # torch.compile fuses elementwise ops and keeps fewer intermediates: 0.68 of the eager bytes
 # (measured: ZeRO-2 micro batch 16 and 32 on 1 and 2 GPUs, ZeRO-3 resident, both offloads).
 COMPILED_FRACTION = 0.68
@@ -73,6 +82,21 @@ class ModelShape:
     hidden: int
     layers: int
     vocab: int
+    # peft: the trainable parameters (None: all), the base weights stored in 4 bits (QLoRA), and the
+    # inputs of the adapted layers per layer per token (LoRA's dropout keeps a copy of each).
+    trainable: int | None = None
+    quantized: int = 0
+    adapted_inputs: int = 0
+
+    @property
+    def trained(self) -> int:
+        """Parameters with gradients, fp32 master weights and optimizer states."""
+        return self.params if self.trainable is None else self.trainable
+
+    def frozen_bytes(self, half: bool) -> int:
+        """The frozen base's weights: 16-bit (32 under fp32), the quantized ones in 4 bits."""
+        plain = self.params - self.trained - self.quantized
+        return int(plain * (2 if half else 4) + self.quantized * QLORA_BYTES)
 
 
 def estimate(cfg: Config, shape: ModelShape) -> MemoryPlan:
@@ -80,8 +104,9 @@ def estimate(cfg: Config, shape: ModelShape) -> MemoryPlan:
     nvme = 0
     if cfg.offload.device == OffloadDevice.nvme:
         # What leaves host memory for the drive: optimizer states and parameters, this node's share.
-        nvme = STATE_BYTES_PER_PARAM * shape.params // cfg.trainer.nnodes
-        host = nvme_host_bytes(cfg, shape.params)
+        frozen = shape.frozen_bytes(cfg.precision.half) if cfg.offloads_params else 0
+        nvme = (STATE_BYTES_PER_PARAM * shape.trained + frozen) // cfg.trainer.nnodes
+        host = nvme_host_bytes(cfg, shape.trained)
     return MemoryPlan(
         gpu_model_states=int(gpu),
         gpu_buffers=bucket_bytes(cfg),
@@ -105,9 +130,31 @@ def nvme_host_bytes(cfg: Config, params: int) -> int:
 
 
 def model_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
-    """(host, per GPU) bytes of model states during backward, from DeepSpeed's estimators."""
+    """(host, per GPU) bytes of model states during backward: the trained parameters' from DeepSpeed's
+    estimators, and a frozen base's weights (peft) where ZeRO keeps them."""
+    host, gpu = trained_states(cfg, shape)
+    frozen = shape.frozen_bytes(cfg.precision.half)
+    if not frozen:
+        return host, gpu
+    # The base still loads as a whole model does (fp32, DeepSpeed's estimate without offload): the host
+    # holds at least that, however small the adapter's offloaded states.
+    whole = dataclasses.replace(shape, trainable=None, quantized=0)
+    unloaded = dataclasses.replace(cfg, offload=dataclasses.replace(cfg.offload, device=OffloadDevice.none))
+    host = max(host, trained_states(unloaded, whole)[0])
+    if cfg.zero.stage < 3:  # ZeRO-0/1/2 partition what the optimizer holds: frozen weights stay whole
+        return host, gpu + frozen
+    live = min(shape.params - shape.trained, cfg.zero.stage3_max_live_parameters)
+    gathered = int(frozen * live / (shape.params - shape.trained))  # what ZeRO-3 gathers of the base
+    if cfg.offloads_params:  # each rank's partition of the base waits in its node's host memory
+        return host + frozen // cfg.trainer.nnodes, gpu + gathered
+    return host, gpu + frozen // cfg.world_size + gathered
+
+
+def trained_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
+    """(host, per GPU) bytes of the trained parameters' states during backward, from DeepSpeed's
+    estimators (all parameters without an adapter)."""
     ranks, nodes = cfg.trainer.nproc_per_node, cfg.trainer.nnodes
-    params, stage = shape.params, cfg.zero.stage
+    params, stage = shape.trained, cfg.zero.stage
     to_cpu = cfg.offloads_optimizer
     if stage == 3:
         from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
@@ -160,5 +207,7 @@ def activation_bytes(cfg: Config, shape: ModelShape) -> int:
     else:
         layers = ACTIVATION_BYTES * tokens * shape.hidden * shape.layers
     logits = (LOGIT_BYTES + (0 if cfg.precision.half else 2)) * tokens * shape.vocab
+    if cfg.peft.enabled and cfg.peft.dropout > 0:
+        layers += LORA_DROPOUT_BYTES * shape.adapted_inputs * tokens * shape.layers
     saved = layers * fp32_factor + logits
     return int(saved * COMPILED_FRACTION) if t.torch_compile else saved

@@ -53,6 +53,11 @@ def build(cfg: Config, config: PretrainedConfig) -> PreTrainedModel:
     return AutoModelForCausalLM.from_config(config)
 
 
-def flops_per_token(config: PretrainedConfig, params: int, seq_len: int) -> float:
-    """Model FLOPs per trained token, the reference's formula: 6 N + 12 L h s."""
-    return 6 * params + 12 * config.num_hidden_layers * config.hidden_size * seq_len
+def flops_per_token(
+    config: PretrainedConfig, params: int, seq_len: int, trainable: int | None = None
+) -> float:
+    """Model FLOPs per trained token, the reference's formula: 6 N + 12 L h s. With an adapter (trainable
+    of the params), the frozen weights take no weight gradient: 2 N forward, 2 N for the input
+    gradients, 2 T for the trainable weights' gradients."""
+    weights = 6 * params if trainable is None else 4 * params + 2 * trainable
+    return weights + 12 * config.num_hidden_layers * config.hidden_size * seq_len

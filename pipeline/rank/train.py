@@ -94,7 +94,14 @@ class Training:
 def model_and_arguments(job: Job, arch: PretrainedConfig) -> tuple[PreTrainedModel, TrainingArguments]:
     """The model and the Trainer's arguments, in the order the model's partitioning needs."""
     cfg = job.cfg
-    if cfg.model.zero3_init or cfg.model.source == ModelSource.pretrained:
+    if cfg.peft.enabled:
+        from pipeline.rank import adapter  # peft: only where an adapter is asked for
+
+        base = adapter.base_path(cfg, job.out, arch)
+        # Arguments first, as for a pretrained model: under ZeRO-3 the base loads partitioned.
+        args = TrainingArguments(**job.training_args)
+        net = adapter.load(cfg, base)
+    elif cfg.model.zero3_init or cfg.model.source == ModelSource.pretrained:
         # Arguments first: their live DeepSpeed config makes HF build or load the model already
         # partitioned under ZeRO-3 (zero.Init), so each rank holds its share only.
         args = TrainingArguments(**job.training_args)
@@ -112,7 +119,9 @@ def save(trainer: Trainer, job: Job, is_main: bool) -> None:
     """The trained model and its tokenizer as a Hugging Face model directory (every rank takes part:
     ZeRO-3 gathers the 16-bit weights); with export_fp32, fp32 weights from a ZeRO checkpoint."""
     t = job.cfg.trainer
-    if t.save_model:
+    if t.save_model and job.cfg.peft.enabled:
+        save_adapter(trainer, job, is_main)
+    elif t.save_model:
         trainer.save_model(str(job.model_dir))
         if is_main:
             tokenizer.load(job.cfg).save_pretrained(str(job.model_dir))
@@ -128,6 +137,20 @@ def save(trainer: Trainer, job: Job, is_main: bool) -> None:
             tokenizer.load(job.cfg).save_pretrained(str(job.fp32_dir))
     if dist.is_initialized():
         dist.barrier()  # the files are complete before any rank returns
+
+
+def save_adapter(trainer: Trainer, job: Job, is_main: bool) -> None:
+    """The adapter alone (the Trainer gathers its 16-bit weights under ZeRO-3, every rank taking part)
+    with the tokenizer, to <run dir>/adapter/; with trainer.merge_adapter, the merged model to model/."""
+    from pipeline.rank import adapter
+
+    trainer.save_model(str(job.adapter_dir))
+    if not is_main:
+        return
+    tokenizer.load(job.cfg).save_pretrained(str(job.adapter_dir))
+    if job.cfg.trainer.merge_adapter:
+        adapter.merge(job.adapter_dir, job.model_dir, adapter.compute_dtype(job.cfg))
+        tokenizer.load(job.cfg).save_pretrained(str(job.model_dir))
 
 
 class FreezeHeap(TrainerCallback):
