@@ -3,6 +3,7 @@ on (the pretrained model, or a built one saved once to <run dir>/base/ so that t
 loaded on it again), the model wrapped with it, its sizes counted on the meta device for the plan,
 and the merged model. bitsandbytes is imported only under qlora (by transformers, on loading)."""
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -140,8 +141,10 @@ def load(cfg: Config, base: str) -> PeftModel:
     if cfg.peft.quantized:
         from peft import prepare_model_for_kbit_training
 
+        # bitsandbytes quantizes as the weights reach the GPU: this rank's, unless ZeRO-3 places them.
+        place = None if cfg.zero.stage == 3 else {"": int(os.environ.get("LOCAL_RANK", "0"))}
         net = AutoModelForCausalLM.from_pretrained(
-            base, quantization_config=quantization(cfg), dtype=compute_dtype(cfg)
+            base, quantization_config=quantization(cfg), dtype=compute_dtype(cfg), device_map=place
         )
         net = prepare_model_for_kbit_training(net, cfg.trainer.gradient_checkpointing)
     else:
@@ -156,10 +159,6 @@ def merge(adapter_dir: Path, model_dir: Path, dtype: torch.dtype) -> None:
     unset_hf_deepspeed_config()  # a live ZeRO-3 config would make from_pretrained partition it
     merged = AutoPeftModelForCausalLM.from_pretrained(adapter_dir, dtype=dtype).merge_and_unload()
     merged.save_pretrained(model_dir)
-
-
-def is_adapter(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file()
 
 
 def reload(path: Path) -> PreTrainedModel:
