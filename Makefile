@@ -36,4 +36,5 @@ format: install
 	$(PY) -m ruff check --fix .
 
 test: install system-deps lint
-	$(PY) -m pytest --durations=15
+	# Two workers, a test file each at a time (a file's fixtures are built once); the Slurm file first.
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15

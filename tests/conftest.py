@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,60 @@ from helpers import MlflowServer, Own, Sweep, make_own, ok, run_pipeline
 # two ranks), spinning threads take the cores from the working ones. Measured, 3 tiny runs at once:
 # 3.5 s a step (60 ms alone), 0.14 s with PASSIVE; alone, the same run time either way.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# DeepSpeed's CPU ops, in the order the suite first needs them: the CPU FusedAdam (every training),
+# gloo's shared-memory allreduce (two ranks), CPU Adam (offload), and NVMe's (pinned memory, aio).
+OPS = ("FusedAdamBuilder", "ShareMemCommBuilder", "CPUAdamBuilder", "PinMemoryBuilder", "AsyncIOBuilder")
+BUILD_OPS = f"""
+from deepspeed.accelerator import get_accelerator
+from pipeline.rank import cpu_probe
+cpu_probe.remember()  # the ranks' compiler flags, so that they load these builds
+for name in {OPS!r}:
+    get_accelerator().create_op_builder(name).load(verbose=False)
+"""
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """On a fresh machine DeepSpeed compiles its CPU ops (~7 min of CPU on 2 cores) inside the first
+    test that needs each. When tests train, the ops are built from the start instead, beside the
+    tests: a test needing one waits on torch's build lock for the rest of that op's build."""
+    trains = any(item.get_closest_marker("slow") for item in session.items)
+    if trains and not hasattr(session.config, "workerinput"):
+        _build_ops(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """Under xdist the controller collects nothing: it builds the ops once, for all its workers."""
+    if ids:
+        _build_ops(node.config)
+
+
+def _build_ops(config: pytest.Config) -> None:
+    if _BUILD in config.stash or config.option.collectonly:
+        return
+    log = open(config.rootpath / "outputs" / "deepspeed-ops-build.log", "w")  # noqa: SIM115
+    config.stash[_BUILD] = subprocess.Popen(
+        [sys.executable, "-c", BUILD_OPS], stdout=log, stderr=subprocess.STDOUT, cwd=config.rootpath
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """An unfinished build is interrupted, never killed: torch releases its build lock on the way out
+    (a lock left behind would make every later load wait forever)."""
+    build = config.stash.get(_BUILD, None)
+    if build is not None and build.poll() is None:
+        build.send_signal(signal.SIGINT)
+        build.wait()
+
+
+_BUILD = pytest.StashKey[subprocess.Popen]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Slurm tests first: under `-n 2 --dist loadfile` their file is one worker's longest stretch,
+    mostly spent waiting on the cluster, which the other worker's tests fill."""
+    items.sort(key=lambda item: item.path.name != "test_slurm.py")
 
 
 @pytest.fixture
