@@ -47,6 +47,13 @@ class ModelSource(Enum):
     pretrained = "pretrained"  # model.name_or_path, loaded with from_pretrained
 
 
+class Architecture(Enum):
+    """The blocks of a model built from sizes (model.source=built)."""
+
+    llama = "llama"  # rotary positions, RMSNorm, gated SiLU MLP (GQA and head_dim from the sizes)
+    gpt2 = "gpt2"  # learned positions, LayerNorm, GELU MLP of intermediate_size, dropout 0.1
+
+
 class DataFormat(Enum):
     text = "text"  # documents, tokenized and packed into seq_len blocks
     prompt_completion = "prompt_completion"  # pairs; the loss is on the completion only
@@ -289,6 +296,9 @@ class ModelConf:
     vocab_size: int | None = None
     attn_implementation: str = "sdpa"
     tie_word_embeddings: bool = False
+    architecture: Architecture = Architecture.llama
+    # llama: the attention heads' width; None: hidden_size / num_attention_heads.
+    head_dim: int | None = None
     # ZeRO-3 only: build the model already partitioned (deepspeed.zero.Init), for models one
     # rank's host memory cannot hold whole. Its initial weights differ from the other stages'
     # for the same seed, so by default the model is built whole and partitioned at start.
@@ -302,6 +312,7 @@ class ModelConf:
         "num_attention_heads": 1,
         "num_key_value_heads": 1,
         "vocab_size": 1,
+        "head_dim": 1,
     }
 
 

@@ -71,3 +71,77 @@ def test_the_plan_is_within_10_percent_of_the_measured_peak(overrides, peak_gib,
     assert abs(planned / peak_gib - 1) <= 0.10, (
         f"{figure}: plan {planned:.1f} GiB, measured {peak_gib} ({where})"
     )
+
+
+# Issue 34's plan fixes, each against DeepSpeed 0.19.8's code (pipeline/plan/memory.py cites it): pure plan
+# logic, no measured figures. A 6.7B-shaped Llama on 64 GPUs (8 nodes x 8), where ZeRO's terms differ.
+SCALE = [
+    "model=llama_7b",
+    "data=random_tokens",
+    "optimizer=adamw",
+    "trainer.nproc_per_node=8",
+    "trainer.nnodes=8",
+]
+
+
+def planned(*overrides: str, base: list[str] = SCALE) -> plan.Plan:
+    return plan.make(compose_point([*base, *overrides]), Path("/tmp/zerosweep-plan"), use_cpu=True)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
+def test_zero1_holds_every_gradient_whole_between_micro_steps(precision):
+    one = planned("zero=stage1", f"precision={precision}")
+    four = planned("zero=stage1", f"precision={precision}", "trainer.gradient_accumulation_steps=4")
+    grad = 4 if precision == "fp32" else 2
+    held = grad * one.params - grad * one.params // 64  # the whole gradients, less the counted partition
+    assert four.memory.gpu_model_states - one.memory.gpu_model_states == held
+    # ZeRO-2 partitions (reduces and frees) the gradients every micro-step: accumulation changes nothing.
+    two = [planned("zero=stage2", f"trainer.gradient_accumulation_steps={n}").memory for n in (1, 4)]
+    assert two[0].gpu_model_states == two[1].gpu_model_states
+
+
+@pytest.mark.parametrize(
+    ("overrides", "per_param"),
+    [
+        (["precision=fp16"], 16),  # FP16_Optimizer
+        (["precision=bf16"], 16),  # FP16_Optimizer too (DDP_BFLOAT16)
+        (["precision=fp32"], 16),  # no wrapper: fp32 weights, gradients, Adam
+        (["precision=bf16", "++deepspeed.data_types.grad_accum_dtype=fp32"], 18),  # BF16_Optimizer
+    ],
+)
+def test_zero0_bytes_a_parameter_follow_the_optimizer_deepspeed_picks(overrides, per_param):
+    one_gpu = [o for o in BENCH if not o.startswith("precision=")]
+    p = planned("zero=stage0", *overrides, base=one_gpu)
+    assert p.memory.gpu_model_states == per_param * p.params
+
+
+def test_zero3_keeps_what_the_reuse_distance_keeps_and_live_parameters_bound_the_prefetch_only():
+    default = planned("zero=stage3", "precision=bf16").memory.gpu_model_states
+    # stage3_max_live_parameters caps the prefetch (the auto bucket, 0.9 x 4096^2, is smaller still).
+    fewer_live = planned("zero=stage3", "precision=bf16", "zero.stage3_max_live_parameters=100000000")
+    assert fewer_live.memory.gpu_model_states == default
+    # A shorter reuse distance releases gathered weights sooner: 3 bytes (memory.ZERO3_GATHERED_BYTES)
+    # less per parameter it no longer keeps.
+    shorter = planned("zero=stage3", "precision=bf16", "zero.stage3_max_reuse_distance=200000000")
+    assert default - shorter.memory.gpu_model_states == 3 * (10**9 - 2 * 10**8)
+    # Never fewer than the largest layer (the module running): the 32000 x 4096 embedding.
+    tiny = planned("zero=stage3", "precision=bf16", "zero.stage3_max_reuse_distance=1000")
+    smaller = planned("zero=stage3", "precision=bf16", "zero.stage3_max_reuse_distance=0")
+    assert tiny.memory.gpu_model_states == smaller.memory.gpu_model_states
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "largest"),
+    [
+        # 36 blocks, wte 50257 x 1280 tied to the head (counted once), wpe 2048 x 1280 (learned positions).
+        ("gpt2_large", 774_030_080 + (2048 - 1024) * 1280, 50257 * 1280),
+        # 12 blocks of GQA attention 3072 wide (head_dim 192) on a 2048 hidden, the 256k embedding tied.
+        ("llama_bigvocab", 1_317_062_656, 256_000 * 2048),
+        ("llama_7b", 6_738_415_616, 32000 * 4096),
+    ],
+)
+def test_the_plan_counts_each_architectures_weights(model, params, largest):
+    p = planned("zero=stage3", "data.seq_len=2048", base=[f"model={model}", "data=random_tokens"])
+    assert p.params == params
+    # ZeRO-3's estimate takes the largest layer: with tied embeddings, the one embedding.
+    assert p.memory.gpu_model_states > 4 * largest

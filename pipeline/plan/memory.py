@@ -16,9 +16,14 @@ from pipeline.config import GIB, Config, OffloadDevice
 # Mixed-precision Adam keeps 16 bytes per parameter: fp16/bf16 weights and grads (2 + 2), fp32
 # master weights, momentum and variance (4 + 4 + 4); fp32 training the same 16 (4 + 4 + 8).
 STATE_BYTES_PER_PARAM = 16
-# ZeRO-0 with bf16 (DeepSpeed's BF16_Optimizer): 16-bit weights 2, fp32 master 4, fp32 gradient
-# accumulator 4, Adam 8; each 16-bit gradient is folded into the accumulator as it is made.
-ZERO0_BYTES_PER_PARAM = 18
+# ZeRO-0 in 16 bits: DeepSpeed 0.19.8's engine (`_do_optimizer_sanity_check`) wraps the optimizer in
+# FP16_Optimizer (fp16/fused_optimizer.py) for fp16 and, as DDP_BFLOAT16, for bf16 too: 16-bit weights
+# and gradients 2 + 2, fp32 master 4, Adam 8; its fp32 gradients exist in `step` only, after backward.
+# Only bf16 with data_types.grad_accum_dtype=fp32 takes the BF16_Optimizer: 16-bit weights 2, fp32
+# master 4, fp32 gradient accumulator 4 (each 16-bit gradient folded in as it is made), Adam 8.
+# fp32 training holds the same 16 (4 + 4 + 8). The 1B's ZeRO-0 and 1-GPU ZeRO-2 bf16 peaks are equal
+# (26.8 GiB, tests/test_memory.py), as 16 bytes each make them.
+ZERO0_BYTES_PER_PARAM, ZERO0_BF16_OPTIMIZER_BYTES = 16, 18
 # ZeRO-1/2 make the fp32 gradient partition (4 bytes a parameter, per rank) in the optimizer step
 # only, after backward has freed the activations: the backward peak does without it.
 FP32_GRAD_BYTES = 4
@@ -168,7 +173,7 @@ def trained_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
             cpu_offload_params=cfg.offloads_params,
             zero_init=True,
         )
-        live = min(params, cfg.zero.stage3_max_live_parameters)
+        live = zero3_live_params(cfg, shape)
         if cfg.offloads_params:
             weights, grads = ZERO3_OFFLOAD_GPU_BYTES
             return host, gpu + weights * live + grads * params // cfg.world_size
@@ -183,8 +188,43 @@ def trained_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
         host, gpu = estimate_zero2_model_states_mem_needs(params, ranks, nodes, cpu_offload=to_cpu)
         if to_cpu:  # the 16-bit gradients wait on the GPU for their copy to the host
             return host, gpu + 2 * params
-        return host, gpu - FP32_GRAD_BYTES * params // cfg.world_size
-    return 0, ZERO0_BYTES_PER_PARAM * params
+        return host, gpu - FP32_GRAD_BYTES * params // cfg.world_size + zero1_held_grads(cfg, params)
+    return 0, zero0_bytes_per_param(cfg) * params
+
+
+def zero0_bytes_per_param(cfg: Config) -> int:
+    """Model-state bytes per parameter under ZeRO-0 during backward (see ZERO0_BYTES_PER_PARAM)."""
+    accum = (cfg.deepspeed.get("data_types") or {}).get("grad_accum_dtype")
+    if cfg.precision.bf16 and accum in ("fp32", "float32", "float"):
+        return ZERO0_BF16_OPTIMIZER_BYTES
+    return ZERO0_BYTES_PER_PARAM
+
+
+def zero1_held_grads(cfg: Config, params: int) -> int:
+    """ZeRO-1 at gradient accumulation above 1: DeepSpeed 0.19.8 reduces and frees a gradient during
+    backward only when it partitions gradients (ZeRO-2) or at the accumulation boundary
+    (`reduce_ready_partitions_and_remove_grads`, stage_1_and_2.py), so between micro-steps each rank
+    holds every gradient whole: the full 16-bit (fp32: 32-bit) gradients in place of the partition
+    DeepSpeed's estimator counts."""
+    if cfg.zero.stage != 1 or cfg.trainer.gradient_accumulation_steps == 1:
+        return 0
+    grad = 2 if cfg.precision.half else 4
+    return grad * params - grad * params // cfg.world_size
+
+
+def zero3_live_params(cfg: Config, shape: ModelShape) -> int:
+    """Parameters ZeRO-3 holds gathered on a GPU at once, as DeepSpeed 0.19.8's parameter coordinator
+    (partitioned_param_coordinator.py) decides: after a module runs, its weights stay gathered while
+    they are used again within stage3_max_reuse_distance parameters of the trace (`__params_to_release`),
+    and `fetch_sub_module` prefetches ahead up to min(stage3_max_live_parameters less what is gathered,
+    stage3_prefetch_bucket_size): stage3_max_live_parameters bounds the prefetch only, never what is
+    kept for reuse. At least the largest layer (the module running); at most the model."""
+    z = cfg.zero
+    prefetch = z.stage3_prefetch_bucket_size
+    if prefetch is None:  # HF's "auto", as settings.zero_section derives it
+        prefetch = int(0.9 * shape.hidden * shape.hidden)
+    in_flight = min(z.stage3_max_live_parameters, prefetch)
+    return min(shape.trained, max(shape.largest_layer, z.stage3_max_reuse_distance + in_flight))
 
 
 def bucket_bytes(cfg: Config) -> int:

@@ -11,7 +11,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from pipeline.config import Config, ModelSource
+from pipeline.config import Architecture, Config, ModelSource
 
 
 def model_config(cfg: Config, vocab_size: int) -> PretrainedConfig:
@@ -19,6 +19,8 @@ def model_config(cfg: Config, vocab_size: int) -> PretrainedConfig:
     m = cfg.model
     if m.source == ModelSource.pretrained:
         return AutoConfig.from_pretrained(m.name_or_path)
+    if m.architecture == Architecture.gpt2:
+        return gpt2_config(cfg, vocab_size)
     return LlamaConfig(
         vocab_size=m.vocab_size or vocab_size,
         hidden_size=m.hidden_size,
@@ -27,6 +29,24 @@ def model_config(cfg: Config, vocab_size: int) -> PretrainedConfig:
         num_attention_heads=m.num_attention_heads,
         num_key_value_heads=m.num_key_value_heads or m.num_attention_heads,
         max_position_embeddings=cfg.data.seq_len,
+        tie_word_embeddings=m.tie_word_embeddings,
+        attn_implementation=m.attn_implementation,
+        head_dim=m.head_dim,
+    )
+
+
+def gpt2_config(cfg: Config, vocab_size: int) -> PretrainedConfig:
+    """model.architecture=gpt2: GPT-2's blocks (learned positions, one per token of data.seq_len)."""
+    from transformers import GPT2Config
+
+    m = cfg.model
+    return GPT2Config(
+        vocab_size=m.vocab_size or vocab_size,
+        n_embd=m.hidden_size,
+        n_inner=m.intermediate_size,
+        n_layer=m.num_hidden_layers,
+        n_head=m.num_attention_heads,
+        n_positions=cfg.data.seq_len,
         tie_word_embeddings=m.tie_word_embeddings,
         attn_implementation=m.attn_implementation,
     )
