@@ -102,3 +102,28 @@ def test_a_point_short_of_host_memory_is_told_what_would_fit_it(tmp_path, offloa
     cfg = compose_point(overrides)
     error = fit.refusal(cfg, plan.make(cfg, tmp_path, use_cpu=True).memory, runs_here=False)
     assert str(error).endswith(f"{refusal}; check_fit=false starts it anyway")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "gpu_gib", "fix"),
+    [
+        # The 6.7B-shaped Llama, ZeRO-3 on 64 GPUs: the weights kept gathered for reuse (up to 1e9) are
+        # half its 9.7 GiB; bounding them (and the prefetch) at 1e8 plans 7.2 GiB.
+        (
+            ["model=llama_7b", "zero=stage3", "trainer.nnodes=8"],
+            8,
+            "zero.stage3_max_live_parameters=100000000 zero.stage3_max_reuse_distance=100000000, ",
+        ),
+        # The 1B, ZeRO-2 on 8 GPUs with 2e9 reduce buckets: overlap_comm's second bucket is 3.7 GiB.
+        (
+            ["model=llama_1b", "zero=stage2", "zero.reduce_bucket_size=2000000000"],
+            10,
+            "zero.overlap_comm=false or zero.reduce_bucket_size=200000000;",
+        ),
+    ],
+)
+def test_a_point_whose_zero_knobs_dominate_is_told_them_first(tmp_path, overrides, gpu_gib, fix):
+    base = ["data=random_tokens", "precision=bf16", "trainer.micro_batch_size=1", "trainer.nproc_per_node=8"]
+    cfg = compose_point([*base, *overrides, f"launcher.gpu_mem_gib={gpu_gib}"])
+    error = fit.refusal(cfg, plan.make(cfg, tmp_path, use_cpu=True).memory, runs_here=False)
+    assert f"Fix: use {fix}" in str(error)

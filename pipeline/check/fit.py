@@ -19,6 +19,8 @@ from pipeline.plan.memory import MemoryPlan
 # (benchmarks/RESULTS.md, first and second sessions). ZeRO-3 gathers every weight each forward and
 # backward, frozen or not, so LoRA keeps that cost while its optimizer step all but vanishes.
 ZERO2_SPEEDUP = 2.1
+# The ZeRO-3 live and reuse bound a refusal suggests (a tenth of DeepSpeed's default, 1e9).
+LIVE = 100_000_000
 
 
 @dataclass
@@ -107,7 +109,7 @@ def _variants(cfg: Config) -> list[tuple[str, Config]]:
     """The usual ways to need less memory per GPU (or, on NVMe, on the host), each as the override
     that makes it."""
     z, t = cfg.zero, cfg.trainer
-    tried = []
+    tried = _knob_variants(cfg)
     if cfg.offload.device == OffloadDevice.none and z.stage > 0:
         tried.append(_variant(cfg, "offload=cpu", "offload", device=OffloadDevice.cpu))
     if z.stage < 3:
@@ -127,6 +129,33 @@ def _variants(cfg: Config) -> list[tuple[str, Config]]:
         tried.append(
             _variant(cfg, "trainer.gradient_checkpointing=true", "trainer", gradient_checkpointing=True)
         )
+    return tried
+
+
+def _knob_variants(cfg: Config) -> list[tuple[str, Config]]:
+    """The fixes that keep the stage and offload, first: ZeRO-3's gathered weights, bounded by
+    stage3_max_reuse_distance, and its prefetch, by stage3_max_live_parameters and
+    stage3_prefetch_bucket_size (memory.zero3_live_params, from DeepSpeed's parameter coordinator), and
+    the second reduce bucket overlap_comm allocates (memory.bucket_bytes)."""
+    z, tried = cfg.zero, []
+    if (
+        z.stage == 3
+        and not cfg.offloads_params
+        and min(z.stage3_max_reuse_distance, z.stage3_max_live_parameters) > LIVE
+    ):
+        override = f"zero.stage3_max_live_parameters={LIVE} zero.stage3_max_reuse_distance={LIVE}"
+        tried.append(
+            _variant(cfg, override, "zero", stage3_max_live_parameters=LIVE, stage3_max_reuse_distance=LIVE)
+        )
+    if z.stage == 3 and (z.stage3_prefetch_bucket_size or 0) > LIVE:
+        tenth = z.stage3_prefetch_bucket_size // 10
+        tried.append(
+            _variant(
+                cfg, f"zero.stage3_prefetch_bucket_size={tenth}", "zero", stage3_prefetch_bucket_size=tenth
+            )
+        )
+    if z.stage > 0 and z.overlap_comm and z.reduce_bucket_size and z.contiguous_gradients:
+        tried.append(_variant(cfg, "zero.overlap_comm=false", "zero", overlap_comm=False))
     return tried
 
 
