@@ -69,6 +69,9 @@ PRESETS: dict[str, tuple] = {
     # Activation checkpointing: the plan's activation term with it, against the measured peak.
     "z2+gc": ("z2", ["trainer.gradient_checkpointing=true"]),
     "z3+gc": ("z3", ["trainer.gradient_checkpointing=true"]),
+    # LoRA r=16 on every linear layer (issue 33): against the full fine-tune of its variant.
+    "z2+lora": ("z2", ["peft=lora", "peft.r=16"]),
+    "z3+lora": ("z3", ["peft=lora", "peft.r=16"]),
 }
 
 
