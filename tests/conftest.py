@@ -2,13 +2,16 @@
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+from filelock import FileLock
 
 from helpers import MlflowServer, Own, Sweep, make_own, ok, run_pipeline
 
@@ -64,6 +67,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         build.wait()
 
 
+T = TypeVar("T")
 _BUILD = pytest.StashKey[subprocess.Popen]()
 
 
@@ -80,11 +84,31 @@ def outputs(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
-    """Shared by the report and UI tests: training is the slow part."""
-    out = tmp_path_factory.mktemp("sweep") / "outputs"
-    result = ok(run_pipeline(out, "-m", "zero=stage1,stage2", "trainer.max_steps=6"))
-    (sweep_dir,) = [p.parent for p in out.glob("sweeps/*/sweep.json")]
-    return Sweep(out, sweep_dir, json.loads((sweep_dir / "sweep.json").read_text()), result.stdout)
+    """Shared by the report, UI and provenance tests (and their xdist workers): training is the slow part."""
+
+    def train(root: Path) -> Sweep:
+        out = root / "outputs"
+        result = ok(run_pipeline(out, "-m", "zero=stage1,stage2", "trainer.max_steps=6"))
+        (sweep_dir,) = [p.parent for p in out.glob("sweeps/*/sweep.json")]
+        return Sweep(out, sweep_dir, json.loads((sweep_dir / "sweep.json").read_text()), result.stdout)
+
+    return once_for_all_workers(tmp_path_factory, "sweep", train)
+
+
+def once_for_all_workers(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], T]) -> T:
+    """A session fixture's value made once for all of xdist's workers, as its docs advise: the first
+    worker to ask makes it, under a file lock in their common temp dir; the others read it back."""
+    root = factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # each worker's basetemp sits in the session's
+    kept = root / f"{name}.pickle"
+    with FileLock(root / f"{name}.lock"):
+        if kept.exists():
+            return pickle.loads(kept.read_bytes())
+        (root / name).mkdir()
+        value = make(root / name)
+        kept.write_bytes(pickle.dumps(value))
+        return value
 
 
 @pytest.fixture(scope="session")
