@@ -19,7 +19,7 @@ from hydra._internal.utils import get_args_parser
 from omegaconf import DictConfig
 
 from pipeline import launch
-from pipeline.check import compose, ds_json, rules
+from pipeline.check import compose, ds_recipe, rules
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Terminated, raise_terminated, why_stopped
 from pipeline.sweep import search
@@ -176,8 +176,8 @@ def open_deepspeed_keys(argv: list[str]) -> list[str]:
 
 def main() -> None:
     sys.argv[1:] = open_deepspeed_keys(sys.argv[1:])
-    try:  # deepspeed_config=ds.json: the file's keys as a recipe of the groups (check/ds_json.py)
-        sys.argv[1:] = ds_json.expand(sys.argv[1:])
+    try:  # deepspeed_config=ds.json: the file's keys as a recipe of the groups (check/ds_recipe.py)
+        sys.argv[1:] = ds_recipe.expand(sys.argv[1:])
     except ConfigError as e:
         _refuse([e])
     # Ctrl-C and a kill end the runs they stop as KILLED, saying why. SIGINT explicitly too: a

@@ -21,7 +21,7 @@ from deepspeed.runtime.config import DeepSpeedConfig
 from transformers import TrainingArguments
 from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-from pipeline.check import ds_json
+from pipeline.check import ds_json, ds_recipe
 from pipeline.check.compose import compose_point
 from pipeline.config import Config
 from pipeline.errors import ConfigError
@@ -58,7 +58,7 @@ def recipes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def composed(out: Path, *overrides: str) -> Config:
-    return compose_point(ds_json.expand([f"outputs_dir={out}", *overrides]))
+    return compose_point(ds_recipe.expand([f"outputs_dir={out}", *overrides]))
 
 
 def plan_of(cfg: Config) -> dict:
@@ -162,8 +162,8 @@ def test_the_command_line_wins_and_says_so(recipes: Path, capsys: pytest.Capture
 def test_a_recipe_stands_alone_as_its_own_overrides(recipes: Path):
     """A search's winner inlines the file's recipe (driver._crown): the same config either way."""
     for name in GOLDEN:
-        named = ds_json.expand([f"outputs_dir={recipes}", f"deepspeed_config={DATA / name}"])
-        inline = ds_json.inlined(named, str(recipes))
+        named = ds_recipe.expand([f"outputs_dir={recipes}", f"deepspeed_config={DATA / name}"])
+        inline = ds_recipe.inlined(named, str(recipes))
         assert not any(o.startswith("+deepspeed_config") for o in inline)
         assert compose_point(named) == compose_point(inline), name
 
@@ -172,9 +172,9 @@ def test_a_changed_file_gets_a_recipe_of_its_own(recipes: Path, tmp_path: Path):
     ds = tmp_path / "ds.json"
     ds.write_text('{"zero_optimization": {"stage": 2}}')
     where = f"outputs_dir={recipes}"
-    first = ds_json.expand([where, f"deepspeed_config={ds}"])
+    first = ds_recipe.expand([where, f"deepspeed_config={ds}"])
     ds.write_text('{"zero_optimization": {"stage": 3}}')
-    second = ds_json.expand([where, f"deepspeed_config={ds}"])
+    second = ds_recipe.expand([where, f"deepspeed_config={ds}"])
     assert first[1] == "+deepspeed_config=ds" and second[1].startswith("+deepspeed_config=ds-")
     assert compose_point(first).zero.stage == 2 and compose_point(second).zero.stage == 3
 
@@ -237,7 +237,7 @@ def test_what_cannot_be_represented_is_named_by_its_json_key(case: str, recipes:
     text, words = BAD[case]
     (tmp_path / "bad.json").write_text(text)
     with pytest.raises(ConfigError) as refused:
-        ds_json.expand([f"outputs_dir={recipes}", f"deepspeed_config={tmp_path / 'bad.json'}"])
+        ds_recipe.expand([f"outputs_dir={recipes}", f"deepspeed_config={tmp_path / 'bad.json'}"])
     assert words in str(refused.value)
     assert not (recipes / "conf").exists()  # nothing written for a file refused
 

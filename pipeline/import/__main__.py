@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.check import ds_json
+from pipeline.check import ds_json, ds_recipe
 from pipeline.check.compose import CONF_DIR
 from pipeline.errors import ConfigError
 
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         if path.exists() and not args.force:
             raise ConfigError("--name", f"{path} exists", "choose another name, or --force to replace it")
         imported = ds_json.load(args.json)
-        for note in ds_json.command_line_wins(imported, []):
+        for note in ds_recipe.command_line_wins(imported, []):
             print(f"note: {note}", file=sys.stderr)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

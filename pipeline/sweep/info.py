@@ -50,7 +50,7 @@ def point_name(task_overrides: list[str], varying: list[str]) -> str:
     varying = [v.lstrip("+~") for v in varying]  # +deepspeed_config=a,b varies deepspeed_config
     picked = [o for o, k in zip(task_overrides, key, strict=True) if k in varying]
     picked = picked or [o for o, k in zip(task_overrides, key, strict=True) if not k.startswith(WHERE)]
-    # deepspeed_config=ds.json names its recipe, +deepspeed_config=ds (check/ds_json.py): shown as typed.
+    # deepspeed_config=ds.json names its recipe, +deepspeed_config=ds (check/ds_recipe.py): shown as typed.
     picked = [o.removeprefix("+") if o.startswith("+deepspeed_config=") else o for o in picked]
     return ",".join(re.sub(r"[^,\[\]=\s]*/", "", o) for o in picked) or "default"
 

@@ -12,7 +12,7 @@ import optuna
 from hydra._internal.utils import get_args_parser
 
 from pipeline import track
-from pipeline.check import compose, ds_json, inputs
+from pipeline.check import compose, ds_recipe, inputs
 from pipeline.config import Config
 from pipeline.errors import ConfigError, Terminated, why_stopped
 from pipeline.sweep.search import study as studies
@@ -271,7 +271,7 @@ class Search:
         )
         header += f"Trains: {winner.train_command(self.cfg.outputs_dir, name)}\nSame as: {command}"
         # A recipe stands alone: a deepspeed_config's recipe goes in as its own overrides.
-        standalone = ds_json.inlined(user, self.cfg.outputs_dir)
+        standalone = ds_recipe.inlined(user, self.cfg.outputs_dir)
         text = winner.recipe(standalone, self.space.overrides(best.point), header)
         path = winner.write_recipe(self.cfg.outputs_dir, name, text, self.ledger.sweep_dir)
         store, parent = self.ledger.store, self.ledger.parent
