@@ -111,9 +111,16 @@ class ZeroConf:
     stage3_gather_16bit_weights_on_model_save: bool = True
     # dtype of gradient all-reduce/reduce-scatter (the guide's "NCCL collectives"); None: DeepSpeed's.
     communication_data_type: Dtype | None = None
+    # ZeRO++, ZeRO-3 only: qwZ all-gathers the weights quantized to int8, qgZ reduce-scatters the
+    # gradients quantized to int4, and hpZ keeps a second copy of the weights partitioned over this
+    # many ranks (1: off) so the forward's all-gathers stay inside a node: it must divide the ranks per node.
+    zero_quantized_weights: bool = False
+    zero_quantized_gradients: bool = False
+    zero_hpz_partition_size: int = 1
 
     # The least value of each count and size (rules.py refuses less, naming the key; None: not checked).
     AT_LEAST: ClassVar[dict[str, int]] = {
+        "zero_hpz_partition_size": 1,
         "allgather_bucket_size": 1,
         "reduce_bucket_size": 1,
         "sub_group_size": 1,
@@ -172,6 +179,9 @@ class PrecisionConf:
     initial_scale_power: int = 16
     hysteresis: int = 2
     min_loss_scale: float = 1.0
+    # TF32 matmuls and convolutions (TrainingArguments.tf32): true or false on an Ampere or newer GPU;
+    # None leaves torch's default. HF raises for true without such a GPU: preflight refuses it first.
+    tf32: bool | None = None
 
     # The least value of each count and size.
     AT_LEAST: ClassVar[dict[str, int]] = {"loss_scale": 0}

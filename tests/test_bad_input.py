@@ -148,6 +148,22 @@ CASES = {
         "zero.reduce_bucket_size",
         "5.5 is not a whole number. Fix: write a whole number",
     ),
+    "ZeRO++ qwZ on ZeRO-2": (
+        ["zero=stage2", "zero.zero_quantized_weights=true"],
+        "zero.zero_quantized_weights",
+        "ZeRO++ needs ZeRO-3, but zero.stage is 2. Fix: use zero=stage3",
+    ),
+    "ZeRO++ hpZ on ZeRO-1": (
+        ["zero=stage1", "zero.zero_hpz_partition_size=2"],
+        "zero.zero_hpz_partition_size",
+        "needs ZeRO-3",
+    ),
+    "ZeRO++ hpZ that does not divide the ranks per node": (
+        ["zero=stage3", "zero.zero_hpz_partition_size=2", "dry_run=true"],
+        "zero.zero_hpz_partition_size",
+        "2 does not divide the ranks per node (trainer.nproc_per_node=1)",
+    ),
+    "tf32 without an Ampere GPU": (["precision.tf32=true"], "precision.tf32", "needs an Ampere or newer"),
 }
 
 

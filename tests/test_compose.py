@@ -365,3 +365,33 @@ def test_a_run_is_named_by_what_it_trains_with_each_path_by_its_last_part():
         "data.train_files=a.jsonl"
     )
     assert point_name(["outputs_dir=/tmp/o"], []) == "default"
+
+
+def test_options_zero_plus_plus_and_tf32_land_in_the_plan():
+    """qwZ, qgZ and hpZ go into ZeRO-3's zero_optimization as DeepSpeed's own parser reads them; tf32 goes
+    to the Trainer (left out when null, so torch's default stands)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    cfg = compose_point(
+        [
+            "zero=stage3",
+            "zero.zero_quantized_weights=true",
+            "zero.zero_quantized_gradients=true",
+            "zero.zero_hpz_partition_size=2",
+            "trainer.nproc_per_node=2",
+            "precision.tf32=false",
+        ]
+    )
+    rules.check(cfg)
+    ds = settings.deepspeed_config(cfg, hidden=cfg.model.hidden_size)
+    zero = ds["zero_optimization"]
+    assert (zero["zero_quantized_weights"], zero["zero_quantized_gradients"]) == (True, True)
+    assert zero["zero_hpz_partition_size"] == 2
+    parsed = DeepSpeedConfig(ds | {"train_batch_size": ds["train_micro_batch_size_per_gpu"]}).zero_config
+    assert (parsed.zero_quantized_weights, parsed.zero_quantized_gradients) == (True, True)
+    assert parsed.zero_hpz_partition_size == 2
+    assert settings.training_args(cfg, ds, Path("/tmp/unused"), use_cpu=True)["tf32"] is False
+    plain = compose_point(["zero=stage2"])
+    plain_ds = settings.deepspeed_config(plain, hidden=plain.model.hidden_size)
+    assert "zero_quantized_weights" not in plain_ds["zero_optimization"]
+    assert "tf32" not in settings.training_args(plain, plain_ds, Path("/tmp/unused"), use_cpu=True)

@@ -158,6 +158,12 @@ def _check_accelerator(cfg: Config) -> None:
             "fp16 needs a GPU (DeepSpeed on CPU has no fp16)",
             "use precision=bf16 or precision=fp32 here, or dry_run=true to check the plan",
         )
+    if cfg.precision.tf32 and not _tf32_here():
+        raise ConfigError(
+            "precision.tf32",
+            "TF32 needs an Ampere or newer CUDA GPU (TrainingArguments raises without one)",
+            "use precision.tf32=null (torch's default) or false here, or dry_run=true to check the plan",
+        )
     if cfg.peft.quantized and gpus == 0:
         raise ConfigError(
             "peft",
@@ -177,6 +183,13 @@ def _check_accelerator(cfg: Config) -> None:
             f"{cfg.trainer.nproc_per_node} ranks but {gpus} GPUs here",
             f"set trainer.nproc_per_node={gpus} or fewer",
         )
+
+
+def _tf32_here() -> bool:
+    """HF's own test (TrainingArguments.__post_init__ raises ValueError for tf32=True where it fails)."""
+    from transformers.utils import is_torch_tf32_available
+
+    return is_torch_tf32_available()
 
 
 def _check_hf_names(cfg: Config) -> None:

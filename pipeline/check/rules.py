@@ -60,6 +60,12 @@ SCHEDULER_KEYS: dict[str, dict[str, tuple[str, Callable[[float], bool]]]] = {
 }
 # OneCycle's cycle_momentum gives every group betas (beta1, 0.99) (deepspeed.runtime.lr_schedules).
 ONE_CYCLE_BETA2 = 0.99
+# ZeRO++'s keys and their off values.
+ZERO_PLUS_PLUS = {
+    "zero_quantized_weights": False,
+    "zero_quantized_gradients": False,
+    "zero_hpz_partition_size": 1,
+}
 
 
 # DeepSpeed's keys that a group plans, and the key to set instead of deepspeed.<key>.
@@ -107,6 +113,7 @@ def check(cfg: Config) -> None:
     _check_optimizer(cfg)
     _check_scheduler(cfg)
     _check_resident(cfg)
+    _check_zero_plus_plus(cfg)
     _check_model(cfg)
     _check_data(cfg)
     _check_saving(cfg)
@@ -307,6 +314,27 @@ def _check_resident(cfg: Config) -> None:
             key,
             "parameters cannot stay on the GPU and be offloaded",
             "use offload=none, or offload.params=false",
+        )
+
+
+def _check_zero_plus_plus(cfg: Config) -> None:
+    """ZeRO++ is ZeRO-3's: DeepSpeed 0.19.8 hands qwZ, qgZ and hpZ only to DeepSpeedZeroOptimizer_Stage3
+    (engine._configure_zero_optimizer; qgZ is stage3's all_to_all_quant_reduce), so on ZeRO-1/2 they
+    would be ignored without a word."""
+    z = cfg.zero
+    on = [k for k in ZERO_PLUS_PLUS if getattr(z, k) != ZERO_PLUS_PLUS[k]]
+    if on and z.stage != 3:
+        raise ConfigError(
+            f"zero.{on[0]}", f"ZeRO++ needs ZeRO-3, but zero.stage is {z.stage}", "use zero=stage3"
+        )
+    # hpZ's groups are consecutive ranks (groups._create_zero_param_parallel_group, which asserts only
+    # that the size divides the world): dividing the ranks per node keeps each group inside one node.
+    size, per_node = z.zero_hpz_partition_size, cfg.trainer.nproc_per_node
+    if per_node % size:
+        raise ConfigError(
+            "zero.zero_hpz_partition_size",
+            f"{size} does not divide the ranks per node (trainer.nproc_per_node={per_node})",
+            f"use a divisor of {per_node}, e.g. zero.zero_hpz_partition_size={per_node}",
         )
 
 

@@ -97,6 +97,9 @@ def zero_section(cfg: Config, hidden: int) -> dict[str, Any]:
             stage3_max_live_parameters=z.stage3_max_live_parameters,
             stage3_max_reuse_distance=z.stage3_max_reuse_distance,
             stage3_gather_16bit_weights_on_model_save=z.stage3_gather_16bit_weights_on_model_save,
+            zero_quantized_weights=z.zero_quantized_weights,
+            zero_quantized_gradients=z.zero_quantized_gradients,
+            zero_hpz_partition_size=z.zero_hpz_partition_size,
         )
     off = cfg.offload
     nvme = off.device == OffloadDevice.nvme
@@ -161,6 +164,8 @@ def training_args(cfg: Config, ds: dict[str, Any], output_dir: Path, use_cpu: bo
         use_cpu=use_cpu,
         deepspeed=ds,
     )
+    if cfg.precision.tf32 is not None:  # None: torch's default, untouched
+        args["tf32"] = cfg.precision.tf32
     if t.gradient_checkpointing:  # named only when on: transformers 5.2x renames it, 5.17 has the old name
         args["gradient_checkpointing"] = True
     if cfg.data.has_eval:  # and at the end, always (train.py)
