@@ -346,11 +346,12 @@ def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(
     """The driver is killed once its jobs are queued; the same command again waits for those jobs
     (submits none twice) and closes the sweep when they end. Its store is a team's MLflow server."""
     # Long enough that the jobs are still queued or running when the second driver looks, also
-    # with other tests training beside (40 steps: a loaded machine once finished them first).
+    # with another xdist worker's tests training beside (40, then 100 steps: a loaded machine
+    # finished one of them first).
     server = mlflow_server.uri
     args = (
         "zero=stage2,stage3",
-        "trainer.max_steps=100",
+        "trainer.max_steps=300",
         f"tracking.uri={server}",
         "tracking.experiment=resumed",
     )
