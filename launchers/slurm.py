@@ -331,6 +331,11 @@ class SweepLaunch:
             state = RunState.KILLED if ended_by_slurm else RunState.FAILED
             _wait_gone([job.job_id], timeout_s=30)  # srun writes its word on the tasks as the job ends
             died = dead_tasks(job)
+            for _ in range(10 if not ended_by_slurm and not died else 0):  # on a loaded node, a little later
+                time.sleep(1)
+                died = dead_tasks(job)
+                if died:
+                    break
             log.error(
                 f"point {' '.join(overrides)} (Slurm job {job.job_id}) {state}: it ended {job.state}"
                 + (f"; {died}" if died else "")
