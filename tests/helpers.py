@@ -315,3 +315,15 @@ class MlflowServer:
             os.killpg(self._proc.pid, signal.SIGKILL)  # the server and its workers, at once: an outage
             self._proc.wait()
             self._proc = None
+
+
+def assert_carries(want: dict, got: dict, path: str = "") -> None:
+    """Every key of `want` (a DeepSpeed JSON: the guide's, a user's file) is in `got` (the pipeline's
+    DeepSpeed dict) with the same value, nested sections too; `got` may hold more."""
+    for key, value in want.items():
+        where = f"{path}.{key}".lstrip(".")
+        assert key in got, f"{where} missing from the pipeline's DeepSpeed dict"
+        if isinstance(value, dict):
+            assert_carries(value, got[key], where)
+        else:
+            assert got[key] == value, f"{where}: given {value!r}, pipeline {got[key]!r}"

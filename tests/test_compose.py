@@ -28,7 +28,7 @@ from pipeline.config import Config, SchedulerConf, WarmupType
 from pipeline.errors import ConfigError
 from pipeline.plan import settings
 
-from helpers import ROOT, ok, run_pipeline
+from helpers import ROOT, assert_carries, ok, run_pipeline
 
 GROUPS = ["zero", "offload", "precision", "optimizer", "scheduler"]
 OPTIONS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in GROUPS}
@@ -306,20 +306,10 @@ def _resolve_guide(guide: dict, ours: dict) -> dict:
     return hf.config
 
 
-def _assert_carries(guide, ours, path=""):
-    for key, want in guide.items():
-        where = f"{path}.{key}".lstrip(".")
-        assert key in ours, f"{where} missing from the pipeline's DeepSpeed JSON"
-        if isinstance(want, dict):
-            _assert_carries(want, ours[key], where)
-        else:
-            assert ours[key] == want, f"{where}: guide {want!r}, pipeline {ours[key]!r}"
-
-
 @pytest.mark.slow
 def test_zero2_cpu_offload_carries_the_guides_zero2_example(outputs):
     ds = _dry_run(outputs, "zero=stage2", "offload=cpu")
-    _assert_carries(json.loads((GOLDEN / "guide_zero2_offload.json").read_text()), ds)
+    assert_carries(json.loads((GOLDEN / "guide_zero2_offload.json").read_text()), ds)
 
 
 @pytest.mark.slow
@@ -341,7 +331,7 @@ def test_zero3_nvme_carries_the_guides_infinity_example_resolved(outputs, tmp_pa
         guide["zero_optimization"][section]["nvme_path"] = str(nvme)
     resolved = _resolve_guide(guide, ds)
     assert "auto" not in json.dumps(ds)
-    _assert_carries(resolved, ds)
+    assert_carries(resolved, ds)
     with pytest.raises(Exception, match="aio"):
         DeepSpeedZeroConfig(
             **json.loads((GOLDEN / "guide_zero3_infinity.json").read_text())["zero_optimization"]

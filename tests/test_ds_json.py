@@ -28,7 +28,7 @@ from pipeline.errors import ConfigError
 from pipeline.plan import settings
 from pipeline.sweep.info import point_name
 
-from helpers import ROOT, cli_env, ok, run_pipeline
+from helpers import ROOT, assert_carries, cli_env, ok, run_pipeline
 
 IMPORT = [sys.executable, "-m", "pipeline.import"]
 DATA = Path(__file__).parent / "ds_json"
@@ -102,16 +102,6 @@ def not_at_this_stage(want: dict, cfg: Config) -> dict:
     for key in unused:
         assert getattr(cfg.zero, key) == zero.pop(key), key
     return want
-
-
-def assert_carries(want: dict, got: dict, path: str = "") -> None:
-    for key, value in want.items():
-        where = f"{path}.{key}".lstrip(".")
-        assert key in got, f"{where} missing from the plan"
-        if isinstance(value, dict):
-            assert_carries(value, got[key], where)
-        else:
-            assert got[key] == value, f"{where}: file {value!r}, plan {got[key]!r}"
 
 
 def deepspeed_reads(ds: dict) -> dict:
