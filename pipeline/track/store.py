@@ -366,23 +366,30 @@ def prepare(cfg: Config) -> str:
         raise _unusable(cfg, uri, e) from None
 
 
-def _wait_while_made(path: Path, wait_s: float = 60) -> None:
+def _wait_while_made(path: Path, wait_s: float = 60, held_s: float = 6) -> None:
     """Another process (`mlflow ui`, a script: they take no lock of ours) may be making this store,
     its schema migration half done: touching it now would break both ("table ... already exists").
     Wait, reading it read-only, until its schema is MLflow's newest, or for wait_s at most (then
-    MLflow's own check says what is wrong with it). A store locked for over a second is held, not
-    being made (a migration locks it in short steps): MLflow's own attempt then says so."""
+    MLflow's own check says what is wrong with it). A migration locks the store in short steps, which
+    on a loaded machine last seconds: a store locked for held_s on end, never seen half made, is held
+    by another process, not being made, and MLflow's own attempt then says so."""
     from mlflow.store.db.utils import _get_latest_schema_revision
 
     newest = _get_latest_schema_revision()
     deadline = time.monotonic() + wait_s
+    half_made, locked_since = False, None
     while path.exists() and time.monotonic() < deadline:
         try:
             with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
                 if db.execute("SELECT version_num FROM alembic_version").fetchone() == (newest,):
                     return
+            half_made, locked_since = True, None
         except sqlite3.OperationalError as e:
-            if "locked" in str(e):
+            if "locked" not in str(e):  # no schema table yet
+                half_made, locked_since = True, None
+            elif locked_since is None:
+                locked_since = time.monotonic()
+            elif not half_made and time.monotonic() - locked_since > held_s:
                 return
         except sqlite3.DatabaseError:  # not a database at all: MLflow's attempt says so
             return
