@@ -7,6 +7,7 @@ twice (the usual Hydra + DDP trap) and each rank gets RANK, LOCAL_RANK, WORLD_SI
 
 import atexit
 import gc
+import multiprocessing
 import os
 import signal
 import socket
@@ -104,7 +105,7 @@ class Local:
             run_id=f"zerosweep-{uuid.uuid4().hex[:8]}",
             rdzv_backend="c10d",
             rdzv_endpoint="127.0.0.1:0",
-            start_method="spawn",
+            start_method=_start_method(),
             max_restarts=0,
             # Polled often: a rank killed outright is seen dead before its peers fail on the broken link
             # (elastic names the first failure it finds as the cause).
@@ -114,6 +115,18 @@ class Local:
             return elastic_launch(config, elastic_rank)(job)[0]
         except SignalException as e:  # the elastic agent's own SIGTERM handler, during the run
             raise Terminated(f"terminated by {signal.Signals(e.sigval).name}") from e
+
+
+def _start_method() -> str:
+    """How the ranks' processes start. Spawned, each rank imports torch, DeepSpeed, transformers and
+    MLflow anew (~5 s of CPU a rank, every point of a sweep). Without a GPU they fork from one
+    forkserver that imported them once, at the job's first multi-rank point: later points and their
+    ranks pay no imports. GPU ranks are spawned still: a server that touched CUDA while importing would
+    hand its forks a CUDA they cannot use, which has not been measured on a GPU machine yet."""
+    if torch.cuda.is_available():
+        return "spawn"
+    multiprocessing.get_context("forkserver").set_forkserver_preload([__name__])
+    return "forkserver"
 
 
 def _in_process(job: Job) -> Summary:
