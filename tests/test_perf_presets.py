@@ -1,37 +1,25 @@
 """Each perf preset composes and its choices reach the planned DeepSpeed JSON and TrainingArguments."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from pipeline.check import gate
+from pipeline.check.compose import compose_point
+from pipeline.report import console
 
 from helpers import ROOT, mlflow_client, ok, run_pipeline, runs
 
 PRESETS = sorted(p.stem for p in (ROOT / "conf" / "perf").glob("*.yaml"))
 
 
-def dry_run(tmp_path: Path, *overrides: str) -> tuple:
-    """Plans one job (dry_run) and returns its deepspeed.json and training_args.json."""
-    out = tmp_path / "run"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "dry_run=true",
-            "tracking.enabled=false",
-            f"hydra.run.dir={out}",
-            *overrides,
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    return json.loads((out / "deepspeed.json").read_text()), json.loads(
-        (out / "training_args.json").read_text()
-    )
+def dry_run(out: Path, *overrides: str) -> tuple:
+    """What `python -m pipeline dry_run=true ...` writes in its run dir (deepspeed.json,
+    training_args.json), planned here by the same calls (a preset is pure composition)."""
+    cfg = compose_point(list(overrides))
+    files = console.write_plan(out, gate.admit(cfg, out, use_cpu=True).plan)
+    return json.loads(files.deepspeed.read_text()), json.loads(files.training_args.read_text())
 
 
 @pytest.mark.parametrize("preset", PRESETS)
