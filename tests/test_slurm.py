@@ -319,8 +319,8 @@ def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
 def test_a_node_set_down_mid_job_requeues_it_into_the_same_run(tmp_path: Path) -> None:
     """An admin sets the second node of a 2-node job DOWN after its first checkpoint: Slurm ends the
     job NODE_FAIL and requeues it; it resumes from that checkpoint into the same run, which says why."""
-    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "trainer.max_steps=60",
-                 "trainer.save_steps=10")  # fmt: skip
+    # One rank a node: the job across nodes of 2 ranks each is the two-node test's.
+    proc = start(tmp_path, "trainer.nnodes=2", "trainer.max_steps=60", "trainer.save_steps=10")
     wait_for(
         "the first complete checkpoint",
         lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")),

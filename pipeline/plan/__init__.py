@@ -40,6 +40,7 @@ def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
             trainable=sized.trainable,
             quantized=sized.quantized,
             adapted_inputs=sized.adapted_inputs,
+            frozen_inputs=sized.frozen_inputs,
         )
     ds = settings.deepspeed_config(cfg, model_cfg.hidden_size)
     return Plan(

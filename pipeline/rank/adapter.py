@@ -64,6 +64,7 @@ class Sizes(NamedTuple):
     trainable: int  # the adapter and modules_to_save
     quantized: int  # base weights QLoRA stores in 4 bits
     adapted_inputs: int  # the adapted layers' input features, per layer of the model
+    frozen_inputs: int  # the base's linear inputs a full fine-tune would save, per layer (see below)
 
 
 def sizes(cfg: Config, config: PretrainedConfig) -> Sizes:
@@ -78,7 +79,38 @@ def sizes(cfg: Config, config: PretrainedConfig) -> Sizes:
         wrapped = get_peft_model(net, lora_config(cfg))
     trainable, total = wrapped.get_nb_trainable_parameters()
     inputs = sum(m.in_features for m in wrapped.modules() if isinstance(m, LoraLayer))
-    return Sizes(total, trainable, quantized, inputs // config.num_hidden_layers)
+    layers = config.num_hidden_layers
+    return Sizes(total, trainable, quantized, inputs // layers, _frozen_inputs(wrapped) // layers)
+
+
+def _frozen_inputs(net: torch.nn.Module) -> int:
+    """A full fine-tune saves each linear layer's input for its weight's gradient; a frozen base saves
+    none (LoRA's dropout keeps copies of its own). Layers fed the same tensor (q, k, v; gate, up) save
+    it once, so the inputs are told apart by a forward on the meta device. Attention saves its own
+    output, the output projection's input, either way: one hidden size a layer is not counted. 0 where
+    the architecture cannot run on the meta device: the plan is then the larger."""
+    out = net.get_output_embeddings()
+    seen: dict[int, tuple[torch.Tensor, int]] = {}  # the tensors kept: no id is reused
+
+    def note(module: torch.nn.Module, args: tuple) -> None:
+        seen.setdefault(id(args[0]), (args[0], args[0].shape[-1]))
+
+    linears = [
+        m
+        for name, m in net.named_modules()
+        if isinstance(m, (torch.nn.Linear, Conv1D)) and m is not out and ".lora_" not in name  # the base's
+    ]
+    hooks = [m.register_forward_pre_hook(note) for m in linears]
+    try:
+        with torch.device("meta"), torch.no_grad():
+            net(input_ids=torch.zeros(1, 2, dtype=torch.long))
+    except Exception:  # noqa: BLE001 (any architecture's failure on meta tensors)
+        return 0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    attention_outputs = net.config.hidden_size * net.config.num_hidden_layers
+    return max(0, sum(features for _, features in seen.values()) - attention_outputs)
 
 
 def _check_targets(cfg: Config, net: torch.nn.Module, model_type: str) -> None:
