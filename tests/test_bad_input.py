@@ -58,6 +58,7 @@ CASES = {
         "optimizer.name",
         "no OneBitAdam (its 1-bit optimizers were removed)",
     ),
+    "Muon on ZeRO-3 with reduce_scatter": (["optimizer=muon", "zero=stage3"], "zero.reduce_scatter", "Muon"),
     "unknown HF optim": (
         ["optimizer=adamw_torch", "optimizer.name=adamw_turbo"],
         "optimizer.name",

@@ -50,6 +50,8 @@ def expected_error(zero: str, offload: str, optimizer: str) -> str:
         return "offload.device"
     if offload != "none" and optimizer == "lamb":
         return "optimizer"
+    if optimizer == "muon" and stage == 3:  # DeepSpeed's Muon: no reduce-scatter on ZeRO-3
+        return "zero.reduce_scatter"
     return ""
 
 

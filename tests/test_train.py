@@ -165,6 +165,22 @@ def test_every_deepspeed_scheduler_trains(outputs):
         assert [m.value for m in history] == pytest.approx(SCHEDULES[option], rel=1e-3, abs=1e-12), option
 
 
+def test_muon_trains_on_zero2_and_on_zero3_without_reduce_scatter(outputs):
+    """optimizer=muon: DeepSpeed 0.19's Muon (the guide's newest optimizer), which DeepSpeed builds from the
+    JSON and tags the matrices for; ZeRO-3 takes it with zero.reduce_scatter=false (its rule). Eager here:
+    torch.compile builds Muon's CPU kernels for ~50 s on 2 cores, on the first step of each point."""
+    sweep = ("-m", "optimizer=muon", "zero=stage2,stage3", "zero.reduce_scatter=false", "trainer.max_steps=4")
+    ok(run_pipeline(outputs, *sweep, "trainer.save_model=false", env={"TORCHDYNAMO_DISABLE": "1"}))
+    children = finished_children(outputs)
+    assert sorted(r.data.params["zero"] for r in children) == ["stage2", "stage3"]
+    for path in outputs.glob("sweeps/*/*/deepspeed.json"):
+        ds = json.loads(path.read_text())
+        assert ds["optimizer"]["type"] == "Muon" and ds["zero_optimization"]["reduce_scatter"] is False
+    for run in children:
+        losses = [loss for _, loss in loss_history(outputs, run.info.run_id)]
+        assert len(losses) == 4 and losses[-1] < losses[0] - 0.5  # lr 0.02: Muon moves fast
+
+
 def test_two_ranks_give_one_ranks_losses_at_the_same_global_batch(tmp_path):
     """Each ZeRO stage on 2 ranks (gloo, micro batch 8) trains as 1 rank does at micro batch 16:
     the same 16 samples a step, the same losses, step for step."""

@@ -32,7 +32,7 @@ from pipeline.config import (
 from pipeline.errors import ConfigError
 
 # DeepSpeed 0.19's built-in optimizer and scheduler types (deepspeed.runtime.config, lr_schedules).
-DS_OPTIMIZERS = {"Adam", "AdamW", "Lamb", "Adagrad", "Lion"}
+DS_OPTIMIZERS = {"Adam", "AdamW", "Lamb", "Adagrad", "Lion", "Muon"}
 # The guide's 1-bit optimizers: DeepSpeed 0.19 no longer ships them (its engine would look them up
 # in torch.optim and fail only once the ranks have started).
 # perf=resident's threshold: every parameter stays whole on each GPU.
@@ -245,6 +245,17 @@ def _check_optimizer(cfg: Config) -> None:
             "optimizer.name",
             f"DeepSpeed has no optimizer '{opt.name}'",
             f"use one of {', '.join(sorted(DS_OPTIMIZERS))}, or optimizer.provider=hf",
+        )
+    if (
+        opt.provider == Provider.deepspeed
+        and opt.name == "Muon"
+        and cfg.zero.stage == 3
+        and cfg.zero.reduce_scatter
+    ):
+        raise ConfigError(
+            "zero.reduce_scatter",
+            "DeepSpeed's Muon on ZeRO-3 cannot reduce-scatter gradients (it orthogonalizes whole matrices)",
+            "set zero.reduce_scatter=false",
         )
     if not cfg.offloads_optimizer:
         return

@@ -81,12 +81,12 @@ def zero_section(cfg: Config, hidden: int) -> dict[str, Any]:
         overlap_comm=z.overlap_comm,
         contiguous_gradients=z.contiguous_gradients,
         reduce_bucket_size=_auto(z.reduce_bucket_size, hidden * hidden),
+        reduce_scatter=z.reduce_scatter,  # ZeRO-3's too: its Muon needs it off
     )
     if stage in (1, 2):
         section.update(
             allgather_partitions=z.allgather_partitions,
             allgather_bucket_size=z.allgather_bucket_size,
-            reduce_scatter=z.reduce_scatter,
             round_robin_gradients=cfg.round_robin,
         )
     else:
