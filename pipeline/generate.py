@@ -1,20 +1,24 @@
 """Text from a trained run's model.
 
     python -m pipeline.generate <run id | run dir | model dir> "a prompt" [--max-new-tokens N] [--zero3]
+        [--ranks N]
 
 A run id is looked up in the MLflow store (--outputs-dir / --tracking-uri, as pipeline.ui): its
 run dir's model/ if this machine has it, else the model the run logged. A LoRA run (peft=lora|qlora)
 without a merged model/ is read from its adapter/, on the base the adapter names. The completion is
 greedy. --zero3 (or, on a GPU, a model larger than the GPU's free memory) partitions the weights
-with DeepSpeed ZeRO-3 inference, parameters offloaded to host memory.
+with DeepSpeed ZeRO-3 inference, parameters offloaded to host memory; --ranks N partitions them
+across N ranks of this machine (its GPUs; processes on the CPU without one), which generate in step.
 """
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from pipeline import track
@@ -91,9 +95,24 @@ def _zero3(path: Path) -> PreTrainedModel:
 def complete(model: PreTrainedModel, path: Path, prompt: str, max_new_tokens: int) -> str:
     tokenizer = AutoTokenizer.from_pretrained(path)
     inputs = tokenizer(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    # Partitioned across ranks, every rank steps until the last one is done (each gathers its layers).
+    synced = dist.is_initialized() and dist.get_world_size() > 1
     with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, synced_gpus=synced)
     return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def rank_text(path: Path, prompt: str, max_new_tokens: int) -> str:
+    """One rank of ZeRO-3 inference across ranks (--ranks): its share of the host's CPUs, the
+    weights partitioned, the completion; the process group left cleanly. What the rank prints
+    (DeepSpeed's logs) goes to stderr: stdout is the completion's, which the launching process prints."""
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    local.share_cpus()
+    try:
+        return complete(_zero3(path), path, prompt, max_new_tokens)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,13 +121,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("prompt")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--zero3", action="store_true", help="partition the weights (DeepSpeed ZeRO-3 inference)")
+    ap.add_argument("--ranks", type=int, default=1, help="ZeRO-3 inference across N ranks of this machine")
     ap.add_argument("--outputs-dir", default="outputs", help="where the default sqlite store lives")
     ap.add_argument("--tracking-uri", default=None, help="MLflow store, if not the default one")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         path = model_dir(args.target, track.store_uri(args.outputs_dir, args.tracking_uri), Path(scratch))
-        model = load(path, args.zero3)
-        print(complete(model, path, args.prompt, args.max_new_tokens))
+        if args.ranks > 1:
+            print(local.on_ranks(args.ranks, rank_text, path, args.prompt, args.max_new_tokens)[0])
+        else:
+            print(complete(load(path, args.zero3), path, args.prompt, args.max_new_tokens))
     sys.stdout.flush()
 
 

@@ -106,8 +106,9 @@ def test_saved_model_reloads_with_the_runs_eval_loss(finetuned):
 @pytest.mark.slow
 def test_gpt2_prompt_completion_fp32_export_and_generate(own: Own, outputs: Path):
     """A second architecture, prompt/completion data with a held-out eval fraction, ZeRO-2, the fp32
-    export (zero_to_fp32) beside the saved model; then text from the run, found by its id. What the
-    datasets library caches of the raw file stays under outputs_dir, not in the home directory."""
+    export (zero_to_fp32) beside the saved model; then text from the run, found by its id, the same
+    from one process as from ZeRO-3 inference across 2 ranks (gloo). What the datasets library
+    caches of the raw file stays under outputs_dir, not in the home directory."""
     home_cache = outputs.parent / "home-datasets-cache"  # where it would go by default
     ok(
         run_pipeline(
@@ -134,23 +135,19 @@ def test_gpt2_prompt_completion_fp32_export_and_generate(own: Own, outputs: Path
     assert weights.keys() == fp32.keys()
     for key, value in weights.items():
         assert torch.equal(value, fp32[key]), key
-    generated = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.generate",
-            run.info.run_id,
-            "Continue: Python",
-            "--outputs-dir",
-            str(outputs),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert generated.returncode == 0, generated.stderr[-3000:]
-    assert generated.stdout.strip(), "no completion printed"
+    texts = []
+    for ranks in ([], ["--ranks", "2"]):  # ZeRO-3 inference, the weights partitioned across 2 ranks
+        generate = ["pipeline.generate", run.info.run_id, "Continue: Python", "--outputs-dir", str(outputs)]
+        generated = subprocess.run(
+            [sys.executable, "-m", *generate, "--max-new-tokens", "12", *ranks],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert generated.returncode == 0, generated.stderr[-3000:]
+        texts.append(generated.stdout)
+    assert texts[0].strip() and texts[1] == texts[0]
 
 
 def test_prompt_tokens_carry_no_loss():

@@ -12,9 +12,10 @@ import os
 import signal
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -26,6 +27,8 @@ from pipeline import track
 from pipeline.errors import Terminated, raise_terminated
 from pipeline.job import Job, Summary
 from pipeline.rank import train, watchdog
+
+T = TypeVar("T")
 
 
 class Placement(Protocol):
@@ -98,23 +101,28 @@ class Local:
     def _ranks(self, job: Job) -> Summary:
         if self.nproc == 1:
             return _in_process(job)
-        config = LaunchConfig(
-            min_nodes=1,
-            max_nodes=1,
-            nproc_per_node=self.nproc,
-            run_id=f"zerosweep-{uuid.uuid4().hex[:8]}",
-            rdzv_backend="c10d",
-            rdzv_endpoint="127.0.0.1:0",
-            start_method=_start_method(),
-            max_restarts=0,
-            # Polled often: a rank killed outright is seen dead before its peers fail on the broken link
-            # (elastic names the first failure it finds as the cause).
-            monitor_interval=0.1,
-        )
         try:
-            return elastic_launch(config, elastic_rank)(job)[0]
+            return on_ranks(self.nproc, elastic_rank, job)[0]
         except SignalException as e:  # the elastic agent's own SIGTERM handler, during the run
             raise Terminated(f"terminated by {signal.Signals(e.sigval).name}") from e
+
+
+def on_ranks(nproc: int, fn: Callable[..., T], *args: object) -> dict[int, T]:
+    """fn(*args) on nproc ranks of this machine under torch's elastic launcher: each rank's result."""
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"zerosweep-{uuid.uuid4().hex[:8]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",
+        start_method=_start_method(),
+        max_restarts=0,
+        # Polled often: a rank killed outright is seen dead before its peers fail on the broken link
+        # (elastic names the first failure it finds as the cause).
+        monitor_interval=0.1,
+    )
+    return elastic_launch(config, fn)(*args)
 
 
 def _start_method() -> str:
@@ -130,13 +138,18 @@ def _start_method() -> str:
 
 
 def _in_process(job: Job) -> Summary:
+    global _trained_here
     world_of_one()
-    try:
-        return train.worker(job, own_process=False)
-    finally:  # the next point of a local sweep runs in this process: hand its memory back
-        gc.collect()
+    if _trained_here:  # a local sweep's next point: the one before hands its memory back first
+        gc.collect()  # (not after the last point, whose process is ending: 0.5 s of a tiny run)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    _trained_here = True
+    return train.worker(job, own_process=False)
+
+
+# This process has trained a point in-process (the points of a local sweep run one after another in it).
+_trained_here = False
 
 
 def world_of_one() -> None:
