@@ -118,9 +118,9 @@ def _sweep_runs(outputs: Path) -> tuple:
 
 @pytest.mark.slow
 def test_simultaneous_starts_each_get_their_own_run_and_dir(outputs):
-    """Four starts at once on a fresh store (its creation races without the lock), then two on the
+    """Three starts at once on a fresh store (its creation races without the lock), then two on the
     existing one: every start finishes, each in its own run dir with its own run."""
-    for starts in (4, 2):
+    for starts in (3, 2):
         cmd = pipeline_cmd(outputs, "trainer.max_steps=2", "trainer.save_model=false")
         procs = [
             subprocess.Popen(
@@ -132,9 +132,9 @@ def test_simultaneous_starts_each_get_their_own_run_and_dir(outputs):
             _, err = proc.communicate(timeout=600)
             assert proc.returncode == 0, err[-3000:]
     all_runs = runs(outputs)
-    assert len(all_runs) == 6 and {r.info.status for r in all_runs} == {"FINISHED"}
+    assert len(all_runs) == 5 and {r.info.status for r in all_runs} == {"FINISHED"}
     dirs = [Path(r.data.tags["zerosweep.output_dir"]) for r in all_runs]
-    assert len(set(dirs)) == 6
+    assert len(set(dirs)) == 5
     for run, run_dir in zip(all_runs, dirs, strict=True):
         assert (run_dir / "mlflow_run_id").read_text().strip() == run.info.run_id
 

@@ -182,8 +182,9 @@ def test_muon_trains_on_zero2_and_on_zero3_without_reduce_scatter(outputs):
 
 
 def test_two_ranks_give_one_ranks_losses_at_the_same_global_batch(tmp_path):
-    """Each ZeRO stage on 2 ranks (gloo, micro batch 8) trains as 1 rank does at micro batch 16:
-    the same 16 samples a step, the same losses, step for step."""
+    """ZeRO-0 and ZeRO-2 on 2 ranks (gloo, micro batch 8) train as 1 rank does at micro batch 16:
+    the same 16 samples a step, the same losses, step for step. (ZeRO-1 and ZeRO-3 on 2 ranks against
+    1 rank at accumulation 2: test_resume_gpu_count.py, up to its hang.)"""
     histories = {}
     for ranks, micro_batch in ((2, 8), (1, 16)):
         outputs = tmp_path / f"ranks{ranks}"
@@ -191,7 +192,7 @@ def test_two_ranks_give_one_ranks_losses_at_the_same_global_batch(tmp_path):
             run_pipeline(
                 outputs,
                 "-m",
-                "zero=stage0,stage1,stage2,stage3",
+                "zero=stage0,stage2",
                 f"trainer.nproc_per_node={ranks}",
                 f"trainer.micro_batch_size={micro_batch}",
                 f"trainer.max_steps={STEPS}",
@@ -199,7 +200,7 @@ def test_two_ranks_give_one_ranks_losses_at_the_same_global_batch(tmp_path):
             )
         )
         children = finished_children(outputs)
-        assert len(children) == 4
+        assert len(children) == 2
         for path in outputs.glob("sweeps/*/*/deepspeed.json"):
             assert json.loads(path.read_text())["train_batch_size"] == 16
         histories.update(
