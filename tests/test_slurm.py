@@ -287,15 +287,14 @@ def _task_pids(having: dict[str, str]) -> list[int]:
 def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
     tmp_path: Path, mlflow_server: MlflowServer
 ) -> None:
-    """The task of a 2-node job's second node dies by SIGKILL after the first checkpoint: no rank is
+    """The tasks of a 2-node job's second node die by SIGKILL after the first checkpoint: no rank is
     left waiting, the run is FAILED with srun's word on which tasks of which node died of which
     signal, and sweep.retries=1 tries the point again as a new job, from that checkpoint. Its store
     is a team's MLflow server."""
     server = mlflow_server.uri
-    # One rank a node: the job across nodes of 2 ranks each is the two-node test's.
-    proc = start(tmp_path, "trainer.nnodes=2", "sweep.retries=1", "trainer.max_steps=60",
-                 "trainer.save_steps=10", f"tracking.uri={server}",
-                 "tracking.experiment=lost_node")  # fmt: skip
+    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "sweep.retries=1",
+                 "trainer.max_steps=60", "trainer.save_steps=10",
+                 f"tracking.uri={server}", "tracking.experiment=lost_node")  # fmt: skip
     wait_for(
         "the first complete checkpoint",
         lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")),
@@ -311,7 +310,7 @@ def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
     assert lost.data.tags["zerosweep.slurm_job_id"] == first_job != second_job
     assert parent.data.tags["zerosweep.slurm_job_ids"] == f"{first_job} {second_job}"
     error = artifact_text(server, lost.info.run_id, "error.txt", tmp_path / "lost")
-    assert error.rstrip().endswith("task 1 on zs-node2 died: Killed (SIGKILL)"), error[-2000:]
+    assert error.rstrip().endswith("tasks 2-3 on zs-node2 died: Killed (SIGKILL)"), error[-2000:]
     assert f"try 2 of 2 as Slurm job {second_job}, from its newest checkpoint" in out
     assert retried.data.tags["zerosweep.carries_on"] == lost.info.run_id
     assert retried.data.metrics["resumed_from_step"] >= 10 and retried.data.metrics["steps"] == 60
