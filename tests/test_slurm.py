@@ -269,19 +269,22 @@ def _task_pid(job_id: str) -> int:
 
 
 def _task_pids(having: dict[str, str]) -> list[int]:
-    """The Slurm tasks (submitit's python, not srun nor the batch shell) with these environment values."""
-    found = []
+    """The Slurm tasks (submitit's python, not srun nor the batch shell) with these environment values.
+    A child a task forks (subprocess, before its exec) looks the same for a moment: it is left out."""
+    found: dict[int, int] = {}  # pid -> parent pid
     for proc in (p for p in Path("/proc").iterdir() if p.name.isdigit()):
         try:
             env = dict(v.split("=", 1) for v in (proc / "environ").read_text().split("\0") if "=" in v)
             argv = (proc / "cmdline").read_text().split("\0")
-        except OSError:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
         is_task = "python" in Path(argv[0]).name and "submitit.core._submit" in argv
         if is_task and all(env.get(k) == v for k, v in having.items()):
-            found.append(int(proc.name))
-    assert found, f"no Slurm task with {having}"
-    return found
+            found[int(proc.name)] = parent
+    tasks = [pid for pid, parent in found.items() if parent not in found]
+    assert tasks, f"no Slurm task with {having}"
+    return tasks
 
 
 def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
