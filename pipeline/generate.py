@@ -103,16 +103,11 @@ def complete(model: PreTrainedModel, path: Path, prompt: str, max_new_tokens: in
 
 
 def rank_text(path: Path, prompt: str, max_new_tokens: int) -> str:
-    """One rank of ZeRO-3 inference across ranks (--ranks): its share of the host's CPUs, the
-    weights partitioned, the completion; the process group left cleanly. What the rank prints
-    (DeepSpeed's logs) goes to stderr: stdout is the completion's, which the launching process prints."""
+    """One rank of ZeRO-3 inference across ranks (--ranks): the weights partitioned, the completion.
+    What the rank prints (DeepSpeed's logs) goes to stderr: stdout is the completion's, which the
+    launching process prints."""
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    local.share_cpus()
-    try:
-        return complete(_zero3(path), path, prompt, max_new_tokens)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return local.in_rank(lambda: complete(_zero3(path), path, prompt, max_new_tokens))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -147,6 +147,8 @@ def test_gpt2_prompt_completion_fp32_export_and_generate(own: Own, outputs: Path
         )
         assert generated.returncode == 0, generated.stderr[-3000:]
         texts.append(generated.stdout)
+        # Each rank's DeepSpeed loads its gloo shared-memory op (and says so, on the rank's stderr).
+        assert generated.stderr.count("deepspeed_shm_comm_op built successfully") == (2 if ranks else 0)
     assert texts[0].strip() and texts[1] == texts[0]
 
 

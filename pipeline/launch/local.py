@@ -138,18 +138,14 @@ def _start_method() -> str:
 
 
 def _in_process(job: Job) -> Summary:
-    global _trained_here
-    world_of_one()
-    if _trained_here:  # a local sweep's next point: the one before hands its memory back first
-        gc.collect()  # (not after the last point, whose process is ending: 0.5 s of a tiny run)
+    # A world up already: a local sweep's earlier point trained here, and hands its memory back first
+    # (not after the last point, whose process is ending: 0.5 s of a tiny run).
+    if dist.is_initialized():
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    _trained_here = True
+    world_of_one()
     return train.worker(job, own_process=False)
-
-
-# This process has trained a point in-process (the points of a local sweep run one after another in it).
-_trained_here = False
 
 
 def world_of_one() -> None:
@@ -175,11 +171,16 @@ def elastic_rank(job: Job) -> Summary:
 
 
 def rank_main(job: Job) -> Summary:
-    """A rank in its own process: train, then leave the process group cleanly (gloo can abort
-    at interpreter exit otherwise)."""
+    """A training rank in its own process."""
+    return in_rank(train.worker, job)
+
+
+def in_rank(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args) as a rank in its own process: its share of the host's CPUs, then the process group
+    left cleanly (gloo can abort at interpreter exit otherwise)."""
     share_cpus()
     try:
-        return train.worker(job)
+        return fn(*args)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
