@@ -72,6 +72,16 @@ SUITES: dict[str, list[str]] = {
         "model=llama_1b world=8 zero=stage0 precision=fp16,bf16",
         "model=llama_1b world=64 zero=stage1,stage2 precision=fp16",
     ],
+    # Each step's phases for the plan's terms that miss (issues 33, 34): ZeRO-1 against ZeRO-2 at
+    # accumulation 1 and 4, ZeRO-3's live parameters, and LoRA on ZeRO-2 and ZeRO-3 on one GPU.
+    "terms": [
+        "model=llama_1b world=8 zero=stage1,stage2",
+        "model=llama_1b world=8 zero=stage1 trainer.gradient_accumulation_steps=4",
+        "model=llama_1b world=64 zero=stage3",
+        f"model=llama_1b world=64 zero=stage3 {SMALL_LIVE}",
+        "model=llama_1b world=1 zero=stage2,stage3 peft=lora",
+        "model=llama_1b world=1 zero=stage3",
+    ],
     # The 6.7B-shaped Llama: ZeRO-3 built under zero.Init at 8, 64, 512; ZeRO-1/2 at 64, where its
     # states fit one GPU (micro batch 2: at 8 its activations alone would be ~34 GiB).
     "7b": [
@@ -253,6 +263,8 @@ def child(point: list[str], steps: int, out: Path) -> None:
     cpu_probe.remember()
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world)
     peaks = Peaks(cuda)
+    if cuda:
+        peaks.watch_phases()
     try:
         job = Job.of(cfg, plan, out, world)
         arch = model.model_config(cfg, tokenizer.BYTE_VOCAB)
@@ -308,13 +320,51 @@ def make_trainer(net, args, vocab: int, cfg, peaks):
 class Peaks:
     """Rank 0's memory: GPU peaks from the first step on (as the pipeline's summary counts them, after
     the engine is built) and over the whole process; host RSS after the model is built, once the
-    engine is, and its peak."""
+    engine is, and its peak. On a GPU also each phase of a step (the engine's forward, backward and
+    step): what was allocated before it, its own peak, and what it left, to tell the plan's terms apart."""
 
     def __init__(self, cuda: bool) -> None:
         self.cuda = cuda
         self.built = self.engine = self.host_peak = 0
         self.init_gpu_peak = self.init_reserved = 0
         self.times: list[float] = []
+        self.stepping = False  # the run's peak counts from the first step, as the pipeline's does
+        self.run_peak = self.run_reserved = 0
+        self.phases: dict[str, dict[str, float]] = {}
+
+    def fold(self) -> None:
+        import torch
+
+        if self.stepping:
+            self.run_peak = max(self.run_peak, torch.cuda.max_memory_allocated())
+            self.run_reserved = max(self.run_reserved, torch.cuda.max_memory_reserved())
+
+    def watch_phases(self) -> None:
+        """Wrap DeepSpeedEngine.forward/backward/step (this benchmark's process only): each call's
+        allocated before, peak during and allocated after, the highest peak of each phase kept."""
+        import torch
+        from deepspeed.runtime.engine import DeepSpeedEngine
+
+        peaks = self
+
+        def measured(name: str, run):
+            def timed(engine, *args, **kwargs):
+                peaks.fold()
+                before = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                result = run(engine, *args, **kwargs)
+                torch.cuda.synchronize()
+                peak, after = torch.cuda.max_memory_allocated(), torch.cuda.memory_allocated()
+                peaks.fold()
+                if peak / GIB >= peaks.phases.get(name, {}).get("peak_gib", 0):
+                    figures = {"before_gib": before, "peak_gib": peak, "after_gib": after}
+                    peaks.phases[name] = {k: v / GIB for k, v in figures.items()}
+                return result
+
+            return timed
+
+        for name in ("forward", "backward", "step"):
+            setattr(DeepSpeedEngine, name, measured(name, getattr(DeepSpeedEngine, name)))
 
     def callback(self):
         import torch
@@ -329,6 +379,7 @@ class Peaks:
                     peaks.init_gpu_peak = torch.cuda.max_memory_allocated()
                     peaks.init_reserved = torch.cuda.max_memory_reserved()
                     torch.cuda.reset_peak_memory_stats()
+                    peaks.stepping = True
                 peaks.times.append(time.perf_counter())
 
             def on_step_end(self, args, state, control, **kw):
@@ -359,10 +410,11 @@ class Peaks:
             return host
         return {
             **host,
-            "gpu_peak_gib": torch.cuda.max_memory_allocated() / GIB,
-            "gpu_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
+            "gpu_peak_gib": max(self.run_peak, torch.cuda.max_memory_allocated()) / GIB,
+            "gpu_reserved_gib": max(self.run_reserved, torch.cuda.max_memory_reserved()) / GIB,
             "gpu_init_peak_gib": self.init_gpu_peak / GIB,
             "gpu_init_reserved_gib": self.init_reserved / GIB,
+            "phases": self.phases,
         }
 
 
