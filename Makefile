@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install run test lint format system-deps ui
+.PHONY: install run test lint format system-deps ops ui
 
 $(PY):
 	bash scripts/make-venv.sh $(PYTHON) $(VENV)
@@ -27,6 +27,12 @@ ui: install
 system-deps:
 	bash scripts/system-deps.sh
 
+# DeepSpeed's CPU ops that need no Debian package, compiled in the background (a few minutes); a
+# later load of one waits for its build on torch's build lock.
+ops: install
+	mkdir -p outputs
+	$(PY) scripts/build-ops.py --no-debian >outputs/deepspeed-ops-prebuild.log 2>&1 &
+
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -35,6 +41,17 @@ format: install
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: install system-deps lint
+# make test's set-up on 2 cores: apt (system-deps) and pip (install) each keep one core busy, so
+# they run side by side, apt once make-venv's own apt-get is done (they would contend for apt's lock);
+# their lines interleave (make's --output-sync would hold pytest's back until it ends).
+# The ops then compile while apt, ruff and pytest's start go on; pytest's build loads them. make's
+# jobserver stays out of the recipes' environment: a ninja that joins it would find no jobserver there.
+ifeq ($(MAKECMDGOALS),test)
+MAKEFLAGS += -j2
+unexport MAKEFLAGS MFLAGS
+system-deps: | $(PY)
+endif
+
+test: install system-deps ops lint
 	# Two workers, a test file each at a time (a file's fixtures are built once); the Slurm file first.
 	$(PY) -m pytest -n 2 --dist loadfile --durations=15

@@ -21,22 +21,12 @@ from helpers import MlflowServer, Own, Sweep, make_own, ok, run_pipeline
 # 3.5 s a step (60 ms alone), 0.14 s with PASSIVE; alone, the same run time either way.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# DeepSpeed's CPU ops, in the order the suite first needs them: the CPU FusedAdam (every training),
-# gloo's shared-memory allreduce (two ranks), CPU Adam (offload), and NVMe's (pinned memory, aio).
-OPS = ("FusedAdamBuilder", "ShareMemCommBuilder", "CPUAdamBuilder", "PinMemoryBuilder", "AsyncIOBuilder")
-BUILD_OPS = f"""
-from deepspeed.accelerator import get_accelerator
-from pipeline.rank import cpu_probe
-cpu_probe.remember()  # the ranks' compiler flags, so that they load these builds
-for name in {OPS!r}:
-    get_accelerator().create_op_builder(name).load(verbose=False)
-"""
-
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """On a fresh machine DeepSpeed compiles its CPU ops (~7 min of CPU on 2 cores) inside the first
     test that needs each. When tests train, the ops are built from the start instead, beside the
-    tests: a test needing one waits on torch's build lock for the rest of that op's build."""
+    tests (scripts/build-ops.py; make test starts those that need no Debian package before pytest):
+    a test needing one waits on torch's build lock for the rest of that op's build."""
     trains = any(item.get_closest_marker("slow") for item in session.items)
     if trains and not hasattr(session.config, "workerinput"):
         _build_ops(session.config)
@@ -54,7 +44,7 @@ def _build_ops(config: pytest.Config) -> None:
         return
     log = open(config.rootpath / "outputs" / "deepspeed-ops-build.log", "w")  # noqa: SIM115
     config.stash[_BUILD] = subprocess.Popen(
-        [sys.executable, "-c", BUILD_OPS], stdout=log, stderr=subprocess.STDOUT, cwd=config.rootpath
+        [sys.executable, "scripts/build-ops.py"], stdout=log, stderr=subprocess.STDOUT, cwd=config.rootpath
     )
 
 
