@@ -165,14 +165,17 @@ def test_every_deepspeed_scheduler_trains(outputs):
         assert [m.value for m in history] == pytest.approx(SCHEDULES[option], rel=1e-3, abs=1e-12), option
 
 
-def test_muon_trains_on_zero2_and_on_zero3_without_reduce_scatter(outputs):
+def test_muon_trains_on_zero2_and_on_zero3_without_reduce_scatter_with_and_without_cpu_offload(outputs):
     """optimizer=muon: DeepSpeed 0.19's Muon (the guide's newest optimizer), which DeepSpeed builds from the
-    JSON and tags the matrices for; ZeRO-3 takes it with zero.reduce_scatter=false (its rule). Eager here:
-    torch.compile builds Muon's CPU kernels for ~50 s on 2 cores, on the first step of each point."""
-    sweep = ("-m", "optimizer=muon", "zero=stage2,stage3", "zero.reduce_scatter=false", "trainer.max_steps=4")
-    ok(run_pipeline(outputs, *sweep, "trainer.save_model=false", env={"TORCHDYNAMO_DISABLE": "1"}))
+    JSON and tags the matrices for; ZeRO-3 takes it with zero.reduce_scatter=false (its rule). With CPU
+    offload DeepSpeed 0.19.8 orthogonalizes on its own path (`_apply_muon_updates_cpu_offload`), so it is
+    allowed and trained too. Eager here: torch.compile builds Muon's CPU kernels for ~50 s on 2 cores."""
+    sweep = ("-m", "optimizer=muon", "zero=stage2,stage3", "offload=none,cpu", "zero.reduce_scatter=false")
+    ok(run_pipeline(outputs, *sweep, "trainer.max_steps=4", "trainer.save_model=false",
+                    env={"TORCHDYNAMO_DISABLE": "1"}))  # fmt: skip
     children = finished_children(outputs)
-    assert sorted(r.data.params["zero"] for r in children) == ["stage2", "stage3"]
+    points = sorted((r.data.params["zero"], r.data.params["offload"]) for r in children)
+    assert points == [("stage2", "cpu"), ("stage2", "none"), ("stage3", "cpu"), ("stage3", "none")]
     for path in outputs.glob("sweeps/*/*/deepspeed.json"):
         ds = json.loads(path.read_text())
         assert ds["optimizer"]["type"] == "Muon" and ds["zero_optimization"]["reduce_scatter"] is False
