@@ -136,7 +136,8 @@ def _knob_variants(cfg: Config) -> list[tuple[str, Config]]:
     """The fixes that keep the stage and offload, first: ZeRO-3's gathered weights, bounded by
     stage3_max_reuse_distance, and its prefetch, by stage3_max_live_parameters and
     stage3_prefetch_bucket_size (memory.zero3_live_params, from DeepSpeed's parameter coordinator), and
-    the second reduce bucket overlap_comm allocates (memory.bucket_bytes)."""
+    the second reduce bucket overlap_comm allocates on ZeRO-2/3 (memory.bucket_bytes: ZeRO-1 holds
+    two without it)."""
     z, tried = cfg.zero, []
     if (
         z.stage == 3
@@ -154,7 +155,7 @@ def _knob_variants(cfg: Config) -> list[tuple[str, Config]]:
                 cfg, f"zero.stage3_prefetch_bucket_size={tenth}", "zero", stage3_prefetch_bucket_size=tenth
             )
         )
-    if z.stage > 0 and z.overlap_comm and z.reduce_bucket_size and z.contiguous_gradients:
+    if z.stage > 1 and z.overlap_comm and z.reduce_bucket_size and z.contiguous_gradients:
         tried.append(_variant(cfg, "zero.overlap_comm=false", "zero", overlap_comm=False))
     return tried
 

@@ -208,12 +208,13 @@ def zero1_held_grads(cfg: Config, params: int) -> int:
     """ZeRO-1 at gradient accumulation above 1: DeepSpeed 0.19.8 reduces and frees a gradient during
     backward only when it partitions gradients (ZeRO-2) or at the accumulation boundary
     (`reduce_ready_partitions_and_remove_grads`, stage_1_and_2.py), so between micro-steps each rank
-    holds every gradient whole: the full 16-bit (fp32: 32-bit) gradients in place of the partition
-    DeepSpeed's estimator counts."""
+    holds every gradient whole, the full 16-bit (fp32: 32-bit) gradients, beside the partition
+    DeepSpeed's estimator counts, and at the boundary another reduce bucket. Measured in a fake world
+    of 8, 64 and 512 (1B, accumulation 4 against 1): 2.71 GiB more at each, 2 bytes a parameter and
+    one 5e8 bucket (benchmarks/RESULTS.md, fifteenth session)."""
     if cfg.zero.stage != 1 or cfg.trainer.gradient_accumulation_steps == 1:
         return 0
-    grad = 2 if cfg.precision.half else 4
-    return grad * params - grad * params // cfg.world_size
+    return (2 if cfg.precision.half else 4) * params + bucket_bytes(cfg) // 2
 
 
 def zero3_live_params(cfg: Config, shape: ModelShape) -> int:
@@ -232,13 +233,18 @@ def zero3_live_params(cfg: Config, shape: ModelShape) -> int:
 
 
 def bucket_bytes(cfg: Config) -> int:
-    """ZeRO's gradient reduce bucket, allocated whole whatever the model's size (contiguous_gradients),
-    two of them with overlap_comm (one fills while the other is reduced). A bucket left to
-    DeepSpeed's "auto" is hidden^2 elements: negligible."""
+    """ZeRO's gradient reduce buckets, allocated whole whatever the model's size (contiguous_gradients):
+    two with overlap_comm (one fills while the other is reduced), and two under ZeRO-1 too, whose
+    peaks equal ZeRO-2's at every world size measured (1, 2, 8, 64 and 512 ranks, the 1B at
+    accumulation 1, overlap_comm off: tests/test_memory.py) although DeepSpeed allocates it one
+    bucket (`setup_buckets`, stage_1_and_2.py). A bucket left to DeepSpeed's "auto" is hidden^2
+    elements: negligible."""
     z = cfg.zero
     if z.stage == 0 or not z.reduce_bucket_size or not z.contiguous_gradients:
         return 0
-    return z.reduce_bucket_size * (2 if cfg.precision.half else 4) * (2 if z.overlap_comm else 1)
+    return (
+        z.reduce_bucket_size * (2 if cfg.precision.half else 4) * (2 if z.overlap_comm or z.stage == 1 else 1)
+    )
 
 
 def activation_bytes(cfg: Config, shape: ModelShape) -> int:
