@@ -73,7 +73,7 @@ SUITES: dict[str, list[str]] = {
         "model=llama_1b world=64 zero=stage1,stage2 precision=fp16",
     ],
     # Each step's phases for the plan's terms that miss (issues 33, 34): ZeRO-1 against ZeRO-2 at
-    # accumulation 1 and 4, ZeRO-3's live parameters, and LoRA on ZeRO-2 and ZeRO-3 on one GPU.
+    # accumulation 1 and 4, ZeRO-3's live parameters, and LoRA and QLoRA on ZeRO-2 and ZeRO-3 on one GPU.
     "terms": [
         "model=llama_1b world=8 zero=stage1,stage2",
         "model=llama_1b world=8 zero=stage1 trainer.gradient_accumulation_steps=4",
@@ -81,6 +81,7 @@ SUITES: dict[str, list[str]] = {
         f"model=llama_1b world=64 zero=stage3 {SMALL_LIVE}",
         "model=llama_1b world=1 zero=stage2,stage3 peft=lora",
         "model=llama_1b world=1 zero=stage3",
+        "model=llama_1b world=1 zero=stage2,stage3 peft=qlora",
     ],
     # The 6.7B-shaped Llama: ZeRO-3 built under zero.Init at 8, 64, 512; ZeRO-1/2 at 64, where its
     # states fit one GPU (micro batch 2: at 8 its activations alone would be ~34 GiB).
