@@ -30,10 +30,15 @@ FP32_GRAD_BYTES = 4
 # ZeRO-3 with its parameters offloaded still holds on each GPU the gathered 16-bit weights (up to
 # stage3_max_live_parameters) and the fp32 gradient partition on its way to the host.
 ZERO3_OFFLOAD_GPU_BYTES = (2, 4)
-# ZeRO-3 on GPU: beside DeepSpeed's estimate (its partitions), every rank holds what it gathered,
-# the 16-bit weights (up to stage3_max_live_parameters) and gradients on their way to the
-# reduce-scatter: 3 bytes a parameter net, measured on 1 and 2 GPUs (28.5 and 23.3 GiB, 1B Llama).
-ZERO3_GATHERED_BYTES = 3
+# ZeRO-3 on GPU. DeepSpeed's estimate counts 18 bytes a parameter of each rank's partition, the fp32
+# gradient partition (4) included, which the optimizer step makes after backward has freed the
+# activations, less the 16-bit one (2) that backward fills: 16 during backward. Beside its partition
+# every rank holds what it gathered, the 16-bit weights and gradients of the parameters kept live
+# (zero3_live_params): 3 bytes a parameter on one GPU, 5 on more, where the gradients of whole
+# parameters wait for their reduce-scatter. Fitted to the 1B Llama's peaks on 1 and 2 GPUs and as
+# rank 0 of fake worlds of 8, 64 and 512 (tests/test_memory.py).
+ZERO3_PARTITION_BYTES_NOT_IN_BACKWARD = 2
+ZERO3_GATHERED_BYTES = {"one GPU": 3, "more": 5}
 # Under offload=nvme a rank's host memory holds the pinned swap buffers, not the states: the 16-bit
 # parameters' (param_buffer_count x param_buffer_size), the optimizer's fp32 states'
 # (optimizer_buffer_count x the largest sub-group: sub_group_size or the rank's partition, if
@@ -181,7 +186,8 @@ def trained_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
         if cfg.offloads_params:
             weights, grads = ZERO3_OFFLOAD_GPU_BYTES
             return host, gpu + weights * live + grads * params // cfg.world_size
-        gpu += ZERO3_GATHERED_BYTES * live
+        gpu -= ZERO3_PARTITION_BYTES_NOT_IN_BACKWARD * params // cfg.world_size
+        gpu += ZERO3_GATHERED_BYTES["one GPU" if cfg.world_size == 1 else "more"] * live
         if (cfg.zero.stage3_param_persistence_threshold or 0) >= shape.largest_layer:
             # Every weight persistent (perf=resident): each GPU also holds them all, whole.
             gpu += params * (2 if cfg.precision.half else 4)
