@@ -76,6 +76,9 @@ MEASURED_HOST = [
     (["zero=stage3", "offload=cpu"], 23.2, "9th session, 1 H100"),
     (NVME, 22.3, "11th session, 1 H100"),
     (["model=llama_small", *NVME], 5.1, "11th session, 1 H100, the small Llama"),
+    # Without offload, what the ranks of a node hold as they load the model (each whole, in fp32): rank 0's
+    # peak RSS x 8 in fake worlds of 8, 64 and 512, the same at every ZeRO stage (15th session, 1 H100).
+    *[([f"zero=stage{n}", *WORLDS[64]], 37.1, "15th session, fake world of 64, 1 H100") for n in (1, 2, 3)],
 ]
 
 

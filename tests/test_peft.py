@@ -233,7 +233,7 @@ def test_the_plan_keeps_optimizer_states_for_the_adapter_only_and_the_base_in_16
     four_bit = qlora.memory.gpu_model_states - 16 * sized.trainable
     assert four_bit == pytest.approx(0.516 * sized.quantized + 2 * (base - sized.quantized), rel=0.01)
     # Offloaded, the adapter's states are next to nothing: the host holds what loading the base takes
-    # (as without offload, DeepSpeed's estimate), a quarter of the full fine-tune's offloaded states.
+    # (memory.load_host_bytes), a quarter of the full fine-tune's offloaded states.
     offloaded = planned(*ONE_B, "peft=lora", "offload=cpu").memory.host_model_states
     assert offloaded == pytest.approx(full.memory.host_model_states, rel=0.02)  # and the adapter
     assert offloaded < 0.3 * planned(*ONE_B, "offload=cpu").memory.host_model_states

@@ -65,7 +65,7 @@ def memory_lines(plan: Plan) -> str:
         f"  model: {plan.params / 1e6:.2f}M parameters, world size {plan.world_size}",
         f"  per GPU: ~{m.gpu_peak / GIB:.2f} GiB at the peak: {m.gpu_model_states / GIB:.2f} GiB model states"
         f" + {m.gpu_buffers / GIB:.2f} GiB ZeRO buckets + {m.gpu_activations / GIB:.2f} GiB activations",
-        f"  host (per node): {m.host_model_states / GIB:.2f} GiB for the model states",
+        f"  host (per node): {m.host_model_states / GIB:.2f} GiB (the model as loaded, offloaded states)",
     ]
     if m.nvme:
         rows.append(f"  NVMe (per node): {m.nvme / GIB:.2f} GiB")
