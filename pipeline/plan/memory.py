@@ -62,7 +62,7 @@ LOGIT_BYTES = 12
 # their own; the frozen base has no gradients, no fp32 master and no optimizer states, only its weights:
 # 16 bits under bf16/fp16 (DeepSpeed casts the module), 32 under fp32, and under QLoRA 4-bit nf4 with a
 # blocksize-64 fp32 absmax double-quantized to 8 bits (a 256-block fp32 second level): 0.5 + 1/64 +
-# 4/(64*256) bytes a weight. Not yet held against a GPU peak (issue 33 item 5).
+# 4/(64*256) bytes a weight. The 1B's QLoRA on ZeRO-2: 18.25 GiB planned, 18.31 measured on an H100.
 QLORA_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 # LoRA's dropout saves, for each adapted layer, its dropped-out input in 16 bits and the mask (1 byte);
 # the frozen base's linear layers save no input for a weight gradient (16 bits each, in the full
@@ -256,8 +256,11 @@ def bucket_bytes(cfg: Config) -> int:
     two with overlap_comm (one fills while the other is reduced), and two under ZeRO-1 too, whose
     peaks equal ZeRO-2's at every world size measured (1, 2, 8, 64 and 512 ranks, the 1B at
     accumulation 1, overlap_comm off: tests/test_memory.py) although DeepSpeed allocates it one
-    bucket (`setup_buckets`, stage_1_and_2.py). A bucket left to DeepSpeed's "auto" is hidden^2
-    elements: negligible."""
+    bucket (`setup_buckets`, stage_1_and_2.py). Measured phase by phase (benchmarks/RESULTS.md,
+    sixteenth session), what backward adds at the peak is the same at every stage, LoRA's too: the
+    loss's fp32 gradients (8 bytes x tokens x vocabulary, 1.95 GiB for the 1B at 8 x 1024), which
+    these buckets stand in for until issue 34 splits the terms. A bucket left to DeepSpeed's "auto"
+    is hidden^2 elements: negligible."""
     z = cfg.zero
     if z.stage == 0 or not z.reduce_bucket_size or not z.contiguous_gradients:
         return 0
