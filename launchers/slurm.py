@@ -66,12 +66,13 @@ def max_array_size() -> int:
 
 def dead_tasks(job: submitit.Job) -> str:
     """srun's own word on the job's tasks that died (the batch step's stderr): which tasks, on which
-    node, of which signal, e.g. "tasks 2-3 on zs-node2 died: Killed (SIGKILL)"; '' if none."""
+    node, of which signal, e.g. "tasks 2-3 on zs-node2 died: Killed (SIGKILL)"; '' if none. The line
+    may follow a progress bar's last redraw, which ends without a newline."""
     try:
         text = job.stderr() or ""
     except OSError:
         return ""
-    died = re.findall(r"^srun: error: (\S+): (tasks? [\d,-]+): (.+)$", text, re.MULTILINE)
+    died = re.findall(r"srun: error: (\S+): (tasks? [\d,-]+): (.+)$", text, re.MULTILINE)
     return "; ".join(f"{tasks} on {node} died: {what}{_signal_name(what)}" for node, tasks, what in died)
 
 
@@ -116,15 +117,17 @@ SACCT_POLL_S = 5
 
 def _ended(job: submitit.Job) -> None:
     """Until the job has its result, or Slurm says it ended without one. submitit then waits 15 s
-    more for the result file, for a network filesystem's late view of it: not on a local disk."""
+    more for each task's result file, for a network filesystem's late view of it: not on a local
+    disk (a job of several tasks reads each task's own, so each is told)."""
     if not track.network_filesystem(job.paths.folder):
-        job._results_timeout_s = 1  # submitit's knob (its own tests set it so)
+        for task in (job, *map(job.task, range(job.num_tasks))):
+            task._results_timeout_s = 1  # submitit's knob (its own tests set it so)
     asked = time.monotonic()
     while not job.done():
         time.sleep(1)
         if time.monotonic() - asked >= SACCT_POLL_S:
             asked = time.monotonic()
-            if job.done(force_check=True):
+            if job.watcher.is_done(job.job_id, mode="force"):  # done(force_check) skips a job's tasks
                 return
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -295,8 +296,9 @@ def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
     signal, and sweep.retries=1 tries the point again as a new job, from that checkpoint. Its store
     is a team's MLflow server."""
     server = mlflow_server.uri
+    # 40 steps: the job trains 30 more after its first checkpoint (~7 s alone) while the test acts.
     proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "sweep.retries=1",
-                 "trainer.max_steps=60", "trainer.save_steps=10",
+                 "trainer.max_steps=40", "trainer.save_steps=10",
                  f"tracking.uri={server}", "tracking.experiment=lost_node")  # fmt: skip
     wait_for(
         "the first complete checkpoint",
@@ -316,13 +318,13 @@ def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
     assert error.rstrip().endswith("tasks 2-3 on zs-node2 died: Killed (SIGKILL)"), error[-2000:]
     assert f"try 2 of 2 as Slurm job {second_job}, from its newest checkpoint" in out
     assert retried.data.tags["zerosweep.carries_on"] == lost.info.run_id
-    assert retried.data.metrics["resumed_from_step"] >= 10 and retried.data.metrics["steps"] == 60
+    assert retried.data.metrics["resumed_from_step"] >= 10 and retried.data.metrics["steps"] == 40
 
 
 def test_a_node_set_down_mid_job_requeues_it_into_the_same_run(tmp_path: Path) -> None:
     """An admin sets the second node of a 2-node job DOWN after its first checkpoint: Slurm ends the
     job NODE_FAIL and requeues it; it resumes from that checkpoint into the same run, which says why."""
-    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "trainer.max_steps=60",
+    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "trainer.max_steps=40",
                  "trainer.save_steps=10")  # fmt: skip
     wait_for(
         "the first complete checkpoint",
@@ -339,8 +341,8 @@ def test_a_node_set_down_mid_job_requeues_it_into_the_same_run(tmp_path: Path) -
     parent, (run,) = parent_and_children(tmp_path)
     assert parent.info.status == run.info.status == "FINISHED", out
     assert run.data.tags["zerosweep.requeued_after"] == "NODE_FAIL"
-    assert loss_steps(tmp_path, run.info.run_id) == list(range(1, 61))  # contiguous, none twice
-    assert run.data.metrics["resumed_from_step"] >= 10 and run.data.metrics["steps"] == 60
+    assert loss_steps(tmp_path, run.info.run_id) == list(range(1, 41))  # contiguous, none twice
+    assert run.data.metrics["resumed_from_step"] >= 10 and run.data.metrics["steps"] == 40
 
 
 def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(
@@ -348,13 +350,14 @@ def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(
 ) -> None:
     """The driver is killed once its jobs are queued; the same command again waits for those jobs
     (submits none twice) and closes the sweep when they end. Its store is a team's MLflow server."""
-    # Long enough that the jobs are still queued or running when the second driver looks, also
-    # with another xdist worker's tests training beside (40, then 100 steps: a loaded machine
-    # finished one of them first).
+    # Submitted held (sbatch --hold) and released once the second driver has found them: still
+    # queued when it looks, however loaded the machine (jobs that trained meanwhile raced it: at 40,
+    # then 100 steps a loaded machine finished one of them first).
     server = mlflow_server.uri
     args = (
         "zero=stage2,stage3",
-        "trainer.max_steps=300",
+        "trainer.max_steps=8",
+        "+launcher.additional_parameters.hold=true",
         f"tracking.uri={server}",
         "tracking.experiment=resumed",
     )
@@ -369,8 +372,21 @@ def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(
     job_ids = wait_for("the sweep's Slurm jobs", queued, timeout=120)
     first.kill()  # the driver dies; Slurm keeps its jobs
     first.wait()
-    out = finish(start(tmp_path, *args))
-    assert out.count("queued by an earlier driver") == 2
+    second = start(tmp_path, *args)
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in second.stdout:
+            lines.append(line)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    said = "queued by an earlier driver"
+    wait_for("the second driver to find the jobs", lambda: "".join(lines).count(said) == 2, timeout=120)
+    subprocess.run(["scontrol", "release", ",".join(job_ids)], check=True)
+    assert second.wait(timeout=420) == 0, "".join(lines)[-6000:]
+    reader.join()
+    assert "".join(lines).count(said) == 2  # none submitted twice
     parent, children = parent_and_children(server, "resumed")
     assert parent.info.status == "FINISHED" and parent.data.tags["zerosweep.slurm_job_ids"].split() == job_ids
     assert len(children) == 2 and {r.info.status for r in children} == {"FINISHED"}
