@@ -92,7 +92,8 @@ def test_lora_losses_agree_across_stages_and_a_resumed_point_goes_on_as_the_unin
 @pytest.mark.slow
 def test_the_zero3_adapter_is_saved_whole_and_loads_on_its_base(lora):
     """Under ZeRO-3 the adapter's 16-bit weights are gathered from the partitions (the trap: saved
-    empty): every A and B is there, B has left its init (zeros), and it equals ZeRO-2's adapter."""
+    empty): every A and B is there, B has left its init (zeros), and it equals ZeRO-2's adapter, in its
+    dtype too (made after zero.Init, DeepSpeed would have left it in fp32)."""
     saved = {}
     for stage in ("stage2", "stage3"):
         run = lora["carried"][stage]
@@ -103,6 +104,7 @@ def test_the_zero3_adapter_is_saved_whole_and_loads_on_its_base(lora):
     assert saved["stage3"].keys() == saved["stage2"].keys()
     for key, weight in saved["stage3"].items():
         assert weight.numel() > 0 and torch.allclose(weight, saved["stage2"][key], atol=1e-5), key
+        assert weight.dtype == saved["stage2"][key].dtype == torch.bfloat16, key
         if "lora_B" in key:
             assert weight.abs().max() > 0, f"{key} is still its init"
     adapter_dir = run_dir(lora["carried"]["stage3"]) / "adapter"
