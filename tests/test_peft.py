@@ -92,8 +92,7 @@ def test_lora_losses_agree_across_stages_and_a_resumed_point_goes_on_as_the_unin
 @pytest.mark.slow
 def test_the_zero3_adapter_is_saved_whole_and_loads_on_its_base(lora):
     """Under ZeRO-3 the adapter's 16-bit weights are gathered from the partitions (the trap: saved
-    empty): every A and B is there, B has left its init (zeros), and it equals ZeRO-2's adapter, in its
-    dtype too (made after zero.Init, DeepSpeed would have left it in fp32)."""
+    empty): every A and B is there, B has left its init (zeros), and it equals ZeRO-2's adapter."""
     saved = {}
     for stage in ("stage2", "stage3"):
         run = lora["carried"][stage]
@@ -104,7 +103,6 @@ def test_the_zero3_adapter_is_saved_whole_and_loads_on_its_base(lora):
     assert saved["stage3"].keys() == saved["stage2"].keys()
     for key, weight in saved["stage3"].items():
         assert weight.numel() > 0 and torch.allclose(weight, saved["stage2"][key], atol=1e-5), key
-        assert weight.dtype == saved["stage2"][key].dtype == torch.bfloat16, key
         if "lora_B" in key:
             assert weight.abs().max() > 0, f"{key} is still its init"
     adapter_dir = run_dir(lora["carried"]["stage3"]) / "adapter"
@@ -112,6 +110,37 @@ def test_the_zero3_adapter_is_saved_whole_and_loads_on_its_base(lora):
     base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])  # <run dir>/base
     assert Path(config["base_model_name_or_path"]) == run_dir(lora["carried"]["stage3"]) / "base"
     assert isinstance(PeftModel.from_pretrained(base, adapter_dir), PeftModel)
+
+
+def test_the_zero3_adapter_trains_in_the_training_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """DeepSpeed casts a ZeRO-0/1/2 module to bf16 whole, under ZeRO-3 only what zero.Init made: the
+    base. The adapter, made after it, would stay fp32, and PEFT casts each adapted input to it: ZeRO-3 +
+    LoRA's forward kept 6.7 GiB more than ZeRO-2's for the 1B (benchmarks/RESULTS.md, sixteenth session).
+    The model as a rank builds it, in this process (a world of one, taken down after)."""
+    import socket
+
+    import torch.distributed as dist
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from pipeline.job import Job
+    from pipeline.rank import model, tokenizer, train
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    point = ["model=llama_tiny", "peft=lora", "zero=stage3", "precision=bf16", f"outputs_dir={tmp_path}"]
+    cfg = compose.compose_point(point)
+    job = Job.of(cfg, plan.make(cfg, tmp_path, use_cpu=True), tmp_path, 1)
+    try:
+        net, _ = train.model_and_arguments(job, model.model_config(cfg, tokenizer.BYTE_VOCAB))
+    finally:
+        unset_hf_deepspeed_config()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert {p.dtype for p in net.parameters() if p.requires_grad} == {torch.bfloat16}
 
 
 @pytest.mark.slow
