@@ -117,20 +117,15 @@ def test_the_zero3_adapter_trains_in_the_training_dtype(tmp_path: Path, monkeypa
     base. The adapter, made after it, would stay fp32, and PEFT casts each adapted input to it: ZeRO-3 +
     LoRA's forward kept 6.7 GiB more than ZeRO-2's for the 1B (benchmarks/RESULTS.md, sixteenth session).
     The model as a rank builds it, in this process (a world of one, taken down after)."""
-    import socket
-
     import torch.distributed as dist
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     from pipeline.job import Job
+    from pipeline.launch import local
     from pipeline.rank import model, tokenizer, train
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0").items():
+    for key, value in local.one_rank_env().items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("WORLD_SIZE", "1")
     point = ["model=llama_tiny", "peft=lora", "zero=stage3", "precision=bf16", f"outputs_dir={tmp_path}"]
     cfg = compose.compose_point(point)
     job = Job.of(cfg, plan.make(cfg, tmp_path, use_cpu=True), tmp_path, 1)

@@ -152,13 +152,22 @@ def world_of_one() -> None:
     """A world of one rank in this process; it stays up across the points of a local sweep."""
     if "RANK" in os.environ:
         return
+    os.environ.update(one_rank_env())
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+
+
+def one_rank_env() -> dict[str, str]:
+    """The environment torch.distributed reads for a world of one rank, on a free local port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1"
-    )
-    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+    }
 
 
 @record  # a failing rank's exception reaches the job's error (else only "ChildFailedError")
