@@ -199,6 +199,11 @@ class PrecisionConf:
         """Weights, gradients and activations in 16 bits (either kind)."""
         return self.dtype != Dtype.fp32
 
+    @property
+    def value_bytes(self) -> int:
+        """Bytes of one weight, gradient or activation value in the training dtype."""
+        return 2 if self.half else 4
+
 
 @dataclass
 class OptimizerConf:

@@ -23,7 +23,6 @@ STATE_BYTES_PER_PARAM = 16
 # fp32 training holds the same 16 (4 + 4 + 8). The 1B's ZeRO-0 and 1-GPU ZeRO-2 bf16 peaks are equal
 # (26.8 GiB, tests/test_memory.py), as 16 bytes each make them.
 ZERO0_BYTES_PER_PARAM, ZERO0_BF16_OPTIMIZER_BYTES = 16, 18
-FP32_BYTES = 4
 # ZeRO-1/2 make the fp32 gradient partition (4 bytes a parameter, per rank) in the optimizer step
 # only, after backward has freed the activations: the backward peak does without it.
 FP32_GRAD_BYTES = 4
@@ -56,7 +55,7 @@ STEP_BYTES = 6
 # (a built model; DeepSpeed casts and moves it later), or only its ZeRO-3 partition where zero.Init
 # builds or loads it partitioned. Beside it Python, torch, transformers and DeepSpeed: 1.1 GiB. The 1B
 # Llama as rank 0 of fake worlds of 8, 64 and 512 on an H100: 4.5 GiB after the build, peak 4.64.
-RANK_LOAD_RUNTIME = int(1.1 * GIB)
+RANK_LOAD_RUNTIME, FP32_BYTES = int(1.1 * GIB), 4
 # Korthikanti et al.'s per-layer activations, s*b*h*34 bytes in 16-bit (the attention score term
 # is dropped: SDPA does not store it); under checkpointing, each layer's 16-bit input only, plus
 # one layer recomputed in full.
@@ -157,7 +156,7 @@ def step_bytes(cfg: Config, shape: ModelShape) -> int:
     if cfg.offloads_optimizer or cfg.offloads_params:
         return 0
     n, trained = cfg.world_size, shape.trained
-    weights = 2 if cfg.precision.half else 4
+    weights = cfg.precision.value_bytes
     frozen = shape.frozen_bytes(cfg.precision.half)
     if cfg.zero.stage == 0:
         return (STATE_BYTES_PER_PARAM + STEP_BYTES) * trained + frozen
@@ -183,7 +182,7 @@ def nvme_host_bytes(cfg: Config, params: int) -> int:
     per_rank = params // cfg.world_size
     host = NVME_RANK_RUNTIME
     if cfg.offloads_params:
-        host += off.param_buffer_count * off.param_buffer_size * (2 if cfg.precision.half else 4)
+        host += off.param_buffer_count * off.param_buffer_size * cfg.precision.value_bytes
     if cfg.offloads_optimizer:
         host += (off.optimizer_buffer_count * min(cfg.zero.sub_group_size, per_rank) + per_rank) * 4
     return ranks * host
@@ -231,7 +230,7 @@ def trained_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
         gpu += ZERO3_GATHERED_BYTES["one GPU" if cfg.world_size == 1 else "more"] * live
         if (cfg.zero.stage3_param_persistence_threshold or 0) >= shape.largest_layer:
             # Every weight persistent (perf=resident): each GPU also holds them all, whole.
-            gpu += params * (2 if cfg.precision.half else 4)
+            gpu += params * cfg.precision.value_bytes
         return host, gpu
     if stage in (1, 2):
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
@@ -261,7 +260,7 @@ def zero1_held_grads(cfg: Config, params: int) -> int:
     one 5e8 bucket (benchmarks/RESULTS.md, fifteenth session)."""
     if cfg.zero.stage != 1 or cfg.trainer.gradient_accumulation_steps == 1:
         return 0
-    return (2 if cfg.precision.half else 4) * params + bucket_bytes(cfg) // 2
+    return cfg.precision.value_bytes * params + bucket_bytes(cfg) // 2
 
 
 def zero3_live_params(cfg: Config, shape: ModelShape) -> int:
@@ -292,9 +291,7 @@ def bucket_bytes(cfg: Config) -> int:
     z = cfg.zero
     if z.stage == 0 or not z.reduce_bucket_size or not z.contiguous_gradients:
         return 0
-    return (
-        z.reduce_bucket_size * (2 if cfg.precision.half else 4) * (2 if z.overlap_comm or z.stage == 1 else 1)
-    )
+    return z.reduce_bucket_size * cfg.precision.value_bytes * (2 if z.overlap_comm or z.stage == 1 else 1)
 
 
 def activation_bytes(cfg: Config, shape: ModelShape) -> int:
