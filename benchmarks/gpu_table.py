@@ -72,6 +72,16 @@ PRESETS: dict[str, tuple] = {
     # LoRA r=16 on every linear layer (issue 33): against the full fine-tune of its variant.
     "z2+lora": ("z2", ["peft=lora", "peft.r=16"]),
     "z3+lora": ("z3", ["peft=lora", "peft.r=16"]),
+    # QLoRA: the frozen base in 4 bits (bitsandbytes), the same adapter.
+    "z2+qlora": ("z2", ["peft=qlora", "peft.r=16"]),
+    "z3+qlora": ("z3", ["peft=qlora", "peft.r=16"]),
+    # precision=fp8 (torchao float8 linear layers, compiled) against bf16 compiled (z2+compile):
+    # speed on the reference's random tokens; the loss on the shipped text (random tokens teach nothing).
+    "z2+fp8": ("z2", ["precision=fp8"]),
+    "z3+fp8": ("z3", ["precision=fp8"]),
+    "z2+fp8_mbs32": ("z2", ["perf=compile_mbs32", "precision=fp8"]),
+    "z2+compile_text": ("z2", ["perf=compile", "data=tiny_corpus", "data.seq_len=1024"]),
+    "z2+fp8_text": ("z2", ["precision=fp8", "data=tiny_corpus", "data.seq_len=1024"]),
 }
 
 

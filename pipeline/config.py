@@ -182,6 +182,13 @@ class PrecisionConf:
     # TF32 matmuls and convolutions (TrainingArguments.tf32): true or false on an Ampere or newer GPU;
     # None leaves torch's default. HF raises for true without such a GPU: preflight refuses it first.
     tf32: bool | None = None
+    # precision=fp8: the linear layers' matmuls in float8 (torchao's float8 training, dynamic
+    # scaling), bf16 everywhere else. Recipe: torchao's (tensorwise, rowwise, rowwise_with_gw_hp).
+    fp8: bool = False
+    fp8_recipe: str = "tensorwise"
+    # torchao's emulation: float8 numerics on any device, CPU included, at no speed-up (to check a
+    # configuration's numerics where no fp8 GPU is).
+    fp8_emulate: bool = False
 
     # The least value of each count and size.
     AT_LEAST: ClassVar[dict[str, int]] = {"loss_scale": 0}
@@ -608,6 +615,13 @@ class Config:
     def global_batch(self) -> int:
         """Sequences per optimizer step on the planned ranks: micro batch x accumulation x ranks."""
         return self.batch_per_rank * self.world_size
+
+    @property
+    def compiled(self) -> bool:
+        """torch.compile: asked for, or on for fp8 (compiled, torchao's casts fuse into the matmuls;
+        eager fp8 is slower than bf16), unless emulated (numerics only, on any device)."""
+        fp8 = self.precision.fp8 and not self.precision.fp8_emulate
+        return self.trainer.torch_compile or fp8
 
     @property
     def offloads_optimizer(self) -> bool:

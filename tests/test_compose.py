@@ -79,7 +79,7 @@ def test_assembly_equals_hydras_own_composition():
 def test_groups_have_the_guides_options():
     assert OPTIONS["zero"] == ["stage0", "stage1", "stage2", "stage3"]
     assert OPTIONS["offload"] == ["cpu", "none", "nvme"]
-    assert OPTIONS["precision"] == ["bf16", "fp16", "fp32"]
+    assert OPTIONS["precision"] == ["bf16", "fp16", "fp32", "fp8"]
     assert {"adamw", "adam", "lamb", "adamw_torch"} <= set(OPTIONS["optimizer"])
     assert {"warmup_linear", "warmup_cosine", "warmup_decay", "constant"} <= set(OPTIONS["scheduler"])
     assert {"warmup", "one_cycle", "lr_range_test"} <= set(OPTIONS["scheduler"])
@@ -234,8 +234,9 @@ def test_every_combination_composes_and_only_the_guides_rules_refuse():
         # DeepSpeed ignores unknown top-level keys silently: every key we write must be one it reads.
         assert set(ds) <= DS_TOP_LEVEL, set(ds) - DS_TOP_LEVEL
         DeepSpeedZeroConfig(**ds["zero_optimization"])  # its pydantic model forbids unknown keys
+        # fp8 is bf16 outside the linear layers (torchao swaps them in the rank).
         assert ds["fp16"]["enabled"] == (precision == "fp16") and ds["bf16"]["enabled"] == (
-            precision == "bf16"
+            precision in ("bf16", "fp8")
         )
         assert ("optimizer" in ds) == (cfg.optimizer.provider.value == "deepspeed")
         assert ("scheduler" in ds) == (cfg.scheduler.provider.value == "deepspeed")

@@ -5,6 +5,7 @@ the node that runs it. Each failure is one ConfigError naming the key to change.
 """
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import sys
@@ -164,6 +165,8 @@ def _check_accelerator(cfg: Config) -> None:
             "TF32 needs an Ampere or newer CUDA GPU (TrainingArguments raises without one)",
             "use precision.tf32=null (torch's default) or false here, or dry_run=true to check the plan",
         )
+    if cfg.precision.fp8 and not cfg.precision.fp8_emulate:
+        _check_fp8_here(gpus)
     if cfg.peft.quantized and gpus == 0:
         raise ConfigError(
             "peft",
@@ -182,6 +185,27 @@ def _check_accelerator(cfg: Config) -> None:
             "trainer.nproc_per_node",
             f"{cfg.trainer.nproc_per_node} ranks but {gpus} GPUs here",
             f"set trainer.nproc_per_node={gpus} or fewer",
+        )
+
+
+def _check_fp8_here(gpus: int) -> None:
+    """torch's float8 matmul (torch._scaled_mm) runs on CUDA GPUs of compute capability 8.9 or newer."""
+    import torch
+
+    if importlib.util.find_spec("torchao") is None:
+        raise ConfigError(
+            "precision", "fp8 trains through torchao, which is not installed", "pip install torchao"
+        )
+    where = "no GPU here" if gpus == 0 else None
+    if gpus and torch.cuda.get_device_capability(0) < (8, 9):
+        name = torch.cuda.get_device_name(0)
+        where = f"{name} has no fp8 (compute capability 8.9+: Ada, Hopper, Blackwell)"
+    if where:
+        raise ConfigError(
+            "precision",
+            f"fp8 needs a GPU with float8 matmuls, and {where}",
+            "use precision=bf16 here, precision.fp8_emulate=true to check fp8's numerics, "
+            "or dry_run=true to check the plan",
         )
 
 

@@ -118,6 +118,7 @@ def check(cfg: Config) -> None:
     _check_data(cfg)
     _check_saving(cfg)
     _check_peft(cfg)
+    _check_fp8(cfg)
 
 
 def _check_deepspeed_keys(cfg: Config) -> None:
@@ -450,4 +451,34 @@ def _check_peft(cfg: Config) -> None:
             "offload.device",
             "QLoRA's 4-bit base cannot be swapped to NVMe by DeepSpeed",
             "use offload=cpu or offload=none with peft=qlora, or peft=lora",
+        )
+
+
+# torchao's float8 training recipes (Float8LinearConfig.from_recipe_name).
+FP8_RECIPES = ("tensorwise", "rowwise", "rowwise_with_gw_hp")
+
+
+def _check_fp8(cfg: Config) -> None:
+    """float8 replaces the trained model's linear layers (torchao), with bf16 around them."""
+    p = cfg.precision
+    if not p.fp8:
+        return
+    if not p.bf16:
+        raise ConfigError(
+            "precision.dtype",
+            f"fp8 trains with bf16 outside the linear layers, not {p.dtype.value}",
+            "use precision=fp8 (it sets bf16)",
+        )
+    if p.fp8_recipe not in FP8_RECIPES:
+        raise ConfigError(
+            "precision.fp8_recipe",
+            f"torchao has no float8 recipe '{p.fp8_recipe}'",
+            f"use one of {', '.join(FP8_RECIPES)}",
+        )
+    if cfg.peft.enabled:
+        # peft wraps each linear layer of the frozen base; torchao swaps nn.Linear modules for its own.
+        raise ConfigError(
+            "precision",
+            "fp8 trains the full model's linear layers, and an adapter's base is frozen",
+            "use precision=bf16 with peft, or peft=none with precision=fp8",
         )

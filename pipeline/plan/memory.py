@@ -308,4 +308,4 @@ def activation_bytes(cfg: Config, shape: ModelShape) -> int:
         lora = LORA_DROPOUT_BYTES * shape.adapted_inputs - FROZEN_INPUT_BYTES * shape.frozen_inputs
         layers += lora * tokens * shape.layers
     saved = layers * fp32_factor + logits
-    return int(saved * COMPILED_FRACTION) if t.torch_compile else saved
+    return int(saved * COMPILED_FRACTION) if cfg.compiled else saved

@@ -156,7 +156,7 @@ def training_args(cfg: Config, ds: dict[str, Any], output_dir: Path, use_cpu: bo
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
-        torch_compile=t.torch_compile,
+        torch_compile=cfg.compiled,
         dataloader_num_workers=t.dataloader_num_workers,
         report_to=[],
         # HF would log a nan/inf loss as the average of the finite ones: a diverged run looked fine.

@@ -1,6 +1,8 @@
 """The model: a pretrained causal LM (model=hf), or a Llama built from the config (no download);
 its size and FLOPs from its config alone, without loading weights."""
 
+import dataclasses
+
 import torch
 from transformers import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
@@ -71,6 +73,29 @@ def build(cfg: Config, config: PretrainedConfig) -> PreTrainedModel:
         # fp32 master weights, as for a built model: DeepSpeed casts to bf16/fp16 itself.
         return AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, dtype=torch.float32)
     return AutoModelForCausalLM.from_config(config)
+
+
+def to_float8(net: PreTrainedModel, cfg: Config) -> int:
+    """precision=fp8: torchao swaps each linear layer for its float8 one, in place, and returns how
+    many. The output head stays bf16 (the logits' precision matters most, and a tied head is the
+    embedding), as does any layer whose sizes float8 matmuls cannot take (multiples of 16)."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    config = Float8LinearConfig.from_recipe_name(cfg.precision.fp8_recipe)
+    config = dataclasses.replace(config, emulate=cfg.precision.fp8_emulate)
+    head = net.get_output_embeddings()
+
+    def wanted(module: torch.nn.Module, _name: str) -> bool:
+        return (
+            isinstance(module, torch.nn.Linear)
+            and module is not head
+            and module.in_features % 16 == 0
+            and module.out_features % 16 == 0
+        )
+
+    before = sum(isinstance(m, torch.nn.Linear) for m in net.modules())
+    convert_to_float8_training(net, module_filter_fn=wanted, config=config)
+    return before - sum(type(m) is torch.nn.Linear for m in net.modules())
 
 
 def flops_per_token(

@@ -110,6 +110,10 @@ def model_and_arguments(job: Job, arch: PretrainedConfig) -> tuple[PreTrainedMod
         unset_hf_deepspeed_config()  # a previous point of a local sweep may have left one live
         net = model.build(cfg, arch)
         args = TrainingArguments(**job.training_args)
+    if cfg.precision.fp8:
+        converted = model.to_float8(net, cfg)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"fp8: {converted} linear layers train in float8 (torchao)", flush=True)
     if cfg.trainer.gradient_checkpointing:
         net.config.use_cache = False
     return net, args

@@ -1,0 +1,82 @@
+"""precision=fp8 (torchao's float8 training of the linear layers): the rules, the refusal where no fp8 GPU
+is, and the model a rank builds with it, in torchao's emulation on this CPU against bf16's."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+from pipeline import plan
+from pipeline.check import compose, rules
+from pipeline.errors import ConfigError
+from pipeline.job import Job
+from pipeline.launch import local
+from pipeline.rank import model, tokenizer, train
+
+from helpers import run_pipeline
+
+
+def rank_model(overrides: list[str], out: Path, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
+    """The model as a rank builds it, in this process (a world of one, taken down after)."""
+    for key, value in local.one_rank_env().items():
+        monkeypatch.setenv(key, value)
+    cfg = compose.compose_point([*overrides, f"outputs_dir={out}"])
+    job = Job.of(cfg, plan.make(cfg, out, use_cpu=True), out, 1)
+    try:
+        net, _ = train.model_and_arguments(job, model.model_config(cfg, tokenizer.BYTE_VOCAB))
+    finally:
+        unset_hf_deepspeed_config()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return net
+
+
+def test_emulated_fp8_trains_the_linear_layers_float8_can_take_near_bf16s_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from torchao.float8.float8_linear import Float8Linear
+
+    point = ["model=llama_tiny", "zero=stage2", "trainer.torch_compile=false"]
+    fp8 = rank_model([*point, "precision=fp8", "precision.fp8_emulate=true"], tmp_path / "fp8", monkeypatch)
+    bf16 = rank_model([*point, "precision=bf16"], tmp_path / "bf16", monkeypatch)
+    converted = [name for name, m in fp8.named_modules() if isinstance(m, Float8Linear)]
+    linear = [name for name, m in bf16.named_modules() if isinstance(m, torch.nn.Linear)]
+    # Attention's q k v o (128 wide) in float8; the MLP's (344 wide: float8 matmuls take multiples of 16)
+    # and the head stay bf16.
+    assert converted == [name for name in linear if ".self_attn." in name] and len(converted) == 2 * 4
+    # The same seed built both: one batch's loss and gradients, each model in bf16 as DeepSpeed casts it.
+    batch = torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(0))
+    losses, grads = [], []
+    for net in (fp8, bf16):
+        net.to(torch.bfloat16)
+        loss = net(input_ids=batch, labels=batch).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(net.get_input_embeddings().weight.grad.float())
+    assert losses[0] == pytest.approx(losses[1], rel=0.01), losses
+    assert torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0) > 0.99
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "words"),
+    [
+        (["precision=fp8", "precision.dtype=fp16"], "precision.dtype", "bf16 outside the linear layers"),
+        (["precision=fp8", "precision.fp8_recipe=delayed"], "precision.fp8_recipe", "no float8 recipe"),
+        (["precision=fp8", "peft=lora"], "precision", "adapter's base is frozen"),
+    ],
+)
+def test_fp8_rules(overrides: list[str], key: str, words: str):
+    with pytest.raises(ConfigError) as refused:
+        rules.check(compose.compose_point(overrides))
+    assert str(refused.value).startswith(f"{key}: ") and words in str(refused.value)
+
+
+def test_fp8_without_an_fp8_gpu_is_refused_in_one_line_before_anything_starts(tmp_path: Path):
+    result = run_pipeline(tmp_path, "precision=fp8")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("error: precision: fp8 needs a GPU with float8 matmuls, and no GPU here")
+    assert "precision.fp8_emulate=true" in lines[0]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
