@@ -10,6 +10,7 @@ import gc
 import os
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch.distributed as dist
 from transformers import PretrainedConfig, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
@@ -65,6 +66,8 @@ class Training:
             if t.hang_timeout_s
             else None
         )
+        if cfg.compiled:
+            share_compile_cache(cfg.outputs_dir)
         callbacks = [FreezeHeap(), self.clock, *([self.watchdog] if self.watchdog else [])]
         callbacks += [FlushOnSave(flush)] if flush else []
         self.trainer = Trainer(
@@ -117,6 +120,14 @@ def model_and_arguments(job: Job, arch: PretrainedConfig) -> tuple[PreTrainedMod
     if cfg.trainer.gradient_checkpointing:
         net.config.use_cache = False
     return net, args
+
+
+def share_compile_cache(outputs_dir: str) -> None:
+    """torch.compile's caches (Inductor's graphs and kernels, Triton's binaries below them) under
+    outputs_dir instead of each node's /tmp: a sweep's later points, a search's trials and the Slurm
+    jobs on other nodes compile from the first one's. A cache dir the user set is kept."""
+    cache = Path(outputs_dir).absolute() / "cache" / "compile"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
 
 
 def save(trainer: Trainer, job: Job, is_main: bool) -> None:
