@@ -3,7 +3,6 @@ with real DeepSpeed and MLflow, evaluate it, get the trained model back and gene
 
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.rank import corpus, tokenizer
 
-from helpers import ROOT, Own, artifact_text, mlflow_client, nan_model, ok, run_pipeline, runs
+from helpers import Own, artifact_text, mlflow_client, nan_model, ok, run_cli, run_pipeline, runs
 
 STEPS, EVAL_EVERY = 6, 3
 
@@ -138,13 +137,7 @@ def test_gpt2_prompt_completion_fp32_export_and_generate(own: Own, outputs: Path
     texts = []
     for ranks in ([], ["--ranks", "2"]):  # ZeRO-3 inference, the weights partitioned across 2 ranks
         generate = ["pipeline.generate", run.info.run_id, "Continue: Python", "--outputs-dir", str(outputs)]
-        generated = subprocess.run(
-            [sys.executable, "-m", *generate, "--max-new-tokens", "12", *ranks],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        generated = run_cli([sys.executable, "-m", *generate, "--max-new-tokens", "12", *ranks], timeout=300)
         assert generated.returncode == 0, generated.stderr[-3000:]
         texts.append(generated.stdout)
         # Each rank's DeepSpeed loads its gloo shared-memory op (and says so, on the rank's stderr).

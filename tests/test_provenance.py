@@ -6,13 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ROOT, Sweep, cli_env, mlflow_client, ok, run_pipeline, runs
+from helpers import ROOT, Sweep, mlflow_client, ok, run_cli, run_pipeline, runs
 
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:
     """`python -m pipeline.<module> ARGS` from the project root, as a user runs it."""
-    cmd = [sys.executable, "-m", f"pipeline.{module}", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=300)
+    return run_cli([sys.executable, "-m", f"pipeline.{module}", *args], timeout=300)
 
 
 def losses(outputs: Path, run_id: str) -> list[float]:

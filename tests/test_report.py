@@ -16,7 +16,7 @@ from pipeline.report.table import Figures, Row
 from pipeline.sweep.info import SweepInfo
 from pipeline.track import RunState, Store
 
-from helpers import ROOT, Sweep, ok, run_pipeline, runs
+from helpers import Sweep, ok, run_cli, run_pipeline, runs
 
 PNGS = ["throughput_vs_memory.png", "loss.png", "step_time.png"]
 METRICS = ["avg_tokens_per_s", "avg_step_time_s", "peak_memory_gib", "final_loss"]
@@ -25,13 +25,7 @@ METRICS = ["avg_tokens_per_s", "avg_step_time_s", "peak_memory_gib", "final_loss
 def report_cli(target: str, s: Sweep) -> subprocess.CompletedProcess:
     """`python -m pipeline.report TARGET --outputs-dir DIR` as a user would run it."""
     return ok(
-        subprocess.run(
-            [sys.executable, "-m", "pipeline.report", target, "--outputs-dir", str(s.outputs_dir)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        run_cli([sys.executable, "-m", "pipeline.report", target, "--outputs-dir", str(s.outputs_dir)], 120)
     )
 
 
@@ -173,7 +167,7 @@ def test_a_wrong_target_is_one_line(sweep: Sweep, target: str, tmp_path: Path) -
     for outputs in (sweep.outputs_dir, tmp_path / "empty"):
         what = str(tmp_path / "nowhere") if target.startswith("a sweep dir") else "0123456789abcdef"
         cmd = [sys.executable, "-m", "pipeline.report", what, "--outputs-dir", str(outputs)]
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        result = run_cli(cmd, timeout=120)
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr[-2000:]
         assert result.stderr.startswith(f"error: target: {what} is not a sweep dir (with sweep.json), and ")
     assert not (tmp_path / "empty").exists()

@@ -26,6 +26,7 @@ from helpers import (
     loss_steps,
     mlflow_client,
     pipeline_cmd,
+    run_cli,
     run_pipeline,
     runs,
     search_trials,
@@ -151,9 +152,7 @@ def test_a_job_across_two_nodes_trains_as_one_rank_does(tmp_path: Path) -> None:
         assert {f"rng_state_{r}.pth" for r in range(4)} <= names, names
         assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4)} <= names, names
     generate = ["pipeline.generate", children[-1].info.run_id, "Once", "--outputs-dir", str(nodes)]
-    generated = subprocess.run(
-        [sys.executable, "-m", *generate], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    generated = run_cli([sys.executable, "-m", *generate], timeout=300)
     assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-3000:]
 
 
