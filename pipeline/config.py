@@ -564,6 +564,9 @@ class SearchConf:
     micro_batch_size: list[int] = field(default_factory=list)
     gradient_checkpointing: list[bool] = field(default_factory=list)
     perf: list[str] = field(default_factory=list)
+    # precision options; null: the user's precision. fp8 is tried only where the user trains in bf16
+    # (fp8 is bf16 with float8 matmuls), and only started on a GPU that has fp8.
+    precision: list[str | None] = field(default_factory=list)
     # zero.reduce_bucket_size and allgather_bucket_size together; null: the plan's own sizes.
     bucket_size: list[int | None] = field(default_factory=list)
     # A trial stops once its mean step time is this fraction slower than the best trial's at that step.

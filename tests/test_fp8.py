@@ -80,3 +80,18 @@ def test_fp8_without_an_fp8_gpu_is_refused_in_one_line_before_anything_starts(tm
     assert lines[0].startswith("error: precision: fp8 needs a GPU with float8 matmuls, and no GPU here")
     assert "precision.fp8_emulate=true" in lines[0]
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_the_search_tries_fp8_only_where_the_user_trains_in_bf16():
+    from pipeline.sweep.search.space import Space
+
+    bf16 = Space.of(compose.compose_point(["search=fastest", "precision=bf16"]))
+    assert bf16.choices["precision"] == [None, "fp8"]
+    fp8_first = next(p for p in bf16.by_preference() if p["precision"] == "fp8")
+    assert "precision=fp8" in bf16.overrides(fp8_first) and "precision=fp8" in bf16.name(fp8_first)
+    yours = next(bf16.by_preference())
+    assert not [o for o in bf16.overrides(yours) if o.startswith("precision=")]
+    for other in ("fp32", "fp16", "fp8"):  # fp8 would change what fp32 or fp16 train; fp8 is its own
+        assert Space.of(compose.compose_point(["search=fastest", f"precision={other}"])).choices[
+            "precision"
+        ] == [None]

@@ -13,7 +13,7 @@ from pipeline.config import Config, SearchConf
 from pipeline.errors import ConfigError
 
 Point = dict[str, Any]  # knob -> option
-GROUPS = ("zero", "offload", "perf")  # knobs that pick a config group's option
+GROUPS = ("zero", "offload", "perf", "precision")  # knobs that pick a config group's option
 SHORT = {"micro_batch_size": "mbs", "gradient_checkpointing": "ckpt", "bucket_size": "buckets"}
 
 
@@ -42,6 +42,7 @@ class Space:
             "micro_batch_size": micro,
             "gradient_checkpointing": list(s.gradient_checkpointing),
             "perf": list(s.perf),
+            "precision": precisions(cfg),
             "bucket_size": list(s.bucket_size),
         }
         return cls(choices, per_rank)
@@ -53,7 +54,7 @@ class Space:
     def overrides(self, point: Point) -> list[str]:
         """The command-line overrides that train this point."""
         micro = point["micro_batch_size"]
-        out = [f"{group}={point[group]}" for group in GROUPS]
+        out = [f"{group}={point[group]}" for group in GROUPS if point[group] is not None]
         out += [
             f"trainer.micro_batch_size={micro}",
             f"trainer.gradient_accumulation_steps={self.batch_per_rank // micro}",
@@ -70,6 +71,8 @@ class Space:
             if len(options) < 2:
                 continue
             value = point[knob]
+            if value is None and knob == "precision":
+                value = "yours"
             if knob == "micro_batch_size":
                 value = f"{value}x{self.batch_per_rank // value}"
             parts.append(f"{SHORT.get(knob, knob)}={str(value).lower()}")
@@ -91,6 +94,16 @@ class Space:
             yield dict(zip(order, values, strict=True))
 
 
+def precisions(cfg: Config) -> list[str | None]:
+    """search.precision's options for this config, in order, each once: null is the user's own; fp8
+    (bf16 with float8 matmuls) only where the user trains in bf16, as another precision would change
+    what is trained."""
+    s, p = cfg.search.precision, cfg.precision
+    own = "fp8" if p.fp8 else p.dtype.value
+    kept = [o for o in s if o != "fp8" or (p.bf16 and not p.fp8)]
+    return list(dict.fromkeys(None if o == own else o for o in kept)) or [None]
+
+
 def _check(s: SearchConf) -> None:
     if s.trials < 1 or s.steps < 1:
         key = "search.trials" if s.trials < 1 else "search.steps"
@@ -99,12 +112,12 @@ def _check(s: SearchConf) -> None:
         raise ConfigError("search.parallel", "must be at least 1", "set search.parallel=1 or more")
     if s.prune_margin < 0:
         raise ConfigError("search.prune_margin", "is negative", "give a fraction >= 0, e.g. 0.1")
-    for knob in ("zero", "offload", "micro_batch_size", "gradient_checkpointing", "perf", "bucket_size"):
+    for knob in (*GROUPS, "micro_batch_size", "gradient_checkpointing", "bucket_size"):
         if not getattr(s, knob):
             raise ConfigError(f"search.{knob}", "is empty", f"give at least one option: search.{knob}=[...]")
     for group in GROUPS:
         known = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        unknown = [o for o in getattr(s, group) if o not in known]
+        unknown = [o for o in getattr(s, group) if o is not None and o not in known]
         if unknown:
             raise ConfigError(
                 f"search.{group}", f"no option {unknown[0]}", f"choose among {', '.join(known)}"
