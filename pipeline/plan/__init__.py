@@ -28,7 +28,12 @@ def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
     model_cfg = model.model_config(cfg, tokenizer.BYTE_VOCAB)
     params, largest = model.sizes(model_cfg)
     shape = memory.ModelShape(
-        params, largest, model_cfg.hidden_size, model_cfg.num_hidden_layers, model_cfg.vocab_size
+        params,
+        largest,
+        model_cfg.hidden_size,
+        model_cfg.num_hidden_layers,
+        model_cfg.vocab_size,
+        layer_saved=model.layer_saved_bytes(model_cfg),
     )
     if cfg.peft.enabled:
         from pipeline.rank import adapter  # peft: only where an adapter is asked for

@@ -58,8 +58,11 @@ STEP_BYTES = 6
 RANK_LOAD_RUNTIME, FP32_BYTES = int(1.1 * GIB), 4
 # Korthikanti et al.'s per-layer activations, s*b*h*34 bytes in 16-bit (the attention score term
 # is dropped: SDPA does not store it); under checkpointing, each layer's 16-bit input only, plus
-# one layer recomputed in full.
+# one layer recomputed in full. 34 is fitted to the 1B Llama's peaks, whose layer's forward keeps
+# LLAMA_LAYER_SAVED bytes a token per hidden unit (counted by model.layer_saved_bytes); another
+# architecture's layer is charged in proportion to its own count (GPT-2 large keeps 64.1: 1.41x).
 ACTIVATION_BYTES, CHECKPOINTED_BYTES = 34, 2
+LLAMA_LAYER_SAVED = 45.54
 # The loss's logits (vocab x tokens), alive at the start of backward: the 16-bit logits the model
 # returns (2), their fp32 log-softmax (4), its gradient and the logits' fp32 gradient (4 + 4);
 # 12 in all fits the measured peaks (the fp32 upcast and the softmax gradient do not overlap fully).
@@ -119,6 +122,14 @@ class ModelShape:
     quantized: int = 0
     adapted_inputs: int = 0
     frozen_inputs: int = 0
+    # Bytes one layer's forward keeps a token per hidden unit (model.layer_saved_bytes); 0: not counted
+    # (the architecture does not run on the meta device), the 1B Llama's figure then.
+    layer_saved: float = 0.0
+
+    @property
+    def activation_bytes(self) -> float:
+        """ACTIVATION_BYTES for this architecture's layer."""
+        return ACTIVATION_BYTES * (self.layer_saved / LLAMA_LAYER_SAVED if self.layer_saved else 1.0)
 
     @property
     def trained(self) -> int:
@@ -300,12 +311,12 @@ def activation_bytes(cfg: Config, shape: ModelShape) -> int:
     tokens = cfg.data.seq_len * t.micro_batch_size
     fp32_factor = 1 if cfg.precision.half else 2
     if t.gradient_checkpointing:
-        layers = (CHECKPOINTED_BYTES * shape.layers + ACTIVATION_BYTES) * tokens * shape.hidden
+        layers = (CHECKPOINTED_BYTES * shape.layers + shape.activation_bytes) * tokens * shape.hidden
     else:
-        layers = ACTIVATION_BYTES * tokens * shape.hidden * shape.layers
+        layers = shape.activation_bytes * tokens * shape.hidden * shape.layers
     logits = (LOGIT_BYTES + (0 if cfg.precision.half else 2)) * tokens * shape.vocab
     if cfg.peft.enabled and cfg.peft.dropout > 0:  # without dropout LoRA saves the inputs the base would
         lora = LORA_DROPOUT_BYTES * shape.adapted_inputs - FROZEN_INPUT_BYTES * shape.frozen_inputs
         layers += lora * tokens * shape.layers
     saved = layers * fp32_factor + logits
-    return int(saved * COMPILED_FRACTION) if cfg.compiled else saved
+    return int(saved * COMPILED_FRACTION if cfg.compiled else saved)
