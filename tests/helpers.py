@@ -51,23 +51,39 @@ def run_cli(
     cmd: list[str], timeout: float = 900, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m MODULE ARGS...` (cmd as pipeline_cmd makes it) from the project root, to its end,
-    its output captured: warm (WarmCli) unless env adds a variable read on import."""
+    its output captured (start_cli: warm unless env adds a variable read on import)."""
+    proc = start_cli(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def start_cli(
+    cmd: list[str], env: dict[str, str] | None = None, start_new_session: bool = False, **streams: Any
+) -> subprocess.Popen:
+    """`python -m MODULE ARGS...` started from the project root with the CLI's environment (cli_env,
+    plus env), as subprocess.Popen does (streams: stdout, stderr, text). Forked warm (WarmPopen)
+    unless env adds a variable that a library reads on import, or ZEROSWEEP_TEST_COLD_CLI=1."""
     full_env = cli_env() | (env or {})
-    if WarmCli.takes(cmd, env or {}):
-        return WarmCli.run(cmd, full_env, timeout)
-    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    warm = cmd[:2] == [sys.executable, "-m"] and os.environ.get("ZEROSWEEP_TEST_COLD_CLI") != "1"
+    if warm and all(name.startswith("ZEROSWEEP_") for name in env or {}):
+        return WarmPopen(cmd, full_env, start_new_session, **streams)
+    return subprocess.Popen(cmd, cwd=ROOT, env=full_env, start_new_session=start_new_session, **streams)
 
 
-class WarmCli:
-    """`python -m pipeline ...` forked from a process that imported torch, transformers, DeepSpeed,
-    MLflow and Hydra once (multiprocessing's forkserver), instead of a fresh interpreter that imports
-    them again: ~7 s of CPU a start on 2 cores, a third of the suite. The child runs the module's code
-    as `python -m` does (runpy, sys.argv, the CLI's environment, the project root as cwd, its output
-    to files), then Python's own exit (non-daemon threads joined, atexit handlers run). What only a
-    fresh interpreter shows (what a start imports: test_startup.py) runs cold, as does a run whose
-    added variables a library reads on import (HF_DATASETS_CACHE, TORCHDYNAMO_DISABLE, ...); only
-    ZEROSWEEP_* test hooks, read while training, go warm. ZEROSWEEP_TEST_COLD_CLI=1 runs every
-    start cold, as a user's first start is."""
+class WarmPopen(subprocess.Popen):
+    """`python -m MODULE ARGS...` forked from a process that imported torch, transformers, DeepSpeed,
+    MLflow and Hydra once (multiprocessing's forkserver, one per test worker), instead of a fresh
+    interpreter importing them again: ~7 s of CPU a start on 2 cores. The child runs the module as
+    `python -m` does (runpy, sys.argv, the CLI's environment, the project root as cwd, its own
+    process group when asked), then Python's own exit steps (threads joined, atexit's handlers run).
+    A subprocess.Popen to the test: pid, pipes, poll, wait, communicate, signals. What only a fresh
+    interpreter shows (what a start imports: test_startup.py) is tested cold, as are starts whose
+    added variables a library reads on import (HF_DATASETS_CACHE, TORCHDYNAMO_DISABLE, ...)."""
 
     PRELOAD = [
         "torch",
@@ -77,62 +93,126 @@ class WarmCli:
         "mlflow.store.tracking.sqlalchemy_store",
         "hydra",
         "peft",
-        "pipeline.__main__",
         "pipeline.app",
         "pipeline.check.gate",
         "pipeline.launch.local",
         "pipeline.rank.train",
+        "pipeline.sweep.callback",
         "helpers",
     ]
-    _context = None
+    _context: Any = None
 
-    @classmethod
-    def takes(cls, cmd: list[str], added: dict[str, str]) -> bool:
-        warm = cmd[:2] == [sys.executable, "-m"] and os.environ.get("ZEROSWEEP_TEST_COLD_CLI") != "1"
-        return warm and all(name.startswith("ZEROSWEEP_") for name in added)
-
-    @classmethod
-    def run(cls, cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    def __init__(
+        self,
+        cmd: list[str],
+        env: dict[str, str],
+        start_new_session: bool = False,
+        stdout: Any = None,
+        stderr: Any = None,
+        text: bool = False,
+    ) -> None:
+        import io
         import multiprocessing
-        import tempfile
+        import threading
+        from multiprocessing import process
 
-        if cls._context is None:
-            cls._context = multiprocessing.get_context("forkserver")
-            cls._context.set_forkserver_preload(cls.PRELOAD)
-        with tempfile.TemporaryDirectory(prefix="warm-cli-") as tmp:
-            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            out.touch(), err.touch()
-            child = cls._context.Process(target=_warm_main, args=(cmd[2], cmd[3:], env, str(out), str(err)))
-            child.start()
-            child.join(timeout)
-            if child.exitcode is None:
-                child.kill()
-                child.join()
-                raise subprocess.TimeoutExpired(cmd, timeout, out.read_text(), err.read_text())
-            return subprocess.CompletedProcess(cmd, child.exitcode, out.read_text(), err.read_text())
+        if WarmPopen._context is None:
+            WarmPopen._context = multiprocessing.get_context("forkserver")
+            WarmPopen._context.set_forkserver_preload(self.PRELOAD)
+        self.args, self.stdin, self.stdout, self.stderr = cmd, None, None, None
+        self.returncode, self.encoding, self.errors, self.pipesize = None, None, None, -1
+        self.text_mode = self.universal_newlines = text
+        self._sigint_wait_secs, self._closed_child_pipe_fds = 0.25, False
+        self._communication_started, self._input, self._child_created = False, None, False
+        self._waitpid_lock = threading.Lock()
+        given: list[int] = []  # the child's fds 1 and 2
+        for name, where in (("stdout", stdout), ("stderr", stderr)):
+            if where == subprocess.PIPE:
+                read, write = os.pipe()
+                stream = open(read, "rb")  # noqa: SIM115 (the test reads it, as a Popen's pipe)
+                setattr(self, name, io.TextIOWrapper(stream) if text else stream)
+                given.append(write)
+            elif where == subprocess.STDOUT:
+                given.append(os.dup(given[0]))
+            elif where == subprocess.DEVNULL:
+                given.append(os.open(os.devnull, os.O_WRONLY))
+            elif where is None:
+                given.append(os.dup(1 if name == "stdout" else 2))
+            else:  # a file
+                given.append(os.dup(where.fileno()))
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # a fresh process inherits that
+        try:
+            self._process = WarmPopen._context.Process(
+                target=_warm_main,
+                args=(cmd[2], cmd[3:], env, start_new_session, ignored, *(_Fd(fd) for fd in given)),
+            )
+            self._process.start()
+        finally:
+            for fd in given:
+                os.close(fd)
+        process._children.discard(self._process)  # multiprocessing need not join it at exit
+        self.pid, self._child_created = self._process.pid, True
+
+    def _internal_poll(self, *args: Any, **kwargs: Any) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._process.exitcode
+        return self.returncode
+
+    def _wait(self, timeout: float | None) -> int:
+        if self.returncode is None:
+            self._process.join(timeout)
+            if self._process.exitcode is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.returncode = self._process.exitcode
+        return self.returncode
 
 
-def _warm_main(module: str, args: list[str], env: dict[str, str], out: str, err: str) -> None:
+class _Fd:
+    """An fd of this process that reaches the forked child as one of its own (sent with its start)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple:
+        from multiprocessing import reduction
+
+        return (_detach, (reduction.DupFd(self.fd),))
+
+
+def _detach(fd: Any) -> int:
+    return fd.detach()
+
+
+def _warm_main(
+    module: str,
+    args: list[str],
+    env: dict[str, str],
+    new_session: bool,
+    sigint_ignored: bool,
+    out: int,
+    err: int,
+) -> None:
     """In the forked child: `python -m module args`, then the interpreter's exit steps, then exit."""
     import atexit
     import runpy
     import threading
     import traceback
 
-    for stream, path in ((sys.stdout, out), (sys.stderr, err)):
+    for stream, fd in ((sys.stdout, out), (sys.stderr, err)):
         stream.flush()
-        fd = os.open(path, os.O_WRONLY)
         os.dup2(fd, stream.fileno())
         os.close(fd)
         stream.reconfigure(line_buffering=True, write_through=True)  # PYTHONUNBUFFERED, as cli_env's
+    if new_session:
+        os.setsid()
     os.environ.clear()
     os.environ.update(env)
     os.chdir(ROOT)
     sys.argv = [sys.argv[0], *args]
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # SIGINT as inherited: Python's handler, or ignored
+    signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.default_int_handler)
     sys.modules.pop(module if module.endswith("__main__") else f"{module}.__main__", None)  # run anew
-    code = 0
+    code, interrupted = 0, False
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as e:
@@ -141,6 +221,9 @@ def _warm_main(module: str, args: list[str], env: dict[str, str], out: str, err:
         else:
             print(e.code, file=sys.stderr)
             code = 1
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
     except BaseException:
         traceback.print_exc()
         code = 1
@@ -148,6 +231,9 @@ def _warm_main(module: str, args: list[str], env: dict[str, str], out: str, err:
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
+    if interrupted:  # as Python ends on an uncaught KeyboardInterrupt: by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     os._exit(code)
 
 
@@ -374,9 +460,7 @@ def nan_model(own: Own, into: Path) -> Path:
 def start_pipeline(outputs: Path, *args: str, log: Path) -> subprocess.Popen:
     """Start the CLI from the project root without waiting for it (its output goes to log)."""
     with open(log, "w") as out:
-        return subprocess.Popen(
-            pipeline_cmd(outputs, *args), cwd=ROOT, env=cli_env(), stdout=out, stderr=subprocess.STDOUT
-        )
+        return start_cli(pipeline_cmd(outputs, *args), stdout=out, stderr=subprocess.STDOUT)
 
 
 def search_trials(outputs: Path) -> list[Run]:

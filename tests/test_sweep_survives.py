@@ -13,10 +13,8 @@ import psutil
 import pytest
 
 from helpers import (
-    ROOT,
     Own,
     artifact_text,
-    cli_env,
     loss_steps,
     mlflow_client,
     nan_model,
@@ -24,6 +22,7 @@ from helpers import (
     pipeline_cmd,
     run_pipeline,
     runs,
+    start_cli,
     wait_for,
 )
 
@@ -36,10 +35,8 @@ SWEEP = ("-m", f"trainer.max_steps=3,{LONG}", "trainer.save_steps=10")
 
 
 def test_a_killed_sweep_rerun_carries_on_where_it_stopped(outputs):
-    driver = subprocess.Popen(
+    driver = start_cli(
         pipeline_cmd(outputs, *SWEEP),
-        cwd=ROOT,
-        env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -138,10 +135,8 @@ def test_a_rank_killed_outright_fails_its_point_and_the_sweep_goes_on(outputs: P
     """SIGKILL of one rank of a 2-rank point: the point ends FAILED saying so, with every step rank 0
     printed in its run (its buffered metrics flushed when the launcher stops it), the next point
     trains, and no run is left RUNNING."""
-    driver = subprocess.Popen(
+    driver = start_cli(
         pipeline_cmd(outputs, "-m", "trainer.nproc_per_node=2", "trainer.max_steps=400,3"),
-        cwd=ROOT,
-        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -174,12 +169,7 @@ def test_two_sweeps_at_once_on_one_store_lose_no_run_and_no_metric(outputs: Path
     """The same command started twice at once: two sweeps (the second does not carry on in the first,
     whose driver is alive), every point FINISHED with every step's metrics."""
     sweep = pipeline_cmd(outputs, "-m", "trainer.max_steps=5,8", "zero=stage1")
-    drivers = [
-        subprocess.Popen(
-            sweep, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
+    drivers = [start_cli(sweep, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for driver in drivers:
         _, stderr = driver.communicate(timeout=600)
         assert driver.returncode == 0, stderr[-3000:]

@@ -25,6 +25,7 @@ from helpers import (
     pipeline_cmd,
     run_pipeline,
     runs,
+    start_cli,
     wait_for,
 )
 
@@ -32,9 +33,7 @@ from helpers import (
 def start_training(outputs: Path, *args: str) -> subprocess.Popen:
     """A long training in the background, once its first (or only) run has logged a loss."""
     cmd = pipeline_cmd(outputs, *args, "trainer.max_steps=100000")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    proc = start_cli(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def logged_loss():
         # The run id file is written once the store is set up: opening the sqlite store while
@@ -123,10 +122,7 @@ def test_simultaneous_starts_each_get_their_own_run_and_dir(outputs):
     for starts in (3, 2):
         cmd = pipeline_cmd(outputs, "trainer.max_steps=2", "trainer.save_model=false")
         procs = [
-            subprocess.Popen(
-                cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            for _ in range(starts)
+            start_cli(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(starts)
         ]
         for proc in procs:
             _, err = proc.communicate(timeout=600)
@@ -221,8 +217,8 @@ def test_training_rides_out_an_mlflow_server_outage(tmp_path):
     (tmp_path / "server").mkdir()
     server = MlflowServer(tmp_path / "server").start()
     args = (f"tracking.uri={server.uri}", "trainer.max_steps=300", "tracking.buffer_s=1")
-    proc = subprocess.Popen(pipeline_cmd(tmp_path / "outputs", *args), cwd=ROOT, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = start_cli(pipeline_cmd(tmp_path / "outputs", *args), stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         run_id = wait_for("a logged loss", lambda: _logging_run(server.uri), timeout=300)
         away = time.time()
@@ -255,8 +251,9 @@ def test_a_store_busy_for_seconds_loses_no_metric(tmp_path):
     there, once, with no step counted lost."""
     outputs = tmp_path / "outputs"
     args = ("trainer.max_steps=150", "tracking.buffer_s=1", "tracking.system_metrics=false")
-    proc = subprocess.Popen(pipeline_cmd(outputs, *args), cwd=ROOT, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = start_cli(
+        pipeline_cmd(outputs, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     hold = "import sqlite3, sys, time; db = sqlite3.connect(sys.argv[1], timeout=60); "
     hold += "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(25)"
     try:
