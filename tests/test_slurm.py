@@ -22,7 +22,6 @@ from helpers import (
     ROOT,
     MlflowServer,
     artifact_text,
-    cli_env,
     loss_steps,
     mlflow_client,
     pipeline_cmd,
@@ -30,6 +29,7 @@ from helpers import (
     run_pipeline,
     runs,
     search_trials,
+    start_cli,
     wait_for,
 )
 
@@ -52,9 +52,7 @@ def local_slurm() -> Iterator[None]:
 def start(outputs: Path, *overrides: str) -> subprocess.Popen:
     """`python -m pipeline -m launcher=slurm OVERRIDES outputs_dir=<outputs>` from the project root."""
     cmd = pipeline_cmd(outputs, "-m", "launcher=slurm", *overrides)
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return start_cli(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc: subprocess.Popen, rc: int = 0) -> str:
@@ -322,8 +320,9 @@ def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
 
 def test_a_node_set_down_mid_job_requeues_it_into_the_same_run(tmp_path: Path) -> None:
     """An admin sets the second node of a 2-node job DOWN after its first checkpoint: Slurm ends the
-    job NODE_FAIL and requeues it; it resumes from that checkpoint into the same run, which says why."""
-    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "trainer.max_steps=40",
+    job NODE_FAIL and requeues it; it resumes from that checkpoint into the same run, which says why.
+    One rank a node: a job across nodes all the same, at half the task starts of two a node."""
+    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=1", "trainer.max_steps=40",
                  "trainer.save_steps=10")  # fmt: skip
     wait_for(
         "the first complete checkpoint",
