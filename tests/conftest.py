@@ -22,6 +22,21 @@ from helpers import MlflowServer, Own, Sweep, make_own, ok, run_pipeline
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def _no_fsync() -> None:
+    """Every process the tests start (the CLI, its ranks, Slurm's daemons and jobs, MLflow's server,
+    MariaDB) writes without waiting for the disk: Debian's libeatmydata turns fsync and O_SYNC into
+    no-ops, what only a power cut would tell apart. A fresh MLflow store's migrations alone fsync
+    hundreds of times (2.5-8 s on this machine's disk while the other worker writes, 2 s without),
+    and each logged batch and Slurm's accounting once more. ZEROSWEEP_TEST_FSYNC=1 keeps them."""
+    lib = "/usr/lib/x86_64-linux-gnu/libeatmydata.so"
+    preload = os.environ.get("LD_PRELOAD", "")
+    if os.environ.get("ZEROSWEEP_TEST_FSYNC") != "1" and os.path.exists(lib) and lib not in preload:
+        os.environ["LD_PRELOAD"] = f"{lib} {preload}".strip()
+
+
+_no_fsync()
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """On a fresh machine DeepSpeed compiles its CPU ops (~7 min of CPU on 2 cores) inside the first
     test that needs each. When tests train, the ops are built from the start instead, beside the
@@ -61,10 +76,30 @@ T = TypeVar("T")
 _BUILD = pytest.StashKey[subprocess.Popen]()
 
 
+# The files that take longest, longest first (as measured by --durations), the Slurm file ahead: under
+# `-n 2 --dist loadfile` each file goes to whichever worker is free next, so the short files fill in
+# at the end and both workers finish together. The Slurm file's waits on the cluster leave CPU to the
+# other worker.
+LONGEST_FIRST = [
+    "test_slurm.py",
+    "test_tracking.py",
+    "test_sweep_survives.py",
+    "test_train.py",
+    "test_resume_gpu_count.py",
+    "test_peft.py",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """xdist hands out files in the collection's order, not its own (most tests first, which put the
+    long files of few tests last, one worker left with them at the end)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Slurm tests first: under `-n 2 --dist loadfile` their file is one worker's longest stretch,
-    mostly spent waiting on the cluster, which the other worker's tests fill."""
-    items.sort(key=lambda item: item.path.name != "test_slurm.py")
+    first = {name: rank for rank, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))
 
 
 @pytest.fixture
