@@ -320,9 +320,8 @@ def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
 
 def test_a_node_set_down_mid_job_requeues_it_into_the_same_run(tmp_path: Path) -> None:
     """An admin sets the second node of a 2-node job DOWN after its first checkpoint: Slurm ends the
-    job NODE_FAIL and requeues it; it resumes from that checkpoint into the same run, which says why.
-    One rank a node: a job across nodes all the same, at half the task starts of two a node."""
-    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=1", "trainer.max_steps=40",
+    job NODE_FAIL and requeues it; it resumes from that checkpoint into the same run, which says why."""
+    proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "trainer.max_steps=40",
                  "trainer.save_steps=10")  # fmt: skip
     wait_for(
         "the first complete checkpoint",
@@ -370,6 +369,11 @@ def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(
     job_ids = wait_for("the sweep's Slurm jobs", queued, timeout=120)
     first.kill()  # the driver dies; Slurm keeps its jobs
     first.wait()
+    # The same command again once Slurm's accounting lists the held jobs: the driver asks sacct (through
+    # submitit), and a rerun a second after the submission, as a warm start can be, found them unknown
+    # there and queued them anew.
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    wait_for("sacct to list the held jobs", lambda: set(sacct(arrays, "State").values()) == {"PENDING"}, 60)
     second = start(tmp_path, *args)
     lines: list[str] = []
 
