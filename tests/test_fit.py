@@ -66,12 +66,14 @@ def test_check_fit_false_starts_it_anyway(outputs):
 )
 def test_the_search_starts_with_the_likely_fastest_point_that_fits(tmp_path, gpu_gib, first):
     """search=fastest's first trial for the 1B Llama at 8 x 4 sequences: the lowest ZeRO stage, no
-    offload, torch.compile, the largest micro batch the plan lets start on the GPU given."""
+    offload, torch.compile, the user's own precision (fp8 after it), the largest micro batch the plan
+    lets start on the GPU given."""
     setting = ["model=llama_1b", "data=random_tokens", "precision=bf16"]
     setting += ["trainer.gradient_accumulation_steps=4"]
     overrides = ["search=fastest", *setting, f"launcher.gpu_mem_gib={gpu_gib}", f"outputs_dir={tmp_path}"]
     point = next(Search.checked(overrides, multirun=False).fitting())
-    assert point == {"zero": "stage0", "offload": "none", "perf": "compile", "bucket_size": None, **first}
+    start = {"zero": "stage0", "offload": "none", "perf": "compile", "precision": None, "bucket_size": None}
+    assert point == {**start, **first}
 
 
 @pytest.mark.parametrize(
