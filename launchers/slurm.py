@@ -136,13 +136,16 @@ def _requeued(job: submitit.Job, wait_s: float = 30) -> bool:
     seconds after sacct first says NODE_FAIL: is it back (pending or running again)?"""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
-        listed = subprocess.run(
-            ["squeue", "-h", "-j", job.job_id, "-o", "%T"], capture_output=True, text=True
-        )
-        if {"PENDING", "CONFIGURING", "RUNNING"} & set(listed.stdout.split()):
+        if {"PENDING", "CONFIGURING", "RUNNING"} & _in_queue(job.job_id):
             return True
         time.sleep(1)
     return False
+
+
+def _in_queue(job_id: str) -> set[str]:
+    """The job's states as Slurm's queue lists them now (squeue), where sacct may lag behind."""
+    listed = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    return set(listed.stdout.split())
 
 
 def _call(num: int, overrides: Sequence[str], state: dict) -> tuple:
@@ -262,7 +265,11 @@ class SweepLaunch:
         found = {}
         for job_id, folder in json.loads(tags.get(track.SLURM_JOBS, "{}")).items():
             job = submitit.SlurmJob(folder=Path(folder).parent / "%j", job_id=job_id)
-            if job.state.split()[0] in QUEUED:
+            # submitit asks sacct, which lists a job a moment after its submission: UNKNOWN until then.
+            state = {job.state.split()[0]}
+            if state == {"UNKNOWN"}:
+                state = _in_queue(job_id)
+            if state & QUEUED:
                 overrides, _, num = job.submission().args[:3]
                 found[tuple(overrides)] = (job, self._point_dir(Path(folder).parents[1], num))
         return found

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipeline.track import store_uri
+from pipeline.track.store import sqlite_path
 from pipeline.ui import SERVER_ENV, server_command, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -256,12 +258,23 @@ def wait_for(what: str, found: Callable[[], object], timeout: float = 240) -> An
 
 def mlflow_client(store: Path | str) -> MlflowClient:
     """A client of the store the pipeline made under an outputs dir (its own URI rule), or of a
-    tracking server's URI."""
-    return MlflowClient(store if isinstance(store, str) else store_uri(store))
+    tracking server's URI. A sqlite store is opened under the lock the pipeline makes it under: a
+    test polling a run that is starting would otherwise open it mid-migration and break both."""
+    if isinstance(store, str):
+        return MlflowClient(store)
+    uri = store_uri(store)
+    db = sqlite_path(uri)
+    if db is None or not db.parent.exists():
+        return MlflowClient(uri)
+    with FileLock(f"{db}.lock"):
+        return MlflowClient(uri)  # it opens the store at once: not while the pipeline makes it
 
 
 def runs(store: Path | str, experiment: str = "zerosweep") -> list[Run]:
-    """Every run of the experiment, oldest first."""
+    """Every run of the experiment, oldest first (none where the pipeline has not made its store yet:
+    a test polling a run that is starting leaves the making to the pipeline)."""
+    if isinstance(store, Path) and not sqlite_path(store_uri(store)).exists():
+        return []
     client = mlflow_client(store)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:

@@ -369,11 +369,8 @@ def test_a_resumed_sweep_waits_for_the_jobs_it_queued_before(
     job_ids = wait_for("the sweep's Slurm jobs", queued, timeout=120)
     first.kill()  # the driver dies; Slurm keeps its jobs
     first.wait()
-    # The same command again once Slurm's accounting lists the held jobs: the driver asks sacct (through
-    # submitit), and a rerun a second after the submission, as a warm start can be, found them unknown
-    # there and queued them anew.
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    wait_for("sacct to list the held jobs", lambda: set(sacct(arrays, "State").values()) == {"PENDING"}, 60)
+    # The same command again at once: sacct (which submitit asks) may not list the jobs yet a second after
+    # their submission, as a warm start can be; the driver then asks squeue, and queues none anew.
     second = start(tmp_path, *args)
     lines: list[str] = []
 

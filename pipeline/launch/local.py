@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.api import SignalException
-from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure, record
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from pipeline import track
@@ -105,6 +105,25 @@ class Local:
             return on_ranks(self.nproc, elastic_rank, job)[0]
         except SignalException as e:  # the elastic agent's own SIGTERM handler, during the run
             raise Terminated(f"terminated by {signal.Signals(e.sigval).name}") from e
+        except ChildFailedError as e:  # its rank tracebacks above, which ranks died and how last
+            raise RuntimeError(ranks_failed(e)) from e
+
+
+def ranks_failed(error: ChildFailedError) -> str:
+    """Each failed rank and why, those killed by a signal first. Elastic names the failure it saw first
+    as the root cause, and a rank killed outright can be seen after the peers that failed on its broken
+    link."""
+    failures = sorted(error.failures.items(), key=lambda item: (item[1].exitcode >= 0, item[0]))
+    return "ranks failed: " + "; ".join(f"rank {rank} {_why(f)}" for rank, f in failures)
+
+
+def _why(failure: ProcessFailure) -> str:
+    """A signal's name, or the first line of the error the rank recorded (@record), or its exit code."""
+    if failure.exitcode < 0:
+        return f"died: killed by {failure.signal_name()}"
+    message = failure.message.get("message", "") if isinstance(failure.message, dict) else failure.message
+    recorded = failure.error_file_data.get("message") not in (None, "<NONE>") and message.strip()
+    return f"failed: {message.strip().splitlines()[0]}" if recorded else f"exited {failure.exitcode}"
 
 
 def on_ranks(nproc: int, fn: Callable[..., T], *args: object) -> dict[int, T]:

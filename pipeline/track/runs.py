@@ -202,8 +202,9 @@ class NodeSampling(Untracked):
 
 def record_skipped(cfg: Config, name: str, params: dict[str, str], tags: dict[str, str], reason: str) -> str:
     """A point that was not trained (it could not fit), as a closed run that says why."""
+    experiment_id = prepare(cfg)  # first: it makes the store under its lock
     store = Store.of(cfg)
-    run_id = store.create_run(prepare(cfg), name, {**tags, SKIPPED: reason}, params)
+    run_id = store.create_run(experiment_id, name, {**tags, SKIPPED: reason}, params)
     store.end(run_id, RunState.KILLED, f"skipped, not trained: {reason}")
     return run_id
 
@@ -223,6 +224,7 @@ def open_run(
     creates one, with what made it (provenance: the code, software and machine here, and the
     command with its overrides), and saves its id there. node: the name its system metrics go
     under, in a job across nodes."""
+    experiment_id = prepare(cfg)  # first: it makes the store under its lock (MlflowClient opens it at once)
     store = Store.of(cfg)
     saved = out / RUN_ID_FILE
     sampled = cfg.tracking.system_metrics
@@ -230,7 +232,7 @@ def open_run(
         run_id = saved.read_text().strip()
         store.tag(run_id, {REQUEUED_AFTER: requeued_after})
         return TrackedRun(store, run_id, store.reopen(run_id), sampled, node, out)
-    run_id = store.create_run(prepare(cfg), name, tags, params)
+    run_id = store.create_run(experiment_id, name, tags, params)
     saved.write_text(run_id + "\n")
     provenance.write(store, run_id, provenance.collect(overrides))
     return TrackedRun(store, run_id, 0, sampled, node, out)
