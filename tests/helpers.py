@@ -526,3 +526,28 @@ def assert_carries(want: dict, got: dict, path: str = "") -> None:
             assert_carries(value, got[key], where)
         else:
             assert got[key] == value, f"{where}: given {value!r}, pipeline {got[key]!r}"
+
+
+def rank_model(overrides: list[str], out: Path, monkeypatch: Any) -> Any:
+    """The model as a rank builds it (train.model_and_arguments), in this process: a world of one
+    (monkeypatch: pytest's, for its environment), taken down after."""
+    import torch.distributed as dist
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    from pipeline import plan
+    from pipeline.check import compose
+    from pipeline.job import Job
+    from pipeline.launch import local
+    from pipeline.rank import model, tokenizer, train
+
+    for key, value in local.one_rank_env().items():
+        monkeypatch.setenv(key, value)
+    cfg = compose.compose_point([*overrides, f"outputs_dir={out}"])
+    job = Job.of(cfg, plan.make(cfg, out, use_cpu=True), out, 1)
+    try:
+        net, _ = train.model_and_arguments(job, model.model_config(cfg, tokenizer.BYTE_VOCAB))
+    finally:
+        unset_hf_deepspeed_config()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return net

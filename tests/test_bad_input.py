@@ -53,6 +53,12 @@ CASES = {
     ),
     "fp16 and bf16": (["precision=fp16", "precision.bf16=true"], "precision.bf16", "use one of dtype"),
     "fp16 on CPU": (["precision=fp16"], "precision", "needs a GPU"),
+    "fp8 without an fp8 GPU": (
+        ["precision=fp8"],
+        "precision",
+        "fp8 needs a GPU with float8 matmuls, and no GPU here. Fix: use precision=bf16 here, "
+        "precision.fp8_emulate=true to check fp8's numerics",
+    ),
     "1-bit Adam, gone from DeepSpeed 0.19": (
         ["optimizer.name=OneBitAdam"],
         "optimizer.name",

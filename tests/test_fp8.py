@@ -1,36 +1,16 @@
-"""precision=fp8 (torchao's float8 training of the linear layers): the rules, the refusal where no fp8 GPU
-is, and the model a rank builds with it, in torchao's emulation on this CPU against bf16's."""
+"""precision=fp8 (torchao's float8 training of the linear layers): the rules, the search's fp8 option,
+and the model a rank builds with it, in torchao's emulation on this CPU against bf16's (the refusal
+where no fp8 GPU is: test_bad_input.py)."""
 
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from pipeline import plan
 from pipeline.check import compose, rules
 from pipeline.errors import ConfigError
-from pipeline.job import Job
-from pipeline.launch import local
-from pipeline.rank import model, tokenizer, train
 
-from helpers import run_pipeline
-
-
-def rank_model(overrides: list[str], out: Path, monkeypatch: pytest.MonkeyPatch) -> torch.nn.Module:
-    """The model as a rank builds it, in this process (a world of one, taken down after)."""
-    for key, value in local.one_rank_env().items():
-        monkeypatch.setenv(key, value)
-    cfg = compose.compose_point([*overrides, f"outputs_dir={out}"])
-    job = Job.of(cfg, plan.make(cfg, out, use_cpu=True), out, 1)
-    try:
-        net, _ = train.model_and_arguments(job, model.model_config(cfg, tokenizer.BYTE_VOCAB))
-    finally:
-        unset_hf_deepspeed_config()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return net
+from helpers import rank_model
 
 
 def test_emulated_fp8_trains_the_linear_layers_float8_can_take_near_bf16s_loss(
@@ -71,15 +51,6 @@ def test_fp8_rules(overrides: list[str], key: str, words: str):
     with pytest.raises(ConfigError) as refused:
         rules.check(compose.compose_point(overrides))
     assert str(refused.value).startswith(f"{key}: ") and words in str(refused.value)
-
-
-def test_fp8_without_an_fp8_gpu_is_refused_in_one_line_before_anything_starts(tmp_path: Path):
-    result = run_pipeline(tmp_path, "precision=fp8")
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-3000:]
-    assert lines[0].startswith("error: precision: fp8 needs a GPU with float8 matmuls, and no GPU here")
-    assert "precision.fp8_emulate=true" in lines[0]
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
 
 
 def test_the_search_tries_fp8_only_where_the_user_trains_in_bf16():

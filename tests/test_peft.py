@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError
 from pipeline.rank import adapter
 from pipeline.sweep.search import trial
 
-from helpers import Own, mlflow_client, ok, run_pipeline, runs
+from helpers import Own, mlflow_client, ok, rank_model, run_pipeline, runs
 
 # Four steps with a checkpoint at step 2. The test hook stops rank 0 at step 3: a point watched for hangs
 # (trainer.hang_timeout_s=6, above a step's time on 2 busy cores) fails its first try holding
@@ -117,24 +117,8 @@ def test_the_zero3_adapter_trains_in_the_training_dtype(tmp_path: Path, monkeypa
     base. The adapter, made after it, would stay fp32, and PEFT casts each adapted input to it: ZeRO-3 +
     LoRA's forward kept 6.7 GiB more than ZeRO-2's for the 1B (benchmarks/RESULTS.md, sixteenth session).
     The model as a rank builds it, in this process (a world of one, taken down after)."""
-    import torch.distributed as dist
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    from pipeline.job import Job
-    from pipeline.launch import local
-    from pipeline.rank import model, tokenizer, train
-
-    for key, value in local.one_rank_env().items():
-        monkeypatch.setenv(key, value)
-    point = ["model=llama_tiny", "peft=lora", "zero=stage3", "precision=bf16", f"outputs_dir={tmp_path}"]
-    cfg = compose.compose_point(point)
-    job = Job.of(cfg, plan.make(cfg, tmp_path, use_cpu=True), tmp_path, 1)
-    try:
-        net, _ = train.model_and_arguments(job, model.model_config(cfg, tokenizer.BYTE_VOCAB))
-    finally:
-        unset_hf_deepspeed_config()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    point = ["model=llama_tiny", "peft=lora", "zero=stage3", "precision=bf16"]
+    net = rank_model(point, tmp_path, monkeypatch)
     assert {p.dtype for p in net.parameters() if p.requires_grad} == {torch.bfloat16}
 
 
