@@ -82,6 +82,15 @@ PRESETS: dict[str, tuple] = {
     "z2+fp8_mbs32": ("z2", ["perf=compile_mbs32", "precision=fp8"]),
     "z2+compile_text": ("z2", ["perf=compile", "data=tiny_corpus", "data.seq_len=1024"]),
     "z2+fp8_text": ("z2", ["precision=fp8", "data=tiny_corpus", "data.seq_len=1024"]),
+    # Liger's kernels (issue 35 item 2): the fused linear cross-entropy holds no logits, so a larger
+    # micro batch fits; eager and compiled.
+    "z2+liger": ("z2", ["trainer.liger_kernel=true"]),
+    "z2+liger_mbs32": ("z2", ["trainer.liger_kernel=true", "trainer.micro_batch_size=32"]),
+    "z2+liger_compile_mbs32": ("z2", ["perf=compile_mbs32", "trainer.liger_kernel=true"]),
+    "z2+liger_compile_mbs64": (
+        "z2",
+        ["perf=compile_mbs32", "trainer.liger_kernel=true", "trainer.micro_batch_size=64"],
+    ),
 }
 
 

@@ -59,6 +59,17 @@ CASES = {
         "fp8 needs a GPU with float8 matmuls, and no GPU here. Fix: use precision=bf16 here, "
         "precision.fp8_emulate=true to check fp8's numerics",
     ),
+    "Liger without a GPU": (["trainer.liger_kernel=true"], "trainer.liger_kernel", "CUDA GPUs only"),
+    "Liger on ZeRO-3": (
+        ["trainer.liger_kernel=true", "zero=stage3"],
+        "trainer.liger_kernel",
+        "reads the head's weight outside its forward, where ZeRO-3 has not gathered it",
+    ),
+    "Liger on GPT-2": (
+        ["trainer.liger_kernel=true", "model=gpt2_large"],
+        "trainer.liger_kernel",
+        "no kernels for a gpt2 model",
+    ),
     "1-bit Adam, gone from DeepSpeed 0.19": (
         ["optimizer.name=OneBitAdam"],
         "optimizer.name",

@@ -167,6 +167,8 @@ def _check_accelerator(cfg: Config) -> None:
         )
     if cfg.precision.fp8 and not cfg.precision.fp8_emulate:
         _check_fp8_here(gpus)
+    if cfg.trainer.liger_kernel:
+        _check_liger_here(gpus)
     if cfg.peft.quantized and gpus == 0:
         raise ConfigError(
             "peft",
@@ -206,6 +208,22 @@ def _check_fp8_here(gpus: int) -> None:
             f"fp8 needs a GPU with float8 matmuls, and {where}",
             "use precision=bf16 here, precision.fp8_emulate=true to check fp8's numerics, "
             "or dry_run=true to check the plan",
+        )
+
+
+def _check_liger_here(gpus: int) -> None:
+    """Liger's kernels are Triton kernels: CUDA only, and the Trainer raises without the package."""
+    if gpus == 0:
+        raise ConfigError(
+            "trainer.liger_kernel",
+            "Liger's kernels run on CUDA GPUs only, and there is no GPU here",
+            "use trainer.liger_kernel=false here, or dry_run=true to check the plan",
+        )
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError(
+            "trainer.liger_kernel",
+            "Liger's kernels are not installed",
+            "pip install 'zerosweep[liger]' (or liger-kernel)",
         )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.config import (
     AioConf,
+    Architecture,
     Config,
     DataConf,
     DataSource,
@@ -119,6 +120,7 @@ def check(cfg: Config) -> None:
     _check_saving(cfg)
     _check_peft(cfg)
     _check_fp8(cfg)
+    _check_liger(cfg)
 
 
 def _check_deepspeed_keys(cfg: Config) -> None:
@@ -481,4 +483,25 @@ def _check_fp8(cfg: Config) -> None:
             "precision",
             "fp8 trains the full model's linear layers, and an adapter's base is frozen",
             "use precision=bf16 with peft, or peft=none with precision=fp8",
+        )
+
+
+def _check_liger(cfg: Config) -> None:
+    """Liger patches a Llama-family model's modules; its cross-entropy takes the head's weight itself."""
+    if not cfg.trainer.liger_kernel:
+        return
+    if cfg.zero.stage == 3:
+        # ZeRO-3 gathers a weight in its module's forward hook; the fused loss reads lm_head.weight
+        # without calling lm_head, so it would get the rank's empty partition (huggingface/trl #5891).
+        raise ConfigError(
+            "trainer.liger_kernel",
+            "Liger's fused cross-entropy reads the head's weight outside its forward, where ZeRO-3 "
+            "has not gathered it",
+            "use zero=stage2 (or stage0/1) with trainer.liger_kernel=true, or trainer.liger_kernel=false",
+        )
+    if cfg.model.source == ModelSource.built and cfg.model.architecture != Architecture.llama:
+        raise ConfigError(
+            "trainer.liger_kernel",
+            f"Liger has no kernels for a {cfg.model.architecture.value} model",
+            "use trainer.liger_kernel=false, or model.architecture=llama",
         )

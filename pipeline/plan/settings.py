@@ -166,6 +166,8 @@ def training_args(cfg: Config, ds: dict[str, Any], output_dir: Path, use_cpu: bo
     )
     if cfg.precision.tf32 is not None:  # None: torch's default, untouched
         args["tf32"] = cfg.precision.tf32
+    if t.liger_kernel:
+        args["use_liger_kernel"] = True
     if t.gradient_checkpointing:  # named only when on: transformers 5.2x renames it, 5.17 has the old name
         args["gradient_checkpointing"] = True
     if cfg.data.has_eval:  # and at the end, always (train.py)
