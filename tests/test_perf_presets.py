@@ -78,3 +78,20 @@ def test_resident_keeps_the_loss_curve(tmp_path: Path) -> None:
     assert len(losses[0]) == 3
     assert losses[1] == pytest.approx(losses[0], abs=1e-4)
     assert planned_gpu[1] > planned_gpu[0]  # the memory plan counts the whole weights on each GPU
+
+
+def test_liger_reaches_the_trainer_and_the_plan_holds_no_logits(tmp_path: Path) -> None:
+    """trainer.liger_kernel=true: the Trainer's use_liger_kernel, and a memory plan without the
+    logits (the fused cross-entropy keeps the hidden states' and the head's gradients instead)."""
+    point = ["model=llama_1b", "precision=bf16", "trainer.micro_batch_size=32", "data.seq_len=1024"]
+    point.append("dry_run=true")  # Liger runs on CUDA only: here the plan alone
+    plans = {}
+    for liger in (False, True):
+        cfg = compose_point([*point, f"trainer.liger_kernel={str(liger).lower()}"])
+        plan = gate.admit(cfg, tmp_path / str(liger), use_cpu=True).plan
+        assert plan.training_args.get("use_liger_kernel", False) is liger
+        plans[liger] = plan.memory
+    tokens, vocab, hidden = 32 * 1024, 32_000, 2048
+    logits = 12 * tokens * vocab  # LOGIT_BYTES a token a vocabulary entry, in bf16
+    gradients = 2 * (tokens + vocab) * hidden
+    assert plans[False].gpu_activations - plans[True].gpu_activations == logits - gradients

@@ -67,10 +67,6 @@ LLAMA_LAYER_SAVED = 45.54
 # returns (2), their fp32 log-softmax (4), its gradient and the logits' fp32 gradient (4 + 4);
 # 12 in all fits the measured peaks (the fp32 upcast and the softmax gradient do not overlap fully).
 LOGIT_BYTES = 12
-# trainer.liger_kernel: Liger's fused linear cross-entropy runs the head and the loss chunk by chunk in
-# the forward and keeps only the gradients it made there, the hidden states' (16 bits a token a
-# hidden unit) and the head weight's (its dtype): no logits outlive a chunk.
-LIGER_HIDDEN_BYTES = 2
 # peft=lora|qlora: the trainable parameters (the adapter) go through DeepSpeed's estimators as a model of
 # their own; the frozen base has no gradients, no fp32 master and no optimizer states, only its weights:
 # 16 bits under bf16/fp16 (DeepSpeed casts the module), 32 under fp32, and under QLoRA 4-bit nf4 with a
@@ -319,8 +315,10 @@ def activation_bytes(cfg: Config, shape: ModelShape) -> int:
     else:
         layers = shape.activation_bytes * tokens * shape.hidden * shape.layers
     if t.liger_kernel:
-        head = cfg.precision.value_bytes * shape.vocab * shape.hidden
-        logits = LIGER_HIDDEN_BYTES * tokens * shape.hidden + head
+        # Liger's fused linear cross-entropy runs the head and the loss chunk by chunk in the forward
+        # and keeps only the gradients it made there, the hidden states' and the head weight's (in
+        # their dtype): no logits outlive a chunk.
+        logits = cfg.precision.value_bytes * (tokens + shape.vocab) * shape.hidden
     else:
         logits = (LOGIT_BYTES + (0 if cfg.precision.half else 2)) * tokens * shape.vocab
     if cfg.peft.enabled and cfg.peft.dropout > 0:  # without dropout LoRA saves the inputs the base would
