@@ -1,0 +1,35 @@
+#!/bin/bash
+# The GPU measurements still open (issues 33-35), one device call each, run from the repo root on the
+# device with the kit carried (bash benchmarks/device_kit.sh here first; the run tool's carry [".whl"]):
+#   bash benchmarks/device_calls.sh A   issue 35: the z2 pair, then 32 x 1024 tokens: bf16 compiled,
+#                                       Liger compiled, fp8 compiled, Liger eager
+#   bash benchmarks/device_calls.sh B   issue 33: full fine-tune on ZeRO-2/3 (both sides), LoRA r=16 and
+#                                       QLoRA on each
+#   bash benchmarks/device_calls.sh C   issue 35: forkserver ranks and CUDA; start-up against the reference,
+#                                       a compiled point from a cold and a warm cache; fp8 against bf16
+#                                       compiled over 300 steps of text
+#   bash benchmarks/device_calls.sh D   issue 34: the fake world's big-vocabulary and 7B suites
+# Every run tracks to MLflow, as users run it; each table is rewritten as each row ends, under $OUT.
+# A warm machine (a second call) built the DeepSpeed ops already: NOWARM=--no-warmup.
+set -uo pipefail
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+AIO=$PWD/.whl/aio/usr
+export PYTHONPATH=$PWD:/tmp/site:$PWD/.whl/bnb PATH=$PATH:/tmp/site/bin
+export CPATH=$AIO/include LIBRARY_PATH=$AIO/lib/x86_64-linux-gnu LD_LIBRARY_PATH=$AIO/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export TORCH_CUDA_ARCH_LIST=9.0  # the image's 9.0a breaks DeepSpeed 0.19.8's op builder
+REF=$PWD/.whl/reference/hand_written_trainer.py
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python3 -c "import torch, transformers, deepspeed; print(torch.__version__, transformers.__version__, deepspeed.__version__)"
+table() { python3 benchmarks/gpu_table.py --reference "$REF" --tracking on "$@"; }
+case "${1:-}" in
+A) timeout 400 table --out "$OUT/a" --variants z2 ${NOWARM:-} --steps 20 --warm 4 --timeout 200 \
+     --presets z2+compile_mbs32,z2+liger_compile_mbs32,z2+fp8_mbs32,z2+liger_mbs32 ;;
+B) timeout 540 table --out "$OUT/b" --variants z2,z3 ${NOWARM:-} --steps 20 --warm 4 --timeout 150 \
+     --presets z2+lora,z3+lora,z2+qlora,z3+qlora ;;
+C) for m in forkserver spawn; do timeout 45 python3 benchmarks/forkserver_cuda.py $m; done
+   timeout 240 python3 benchmarks/startup.py --reference "$REF" --out "$OUT/startup" --repeat 1
+   timeout 250 table --out "$OUT/text" --variants "" --no-warmup --steps 300 --warm 20 --timeout 190 \
+     --presets z2+compile_text,z2+fp8_text ;;
+D) python3 benchmarks/fake_world_memory.py --out "$OUT/fake_world" --suite bigvocab --suite 7b --budget-s 500 ;;
+*) echo "usage: bash benchmarks/device_calls.sh A|B|C|D" >&2; exit 2 ;;
+esac
