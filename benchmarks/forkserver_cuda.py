@@ -1,6 +1,7 @@
 """Can a rank forked from a forkserver that imported the pipeline's rank side (torch, transformers,
 DeepSpeed, MLflow) use CUDA, as a spawned one can? And how long does each take from start to its
-first CUDA matmul? usage: python benchmarks/forkserver_cuda.py forkserver|spawn (issue 35: ranks that skip the imports)"""
+first CUDA matmul? (Issue 35: GPU ranks that skip the imports.)
+usage: python benchmarks/forkserver_cuda.py forkserver|spawn"""
 
 import multiprocessing as mp
 import os
