@@ -8,19 +8,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: core install run test lint format system-deps ops ui
+.PHONY: install run test lint format system-deps ops ui
 
 $(PY):
 	bash scripts/make-venv.sh $(PYTHON) $(VENV)
 
-# torch first and pinned (a bare torch requirement would pull a CUDA build of several GB), then
-# DeepSpeed at the project's pin: all that DeepSpeed's op builds need, so they can start (make test)
-# while pip installs the rest on one core.
-core: $(PY)
+install: $(PY)
+	# torch first and pinned: a bare torch requirement would pull a CUDA build of several GB.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
-	$(PY) -c "import deepspeed" 2>/dev/null || $(PY) -m pip install $$(grep -o 'deepspeed==[^"]*' pyproject.toml)
-
-install: core
 	$(PY) -m pip install -e '.[test]'
 
 run: install
@@ -34,9 +29,9 @@ system-deps:
 
 # DeepSpeed's CPU ops that need no Debian package, compiled in the background (a few minutes); a
 # later load of one waits for its build on torch's build lock.
-ops: core
+ops: install
 	mkdir -p outputs
-	PYTHONPATH=. $(PY) scripts/build-ops.py --no-debian >outputs/deepspeed-ops-prebuild.log 2>&1 &
+	$(PY) scripts/build-ops.py --no-debian >outputs/deepspeed-ops-prebuild.log 2>&1 &
 
 lint: install
 	$(PY) -m ruff check .
@@ -49,12 +44,10 @@ format: install
 # make test's set-up on 2 cores: apt (system-deps) and pip (install) each keep one core busy, so
 # they run side by side, apt once make-venv's own apt-get is done (they would contend for apt's lock);
 # their lines interleave (make's --output-sync would hold pytest's back until it ends).
-# The ops compile from when torch and DeepSpeed are in (core), beside apt, the rest of pip, ruff and
-# pytest's start (the core apt leaves idle while pip runs on the other: ~80 s); pytest's build
-# loads them. Three jobs: the ops' recipe only starts them in the background. make's jobserver stays
-# out of the recipes' environment: a ninja that joins it would find no jobserver there.
+# The ops then compile while apt, ruff and pytest's start go on; pytest's build loads them. make's
+# jobserver stays out of the recipes' environment: a ninja that joins it would find no jobserver there.
 ifeq ($(MAKECMDGOALS),test)
-MAKEFLAGS += -j3
+MAKEFLAGS += -j2
 unexport MAKEFLAGS MFLAGS
 system-deps: | $(PY)
 endif
