@@ -38,8 +38,7 @@ class SweepRun(Callback):
         overrides = list(config.hydra.overrides.task)
         sweep_dir = Path(config.hydra.sweep.dir).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        experiment_id = track.prepare(cfg)  # first: it makes the store under its lock
-        store = track.Store.of(cfg)
+        store, experiment_id = track.prepared(cfg)
         name = " ".join(overrides) or "sweep"
         points = point_keys(config, overrides)
         key = hashlib.sha1(" ".join(points).encode()).hexdigest()[:16]

@@ -33,7 +33,7 @@ from pipeline.track.store import (
     SLURM_JOB,
     RunState,
     Store,
-    prepare,
+    prepared,
 )
 
 if TYPE_CHECKING:  # pipeline.job imports this package
@@ -202,8 +202,7 @@ class NodeSampling(Untracked):
 
 def record_skipped(cfg: Config, name: str, params: dict[str, str], tags: dict[str, str], reason: str) -> str:
     """A point that was not trained (it could not fit), as a closed run that says why."""
-    experiment_id = prepare(cfg)  # first: it makes the store under its lock
-    store = Store.of(cfg)
+    store, experiment_id = prepared(cfg)
     run_id = store.create_run(experiment_id, name, {**tags, SKIPPED: reason}, params)
     store.end(run_id, RunState.KILLED, f"skipped, not trained: {reason}")
     return run_id
@@ -224,8 +223,7 @@ def open_run(
     creates one, with what made it (provenance: the code, software and machine here, and the
     command with its overrides), and saves its id there. node: the name its system metrics go
     under, in a job across nodes."""
-    experiment_id = prepare(cfg)  # first: it makes the store under its lock (MlflowClient opens it at once)
-    store = Store.of(cfg)
+    store, experiment_id = prepared(cfg)
     saved = out / RUN_ID_FILE
     sampled = cfg.tracking.system_metrics
     if requeued_after and saved.exists():

@@ -366,6 +366,13 @@ def prepare(cfg: Config) -> str:
         raise _unusable(cfg, uri, e) from None
 
 
+def prepared(cfg: Config) -> tuple[Store, str]:
+    """The store, opened once prepare has made it under its lock, and the experiment's id. No Store
+    comes first: MlflowClient opens (and migrates) a sqlite store as it is made."""
+    experiment_id = prepare(cfg)
+    return Store.of(cfg), experiment_id
+
+
 def _wait_while_made(path: Path, wait_s: float = 60, held_s: float = 6) -> None:
     """Another process (`mlflow ui`, a script: they take no lock of ours) may be making this store,
     its schema migration half done: touching it now would break both ("table ... already exists").
