@@ -439,7 +439,7 @@ class TrainerConf:
     save_steps: int = 0
     save_total_limit: int = 2
     torch_compile: bool = False
-    # Liger's Triton kernels (TrainingArguments.use_liger_kernel; Llama-family models, CUDA): RMSNorm,
+    # Liger's Triton kernels (TrainingArguments.use_liger_kernel; CUDA, model types Liger knows): RMSNorm,
     # RoPE, SwiGLU, and a cross-entropy fused with the head's matmul that never holds the whole logits.
     liger_kernel: bool = False
     # Data-loader worker processes per rank. 0: each rank cuts its batches itself, from tensors in
