@@ -13,7 +13,7 @@ from typing import TypeVar
 import pytest
 from filelock import FileLock
 
-from helpers import MlflowServer, Own, Sweep, make_own, ok, run_pipeline
+from helpers import SAMPLED, MlflowServer, Own, Sweep, make_own, ok, run_pipeline
 
 # OpenMP threads that wait sleep instead of spinning, in the tests and every process they start (the
 # CLI, its ranks, Slurm's jobs): with two or more trainings at once on 2 cores (a sweep's Slurm jobs,
@@ -113,7 +113,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
 
     def train(root: Path) -> Sweep:
         out = root / "outputs"
-        result = ok(run_pipeline(out, "-m", "zero=stage1,stage2", "trainer.max_steps=6"))
+        result = ok(run_pipeline(out, "-m", "zero=stage1,stage2", "trainer.max_steps=6", SAMPLED))
         (sweep_dir,) = [p.parent for p in out.glob("sweeps/*/sweep.json")]
         return Sweep(out, sweep_dir, json.loads((sweep_dir / "sweep.json").read_text()), result.stdout)
 

@@ -29,15 +29,23 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+# The system-metrics sampler is a process of its own beside each run, ~2.5 s of CPU on these 2 cores:
+# the tests that look at system metrics ask for it (SAMPLED), the others run without it.
+SAMPLED = "tracking.system_metrics=true"
+
+
 def pipeline_cmd(outputs: Path, *args: str, module: str = "pipeline") -> list[str]:
-    """`python -m pipeline [-m] outputs_dir=<outputs> ARGS...`."""
+    """`python -m pipeline [-m] outputs_dir=<outputs> tracking.system_metrics=false ARGS...` (ARGS may
+    hold SAMPLED)."""
     flags = [a for a in args if a.startswith("-")]  # Hydra's parser wants -m before the overrides
+    sampled = any(a.startswith("tracking.system_metrics=") for a in args)
     return [
         sys.executable,
         "-m",
         module,
         *flags,
         f"outputs_dir={outputs}",
+        *([] if sampled else ["tracking.system_metrics=false"]),
         *(a for a in args if a not in flags),
     ]
 

@@ -26,8 +26,6 @@ from helpers import Own, mlflow_client, ok, rank_model, run_pipeline, runs
 # (trainer.hang_timeout_s=6, above a step's time on 2 busy cores) fails its first try holding
 # checkpoint-2, and the sweep's rerun carries it on; the same point unwatched (0) trains through.
 LORA = ("peft=lora", "trainer.max_steps=4", "trainer.save_steps=2", "trainer.merge_adapter=true")
-# The system-metrics sampler (a process per run) is not what these tests look at: 2 cores are scarce.
-QUIET = ("tracking.system_metrics=false",)
 HANG_AT_3 = {"ZEROSWEEP_TEST_HANG_AT_STEP": "0:3"}
 # The stages' and the resumed curves agree to float32 rounding (the full fine-tune's tests: ~5e-7).
 TOLERANCE = 1e-4
@@ -44,7 +42,7 @@ def lora(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """LoRA on llama_tiny, ZeRO-2 and ZeRO-3, both with CPU offload, as one sweep: each uninterrupted,
     and each stopped at step 3, then carried on from checkpoint-2 by the sweep's rerun."""
     out = tmp_path_factory.mktemp("lora") / "outputs"
-    sweep = ("-m", *LORA, *QUIET, "zero=stage2,stage3", "offload=cpu", "trainer.hang_timeout_s=0,6")
+    sweep = ("-m", *LORA, "zero=stage2,stage3", "offload=cpu", "trainer.hang_timeout_s=0,6")
     first = run_pipeline(out, *sweep, env=HANG_AT_3)
     assert first.returncode == 1 and first.stderr.count("FAILED: Hung") == 2, first.stderr[-3000:]
     (sweep_dir,) = out.glob("sweeps/*")
@@ -145,7 +143,6 @@ def test_gpt2_lora_on_zero3_trains_the_layers_named_and_generates_from_the_adapt
     ok(
         run_pipeline(
             outputs,
-            *QUIET,
             "model=hf",
             f"model.name_or_path={own.gpt2}",
             "data=files",

@@ -4,9 +4,11 @@ Drives the CLI as a user does (`python -m pipeline -m launcher=slurm ...`) and a
 Slurm (sacct) and MLflow recorded.
 """
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from mlflow.entities import Run
 
 from helpers import (
     ROOT,
+    SAMPLED,
     MlflowServer,
     artifact_text,
     loss_steps,
@@ -128,7 +131,7 @@ def test_a_job_across_two_nodes_trains_as_one_rank_does(tmp_path: Path) -> None:
     nodes, one = tmp_path / "nodes", tmp_path / "one"
     steps = ("trainer.max_steps=6", "trainer.save_steps=6")
     sweep = start(nodes, "trainer.nnodes=2", "trainer.nproc_per_node=2", "trainer.micro_batch_size=4",
-                  "zero=stage2,stage3", *steps)  # fmt: skip
+                  "zero=stage2,stage3", SAMPLED, *steps)  # fmt: skip
     reference = run_pipeline(one, "trainer.micro_batch_size=16", *steps, "trainer.save_model=false")
     finish(sweep)
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -163,7 +166,7 @@ def test_interrupted_job_resumes_into_the_same_run_through_an_mlflow_server(
     after its first checkpoint, requeued, and resumes into its run on the server."""
     server = mlflow_server.uri
     proc = start(tmp_path, f"tracking.uri={server}", "tracking.experiment=requeue",
-                 "trainer.max_steps=80", "trainer.save_steps=10,11")  # fmt: skip
+                 "trainer.max_steps=80", "trainer.save_steps=10,11", SAMPLED)  # fmt: skip
     # A checkpoint is complete once the Trainer wrote its trainer_state.json (the last file it saves):
     # interrupting before that would leave nothing to resume from.
     wait_for(
@@ -319,19 +322,32 @@ def test_a_node_lost_mid_job_fails_its_run_by_name_and_the_retry_carries_on(
 
 
 def test_a_node_set_down_mid_job_requeues_it_into_the_same_run(tmp_path: Path) -> None:
-    """An admin sets the second node of a 2-node job DOWN after its first checkpoint: Slurm ends the
-    job NODE_FAIL and requeues it; it resumes from that checkpoint into the same run, which says why."""
+    """The second node of a 2-node job stops responding after the job's first checkpoint, and an admin
+    sets it DOWN: Slurm ends the job NODE_FAIL and requeues it; it resumes from that checkpoint into
+    the same run, which says why."""
     proc = start(tmp_path, "trainer.nnodes=2", "trainer.nproc_per_node=2", "trainer.max_steps=40",
                  "trainer.save_steps=10")  # fmt: skip
     wait_for(
         "the first complete checkpoint",
         lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")),
     )
+    (job_id,) = [p.name for p in (sweep_dir(tmp_path) / ".submitit").iterdir() if p.name.isdigit()]
+    # Its tasks stop, and stay stopped through the SIGCONT that comes before Slurm's SIGTERM (the
+    # first node's wait for them in the next collective): the job cannot end on its own before Slurm
+    # kills it, however fast the 30 steps left would be.
+    silent = _task_pids({"SLURM_JOB_ID": job_id, "SLURMD_NODENAME": "zs-node2"})
+
+    def requeued() -> bool:
+        for pid in silent:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        return sacct_restarts(job_id, "NODE_FAIL") >= 1
+
+    requeued()
     node = ["scontrol", "update", "nodename=zs-node2"]
     try:
         subprocess.run([*node, "state=down", "reason=zerosweep-test"], check=True)
-        (job_id,) = [p.name for p in (sweep_dir(tmp_path) / ".submitit").iterdir() if p.name.isdigit()]
-        wait_for("the requeue", lambda: sacct_restarts(job_id, "NODE_FAIL") >= 1, timeout=120)
+        wait_for("the requeue", requeued, timeout=120)
     finally:  # ReturnToService brings it back once its slurmd registers; resume it if not yet
         subprocess.run([*node, "state=resume"], capture_output=True)
     out = finish(proc)

@@ -250,7 +250,7 @@ def test_a_store_busy_for_seconds_loses_no_metric(tmp_path):
     MLflow's logger drops the batch it could not write; the run writes it again, and every step is
     there, once, with no step counted lost."""
     outputs = tmp_path / "outputs"
-    args = ("trainer.max_steps=150", "tracking.buffer_s=1", "tracking.system_metrics=false")
+    args = ("trainer.max_steps=150", "tracking.buffer_s=1")
     proc = start_cli(
         pipeline_cmd(outputs, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
