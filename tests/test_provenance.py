@@ -25,23 +25,22 @@ def environment(outputs: Path, run_id: str, into: Path) -> dict:
 
 
 def test_a_run_records_what_made_it_and_reruns_to_the_same_losses(outputs: Path, tmp_path: Path):
-    ok(run_pipeline(outputs, "trainer.max_steps=4", "zero=stage2"))
+    overrides = ("trainer.max_steps=4", "tracking.system_metrics=false", "zero=stage2")
+    typed = " ".join((f"outputs_dir={outputs}", *overrides))
+    ok(run_pipeline(outputs, *overrides))
     (original,) = runs(outputs)
     tags = original.data.tags
     # Named by what it trains; where it is kept stays in the tag of every override.
     assert original.info.run_name == "trainer.max_steps=4,zero=stage2"
-    assert tags["zerosweep.overrides"] == f"outputs_dir={outputs} trainer.max_steps=4 zero=stage2"
+    assert tags["zerosweep.overrides"] == typed
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     assert tags["mlflow.source.git.commit"] == head and tags["zerosweep.git_dirty"] in ("true", "false")
-    assert (
-        tags["zerosweep.command"]
-        == f"python -m pipeline outputs_dir={outputs} trainer.max_steps=4 zero=stage2"
-    )
+    assert tags["zerosweep.command"] == f"python -m pipeline {typed}"
     assert tags["mlflow.user"] and tags["zerosweep.torch"] and tags["zerosweep.deepspeed"]
     made = environment(outputs, original.info.run_id, tmp_path)
-    assert made["overrides"] == [f"outputs_dir={outputs}", "trainer.max_steps=4", "zero=stage2"]
+    assert made["overrides"] == typed.split()
     assert {"torch", "deepspeed", "transformers", "mlflow", "hydra-core"} <= set(made["packages"])
     assert made["machine"]["cores"] >= 1 and made["machine"]["host"] and made["code"]["commit"] == head
     assert "PATH" not in json.dumps(made)  # no dump of the environment
