@@ -20,15 +20,15 @@ export TORCH_CUDA_ARCH_LIST=9.0  # the image's 9.0a breaks DeepSpeed 0.19.8's op
 REF=$PWD/.whl/reference/hand_written_trainer.py
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, transformers, deepspeed; print(torch.__version__, transformers.__version__, deepspeed.__version__)"
-table() { python3 benchmarks/gpu_table.py --reference "$REF" --tracking on "$@"; }
+table=(python3 benchmarks/gpu_table.py --reference "$REF" --tracking on)  # a function would not run under timeout
 case "${1:-}" in
-A) timeout 400 table --out "$OUT/a" --variants z2 ${NOWARM:-} --steps 20 --warm 4 --timeout 200 \
+A) timeout ${LIMIT:-400} "${table[@]}" --out "$OUT/a" --variants "${VARIANTS-z2}" ${NOWARM:-} --steps 20 --warm 4 --timeout 200 \
      --presets z2+compile_mbs32,z2+liger_compile_mbs32,z2+fp8_mbs32,z2+liger_mbs32 ;;
-B) timeout 540 table --out "$OUT/b" --variants z2,z3 ${NOWARM:-} --steps 20 --warm 4 --timeout 150 \
+B) timeout 540 "${table[@]}" --out "$OUT/b" --variants z2,z3 ${NOWARM:-} --steps 20 --warm 4 --timeout 150 \
      --presets z2+lora,z3+lora,z2+qlora,z3+qlora ;;
 C) for m in forkserver spawn; do timeout 45 python3 benchmarks/forkserver_cuda.py $m; done
    timeout 240 python3 benchmarks/startup.py --reference "$REF" --out "$OUT/startup" --repeat 1
-   timeout 250 table --out "$OUT/text" --variants "" --no-warmup --steps 300 --warm 20 --timeout 190 \
+   timeout 250 "${table[@]}" --out "$OUT/text" --variants "" --no-warmup --steps 300 --warm 20 --timeout 190 \
      --presets z2+compile_text,z2+fp8_text ;;
 D) python3 benchmarks/fake_world_memory.py --out "$OUT/fake_world" --suite bigvocab --suite 7b --budget-s 500 ;;
 *) echo "usage: bash benchmarks/device_calls.sh A|B|C|D" >&2; exit 2 ;;
