@@ -45,6 +45,8 @@ MEASURED = [
     (["zero=stage3", "precision=fp16"], 28.5, "13th session, 1 H100"),
     (["zero=stage2", "trainer.gradient_checkpointing=true"], 19.3, "13th session, 1 H100"),
     (["zero=stage2", "peft=lora", "peft.r=16"], 19.4, "15th session, 1 H100"),
+    (["zero=stage3", "peft=qlora", "peft.r=16"], 18.4, "19th session, 1 H100"),
+    (["zero=stage2", "perf=liger_mbs32"], 46.8, "19th session, 1 H100"),
     # Rank 0 of a fake world of 8, 64 and 512 ranks (8 a node) on one H100: 15th session,
     # benchmarks/fake_world_memory.py --suite 1b.
     *[

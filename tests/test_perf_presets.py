@@ -17,7 +17,7 @@ PRESETS = sorted(p.stem for p in (ROOT / "conf" / "perf").glob("*.yaml"))
 def dry_run(out: Path, *overrides: str) -> tuple:
     """What `python -m pipeline dry_run=true ...` writes in its run dir (deepspeed.json,
     training_args.json), planned here by the same calls (a preset is pure composition)."""
-    cfg = compose_point(list(overrides))
+    cfg = compose_point(["dry_run=true", *overrides])
     files = console.write_plan(out, gate.admit(cfg, out, use_cpu=True).plan)
     return json.loads(files.deepspeed.read_text()), json.loads(files.training_args.read_text())
 
