@@ -332,22 +332,26 @@ def test_a_node_set_down_mid_job_requeues_it_into_the_same_run(tmp_path: Path) -
         lambda: list((tmp_path / "sweeps").glob("*/0/checkpoints/checkpoint-*/trainer_state.json")),
     )
     (job_id,) = [p.name for p in (sweep_dir(tmp_path) / ".submitit").iterdir() if p.name.isdigit()]
-    # Its tasks stop, and stay stopped through the SIGCONT that comes before Slurm's SIGTERM (the
-    # first node's wait for them in the next collective): the job cannot end on its own before Slurm
-    # kills it, however fast the 30 steps left would be.
+    # Its tasks stop, and stay stopped through the SIGCONT that comes before Slurm's SIGTERM until
+    # Slurm's SIGKILL ends them (the first node's wait for them in the next collective): the job cannot
+    # end on its own, however fast the 30 steps left would be. (sacct may say NODE_FAIL before that.)
     silent = _task_pids({"SLURM_JOB_ID": job_id, "SLURMD_NODENAME": "zs-node2"})
 
-    def requeued() -> bool:
+    def silenced() -> bool:
+        """Stops those of the tasks still there; True once none is."""
+        there = False
         for pid in silent:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
-        return sacct_restarts(job_id, "NODE_FAIL") >= 1
+                there = True
+        return not there
 
-    requeued()
+    silenced()
     node = ["scontrol", "update", "nodename=zs-node2"]
     try:
         subprocess.run([*node, "state=down", "reason=zerosweep-test"], check=True)
-        wait_for("the requeue", requeued, timeout=120)
+        wait_for("Slurm to kill the silent node's tasks", silenced, timeout=120)
+        wait_for("the requeue", lambda: sacct_restarts(job_id, "NODE_FAIL") >= 1, timeout=120)
     finally:  # ReturnToService brings it back once its slurmd registers; resume it if not yet
         subprocess.run([*node, "state=resume"], capture_output=True)
     out = finish(proc)
