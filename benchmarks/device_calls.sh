@@ -10,7 +10,8 @@
 #                                       compiled over 300 steps of text
 #   bash benchmarks/device_calls.sh D   issue 34: the fake world's big-vocabulary and 7B suites
 # Every run tracks to MLflow, as users run it; each table is rewritten as each row ends, under $OUT.
-# A warm machine (a second call) built the DeepSpeed ops already: NOWARM=--no-warmup.
+# A warm machine (a second call) built the DeepSpeed ops already: NOWARM=--no-warmup. A's pair of
+# variants and time limit: VARIANTS= (none, the pair measured already on this machine), LIMIT=<s>.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 AIO=$PWD/.whl/aio/usr

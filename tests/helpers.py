@@ -30,13 +30,13 @@ def cli_env() -> dict[str, str]:
 
 
 # The system-metrics sampler is a process of its own beside each run, ~2.5 s of CPU on these 2 cores:
-# the tests that look at system metrics ask for it (SAMPLED), the others run without it.
-SAMPLED = "tracking.system_metrics=true"
+# the tests that look at system metrics ask for it (SAMPLED), the others run without it (UNSAMPLED).
+SAMPLED, UNSAMPLED = "tracking.system_metrics=true", "tracking.system_metrics=false"
 
 
 def pipeline_cmd(outputs: Path, *args: str, module: str = "pipeline") -> list[str]:
-    """`python -m pipeline [-m] outputs_dir=<outputs> tracking.system_metrics=false ARGS...` (ARGS may
-    hold SAMPLED)."""
+    """`python -m pipeline [-m] outputs_dir=<outputs> UNSAMPLED ARGS...` (unless ARGS say whether to
+    sample: SAMPLED)."""
     flags = [a for a in args if a.startswith("-")]  # Hydra's parser wants -m before the overrides
     sampled = any(a.startswith("tracking.system_metrics=") for a in args)
     return [
@@ -45,7 +45,7 @@ def pipeline_cmd(outputs: Path, *args: str, module: str = "pipeline") -> list[st
         module,
         *flags,
         f"outputs_dir={outputs}",
-        *([] if sampled else ["tracking.system_metrics=false"]),
+        *([] if sampled else [UNSAMPLED]),
         *(a for a in args if a not in flags),
     ]
 

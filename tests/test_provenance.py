@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ROOT, Sweep, mlflow_client, ok, run_cli, run_pipeline, runs
+from helpers import ROOT, UNSAMPLED, Sweep, mlflow_client, ok, run_cli, run_pipeline, runs
 
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -25,7 +25,7 @@ def environment(outputs: Path, run_id: str, into: Path) -> dict:
 
 
 def test_a_run_records_what_made_it_and_reruns_to_the_same_losses(outputs: Path, tmp_path: Path):
-    overrides = ("trainer.max_steps=4", "tracking.system_metrics=false", "zero=stage2")
+    overrides = ("trainer.max_steps=4", UNSAMPLED, "zero=stage2")
     typed = " ".join((f"outputs_dir={outputs}", *overrides))
     ok(run_pipeline(outputs, *overrides))
     (original,) = runs(outputs)
