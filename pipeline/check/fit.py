@@ -15,10 +15,10 @@ from pipeline.config import GIB, Config, OffloadDevice
 from pipeline.errors import ConfigError
 from pipeline.plan.memory import MemoryPlan
 
-# ZeRO-2 against ZeRO-3 in tokens/s, the 1B Llama with LoRA r=16 on one H100: 38,966 against 10,149
-# (benchmarks/RESULTS.md, fifteenth session). ZeRO-3 gathers every weight each forward and backward,
-# frozen or not, so LoRA keeps that cost while its optimizer step all but vanishes.
-ZERO2_SPEEDUP = 3.8
+# ZeRO-2 against ZeRO-3 in tokens/s, the 1B Llama with LoRA r=16 on one H100: 38,517 against 11,874, and
+# 3.2x under QLoRA too (benchmarks/RESULTS.md, nineteenth session). ZeRO-3 gathers every weight each
+# forward and backward, frozen or not, so LoRA keeps that cost while its optimizer step all but vanishes.
+ZERO2_SPEEDUP = 3.2
 # The ZeRO-3 live and reuse bound a refusal suggests (a tenth of DeepSpeed's default, 1e9).
 LIVE = 100_000_000
 

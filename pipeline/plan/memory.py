@@ -75,7 +75,8 @@ LOGIT_BYTES = 12
 QLORA_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 # LoRA's dropout saves, for each adapted layer, its dropped-out input in 16 bits and the mask (1 byte);
 # the frozen base's linear layers save no input for a weight gradient (16 bits each, in the full
-# fine-tune's count): 1B Llama, ZeRO-2, one H100, r=16 on every linear layer, 19.4 GiB measured.
+# fine-tune's count): 1B Llama, ZeRO-2, one H100, r=16 on every linear layer, 19.4 GiB measured. Not
+# under ZeRO-3 (see frozen_inputs_saved): 21.8 GiB measured there, 2.4 more, as the count says.
 LORA_DROPOUT_BYTES, FROZEN_INPUT_BYTES = 3, 2
 # torch.compile fuses elementwise ops and keeps fewer intermediates: 0.68 of the eager bytes
 # (measured: ZeRO-2 micro batch 16 and 32 on 1 and 2 GPUs, ZeRO-3 resident, both offloads).
@@ -322,7 +323,19 @@ def activation_bytes(cfg: Config, shape: ModelShape) -> int:
     else:
         logits = (LOGIT_BYTES + (0 if cfg.precision.half else 2)) * tokens * shape.vocab
     if cfg.peft.enabled and cfg.peft.dropout > 0:  # without dropout LoRA saves the inputs the base would
-        lora = LORA_DROPOUT_BYTES * shape.adapted_inputs - FROZEN_INPUT_BYTES * shape.frozen_inputs
+        lora = LORA_DROPOUT_BYTES * shape.adapted_inputs
+        if not frozen_inputs_saved(cfg):
+            lora -= FROZEN_INPUT_BYTES * shape.frozen_inputs
         layers += lora * tokens * shape.layers
     saved = layers * fp32_factor + logits
     return int(saved * COMPILED_FRACTION if cfg.compiled else saved)
+
+
+def frozen_inputs_saved(cfg: Config) -> bool:
+    """Whether the frozen base's linear layers save their inputs as the full fine-tune's do. ZeRO-3 swaps
+    torch.nn.functional.linear for its LinearFunctionForZeroStage3 (DeepSpeed 0.19.8 zero/linear.py, under
+    zero_optimization.memory_efficient_linear, on by default), which saves every input, a frozen weight's
+    too. QLoRA's 4-bit layers multiply through bitsandbytes instead, which saves none."""
+    zero = cfg.deepspeed.get("zero_optimization") or {}
+    swapped = cfg.zero.stage == 3 and zero.get("memory_efficient_linear", True)
+    return bool(swapped) and not cfg.peft.quantized
