@@ -21,6 +21,12 @@ install: $(PY)
 	# is set, every process (each rank, each Slurm task) would compile them again, ~0.4 s of CPU a start.
 	$(PY) -m compileall -q pipeline hydra_plugins
 
+# Liger and the Triton it imports, beside the environment and off its path: the test of Liger's refusal
+# of a model type it has no kernels for puts it there (on every other import Triton would cost 0.5 s).
+LIGER_KIT := $(VENV)/liger-kit
+$(LIGER_KIT): | $(PY)
+	$(PY) -m pip install -q --no-deps --target $(LIGER_KIT) liger-kernel==0.8.5 triton==3.9.0
+
 run: install
 	$(PY) -m pipeline
 
@@ -55,6 +61,6 @@ unexport MAKEFLAGS MFLAGS
 system-deps: | $(PY)
 endif
 
-test: install system-deps ops lint
+test: install system-deps ops lint $(LIGER_KIT)
 	# Two workers, a test file each at a time (a file's fixtures are built once); the Slurm file first.
 	$(PY) -m pytest -n 2 --dist loadfile --durations=15

@@ -502,3 +502,14 @@ def test_help_says_how_to_use_it():
     assert result.stdout.startswith("usage: python -m pipeline [group=option ...] [key=value ...] [-m]")
     assert "zero: stage0, stage1, stage2, stage3" in result.stdout
     assert result.stdout.count("  python -m pipeline ") >= 3  # examples
+
+
+def test_liger_refuses_a_pretrained_model_type_it_has_no_kernels_for(outputs, own):
+    """Liger's table of model types, read where Liger imports: its kit (make test puts it beside .venv,
+    with Triton, off the tests' path) stands in for a GPU machine's install."""
+    kit = {"PYTHONPATH": str(Path(sys.prefix) / "liger-kit")}
+    liger = [*HF, f"data.train_files=[{own.train}]", "trainer.liger_kernel=true", "dry_run=true"]
+    gpt2 = run_pipeline(outputs, *liger, f"model.name_or_path={own.gpt2}", env=kit)
+    assert gpt2.returncode == 2, gpt2.stderr
+    assert "trainer.liger_kernel: Liger has no kernels for gpt2 models" in gpt2.stderr
+    ok(run_pipeline(outputs, *liger, f"model.name_or_path={own.llama}", env=kit))

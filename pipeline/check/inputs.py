@@ -67,6 +67,8 @@ def _check_model(cfg: Config) -> None:
             f"{name} holds a {config.model_type} model, which is not a causal LM",
             "use a model that AutoModelForCausalLM loads (Llama, GPT-2, Qwen2, ...)",
         )
+    if cfg.trainer.liger_kernel:
+        _check_liger_knows(config)
     if Path(name).is_dir():
         if not any(any(Path(name).glob(pattern)) for pattern in WEIGHTS):
             raise ConfigError(
@@ -88,6 +90,22 @@ def _check_model(cfg: Config) -> None:
             "data.seq_len",
             f"{cfg.data.seq_len} is above the model's max_position_embeddings ({limit})",
             f"set data.seq_len={limit} or less",
+        )
+
+
+def _check_liger_knows(config) -> None:  # config: PretrainedConfig
+    """Given a model type it has no kernels for, Liger logs one info line and the Trainer trains without
+    them. Liger's own table of model types is read wherever Liger imports (it needs Triton: a GPU
+    machine, or its kit beside the tests); elsewhere preflight refuses Liger before a run starts."""
+    try:
+        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    except ImportError:
+        return
+    if config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+        raise ConfigError(
+            "trainer.liger_kernel",
+            f"Liger has no kernels for {config.model_type} models: the Trainer would train it without them",
+            "use trainer.liger_kernel=false, or a model type Liger patches (llama, mistral, qwen2, gemma...)",
         )
 
 
