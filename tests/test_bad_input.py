@@ -115,7 +115,7 @@ CASES = {
     "a run that does not fit the GPU": (
         ["launcher.gpu_mem_gib=0.015", "zero.reduce_bucket_size=100000"],
         "memory",
-        "needs ~28 MiB per GPU, the GPU has 15 MiB. Fix: use ",
+        "needs ~33 MiB per GPU, the GPU has 15 MiB. Fix: use ",
     ),
     "more ranks than cores": (["trainer.nproc_per_node=64"], "trainer.nproc_per_node", "64 ranks but"),
     "nodes without a cluster": (

@@ -223,9 +223,10 @@ def _model(*overrides: str) -> tuple:
 
 
 def test_the_plan_keeps_optimizer_states_for_the_adapter_only_and_the_base_in_16_or_4_bits():
-    """The 1B on ZeRO-2: the full fine-tune's states are 16 bytes a parameter (DeepSpeed's estimator);
-    LoRA's are the frozen base in 16 bits and 16 bytes a trainable parameter; QLoRA's base is 4-bit
-    (~0.52 bytes a weight) in its linear layers, the embedding and output layer in 16 bits."""
+    """The 1B on ZeRO-2 at backward's peak, its first step (no 16-bit gradients yet): the full
+    fine-tune's states are 14 bytes a parameter; LoRA's are the frozen base in 16 bits and 14 bytes a
+    trainable parameter; QLoRA's base is 4-bit (~0.52 bytes a weight) in its linear layers, the
+    embedding and output layer in 16 bits."""
     full, lora, qlora = (planned(*ONE_B, f"peft={p}") for p in ("none", "lora", "qlora"))
     sized = adapter.sizes(*_model(*ONE_B, "peft=qlora"))
     base = full.params
@@ -233,11 +234,11 @@ def test_the_plan_keeps_optimizer_states_for_the_adapter_only_and_the_base_in_16
     # r=16 on every linear layer of 16 layers: (in + out) x 16 each.
     per_layer = 4 * (2048 + 2048) + 2 * (2048 + 5504) + (5504 + 2048)
     assert sized.trainable == 16 * 16 * per_layer
-    assert full.memory.gpu_model_states == pytest.approx(16 * base, rel=0.01)
-    assert lora.memory.gpu_model_states == pytest.approx(2 * base + 16 * sized.trainable, rel=0.01)
+    assert full.memory.gpu_model_states == pytest.approx(14 * base, rel=0.01)
+    assert lora.memory.gpu_model_states == pytest.approx(2 * base + 14 * sized.trainable, rel=0.01)
     embeddings, norms = 2 * 32000 * 2048, (2 * 16 + 1) * 2048  # embedding and lm_head; RMSNorms
     assert sized.quantized == base - embeddings - norms
-    four_bit = qlora.memory.gpu_model_states - 16 * sized.trainable
+    four_bit = qlora.memory.gpu_model_states - 14 * sized.trainable
     assert four_bit == pytest.approx(0.516 * sized.quantized + 2 * (base - sized.quantized), rel=0.01)
     # Offloaded, the adapter's states are next to nothing: the host holds what loading the base takes
     # (memory.load_host_bytes), a quarter of the full fine-tune's offloaded states.
@@ -250,14 +251,15 @@ def test_the_plan_keeps_optimizer_states_for_the_adapter_only_and_the_base_in_16
 
 
 def test_zero3_partitions_the_frozen_base():
-    """Each of 2 ranks holds half of the 16-bit base, and half of the adapter's partitioned states (16
-    bytes a trainable parameter during backward), while it gathers the adapter's gradients whole, 2
-    bytes a parameter more than one GPU does (memory.ZERO3_GATHERED_BYTES)."""
+    """One GPU gathers nothing (its partition is the base itself). Each of 2 ranks holds half of the
+    16-bit base and, at the default reuse distance, gathers it whole (2 bytes a weight); of the adapter,
+    half its partitioned states (16 bytes a trainable parameter) and its weights gathered whole
+    (memory.ZERO3_GATHERED_BYTES): 2 bytes a weight of the base more, 6 a trainable parameter less."""
     one, two = (planned(*ONE_B, "peft=lora", "zero=stage3", f"trainer.nproc_per_node={n}") for n in (1, 2))
     base = planned(*ONE_B).params
     trainable = one.params - base
-    halved = one.memory.gpu_model_states - two.memory.gpu_model_states
-    assert halved == pytest.approx((2 * base + 16 * trainable) / 2 - 2 * trainable, rel=0.01)
+    grown = two.memory.gpu_model_states - one.memory.gpu_model_states
+    assert grown == pytest.approx(base - 6 * trainable, rel=0.01)
 
 
 def test_the_fit_check_and_the_search_use_the_lora_plan(capsys):

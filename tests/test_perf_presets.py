@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.check import gate
 from pipeline.check.compose import compose_point
+from pipeline.plan import memory
 from pipeline.report import console
 
 from helpers import ROOT, mlflow_client, ok, run_pipeline, runs
@@ -91,7 +92,11 @@ def test_liger_reaches_the_trainer_and_the_plan_holds_no_logits(tmp_path: Path) 
         plan = gate.admit(cfg, tmp_path / str(liger), use_cpu=True).plan
         assert plan.training_args.get("use_liger_kernel", False) is liger
         plans[liger] = plan.memory
-    tokens, vocab, hidden = 32 * 1024, 32_000, 2048
-    logits = 12 * tokens * vocab  # LOGIT_BYTES a token a vocabulary entry, in bf16
+    tokens, vocab, hidden, layers = 32 * 1024, 32_000, 2048, 16
+    logits = 6 * tokens * vocab  # the bf16 logits and their fp32 log-softmax (memory.LOG_SOFTMAX_BYTES)
     gradients = 2 * (tokens + vocab) * hidden
-    assert plans[False].gpu_activations - plans[True].gpu_activations == logits - gradients
+    fused = (1 - memory.LIGER_LAYER_FRACTION) * memory.LLAMA_LAYER_SAVED * tokens * hidden * layers
+    diff = plans[False].gpu_activations - plans[True].gpu_activations
+    assert diff == pytest.approx(logits - gradients + fused, rel=1e-3)  # layer_saved: its count, ~45.54
+    assert plans[False].gpu_buffers == 6 * tokens * vocab  # the loss's gradients, over the buckets
+    assert plans[True].gpu_buffers == memory.bucket_bytes(cfg)  # no loss gradients: the buckets whole

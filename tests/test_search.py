@@ -1,6 +1,6 @@
 """search=fastest (issue 17, CPU part): Optuna over a tiny space on the tiny model, with a 'GPU'
 of 15 MiB (launcher.gpu_mem_gib) and small ZeRO buckets, so that micro batch 8 and 4 cannot fit
-(~28 and ~18 MiB) and 2 and 1 can. The search is SIGKILLed once its first trial has finished, then
+(~33 and ~20 MiB) and 2 and 1 can. The search is SIGKILLed once its first trial has finished, then
 rerun: it carries on in the same parent run without training that trial again. Its winner's
 recipe then trains as `python -m pipeline experiment=<name>`."""
 

@@ -427,7 +427,7 @@ SEARCH = (
     "search.steps=2",
     "search.name=tiny_fastest",
     "trainer.timing_warmup_steps=1",
-    "launcher.gpu_mem_gib=0.015",  # micro batch 4 cannot fit (~18 MiB): skipped, never submitted
+    "launcher.gpu_mem_gib=0.015",  # micro batch 4 cannot fit (~20 MiB): skipped, never submitted
     "zero.reduce_bucket_size=100000",
 )
 

@@ -2,10 +2,12 @@
 
 Host and NVMe come from DeepSpeed's own model-state estimators. The GPU figure is the peak of
 the backward pass, which is where the measured peaks sit (benchmarks/RESULTS.md: 1B Llama on
-H100s, every ZeRO stage, CPU and NVMe offload, the perf presets, 1 and 2 GPUs): the model states
-that live through it, ZeRO's communication buckets, and everything the forward pass saved
-(activations and the loss's fp32 logits). The constants below are counts of bytes, checked
-against those peaks (tests/test_memory.py holds the table; the bar is 10%).
+H100s, every ZeRO stage, CPU and NVMe offload, the perf presets, 1 and 2 GPUs), or the optimizer
+step's where the activations are small. At the backward's first step: the model states that live
+through it (the 16-bit gradients are made later), everything the forward pass saved (each layer's
+activations, the loss's logits and log-softmax) and the loss's gradients; or, once those are freed,
+ZeRO's reduce buckets in their place. The constants below are counts of bytes, measured phase by
+phase (tests/test_memory.py holds the peaks; the bar is 10%).
 """
 
 from dataclasses import dataclass, field
@@ -15,29 +17,40 @@ from pipeline.config import GIB, Config, ModelSource, OffloadDevice
 # Mixed-precision Adam keeps 16 bytes per parameter: fp16/bf16 weights and grads (2 + 2), fp32
 # master weights, momentum and variance (4 + 4 + 4); fp32 training the same 16 (4 + 4 + 8).
 STATE_BYTES_PER_PARAM = 16
+# The model states at the backward's peak, its first step: no gradients yet (the optimizers set them to
+# None after each step; ZeRO-1/2 make their 16-bit gradient partition, 2 bytes a parameter per rank, as
+# backward goes on, and the fp32 one in the optimizer step only). Each rank holds the weights (16-bit
+# under ZeRO-0/1/2, 32 under fp32) and, of its partition, the fp32 master weights (4; the weights
+# themselves under fp32 ZeRO-0) and Adam's momentum and variance (8). Measured phase by phase on an
+# H100 (the 1B Llama, rank 0 of fake worlds of 8 and 64, benchmarks/RESULTS.md): ZeRO-1/2 hold
+# 2 + 12/N bytes a parameter at the forward's start, ZeRO-3 16/N.
+MASTER_AND_ADAM_BYTES = 12
 # ZeRO-0 in 16 bits: DeepSpeed 0.19.8's engine (`_do_optimizer_sanity_check`) wraps the optimizer in
 # FP16_Optimizer (fp16/fused_optimizer.py) for fp16 and, as DDP_BFLOAT16, for bf16 too: 16-bit weights
-# and gradients 2 + 2, fp32 master 4, Adam 8; its fp32 gradients exist in `step` only, after backward.
-# Only bf16 with data_types.grad_accum_dtype=fp32 takes the BF16_Optimizer: 16-bit weights 2, fp32
-# master 4, fp32 gradient accumulator 4 (each 16-bit gradient folded in as it is made), Adam 8.
-# fp32 training holds the same 16 (4 + 4 + 8). The 1B's ZeRO-0 and 1-GPU ZeRO-2 bf16 peaks are equal
-# (26.8 GiB, tests/test_memory.py), as 16 bytes each make them.
-ZERO0_BYTES_PER_PARAM, ZERO0_BF16_OPTIMIZER_BYTES = 16, 18
-# ZeRO-1/2 make the fp32 gradient partition (4 bytes a parameter, per rank) in the optimizer step
-# only, after backward has freed the activations: the backward peak does without it.
-FP32_GRAD_BYTES = 4
-# ZeRO-3 with its parameters offloaded still holds on each GPU the gathered 16-bit weights (up to
-# stage3_max_live_parameters) and the fp32 gradient partition on its way to the host.
-ZERO3_OFFLOAD_GPU_BYTES = (2, 4)
-# ZeRO-3 on GPU. DeepSpeed's estimate counts 18 bytes a parameter of each rank's partition, the fp32
-# gradient partition (4) included, which the optimizer step makes after backward has freed the
-# activations, less the 16-bit one (2) that backward fills: 16 during backward. Beside its partition
-# every rank holds what it gathered, the 16-bit weights and gradients of the parameters kept live
-# (zero3_live_params): 3 bytes a parameter on one GPU, 5 on more, where the gradients of whole
-# parameters wait for their reduce-scatter. Fitted to the 1B Llama's peaks on 1 and 2 GPUs and as
-# rank 0 of fake worlds of 8, 64 and 512 (tests/test_memory.py).
-ZERO3_PARTITION_BYTES_NOT_IN_BACKWARD = 2
-ZERO3_GATHERED_BYTES = {"one GPU": 3, "more": 5}
+# 2, fp32 master 4, Adam 8; its gradients are set to None after each step (`zero_grad`), its fp32
+# gradients exist in `step` only. Only bf16 with data_types.grad_accum_dtype=fp32 takes the
+# BF16_Optimizer: 16-bit weights 2, fp32 master 4, Adam 8 and the fp32 gradient accumulator 4, a flat
+# buffer it allocates when it starts (`fp32_groups_gradients_flat`, bf16_optimizer.py). fp32 training
+# has no wrapper: the weights are the master, 4 + 8. The 1B's ZeRO-0 and 1-GPU ZeRO-2 bf16 peaks are
+# equal (26.8 GiB, tests/test_memory.py), as 14 bytes each make them.
+ZERO0_BYTES_PER_PARAM, ZERO0_BF16_OPTIMIZER_BYTES, ZERO0_FP32_BYTES = 14, 18, 12
+# ZeRO-3 with its parameters offloaded holds on each GPU the 16-bit weights it fetched and keeps
+# (zero3_live_params), one GPU too: its partitions wait in host memory, the fp32 gradient partition
+# as well (`grad_partitions_flat_buffer`, pinned host memory under offload: stage3.py). Measured: the
+# 1B on one H100, 16.3 GiB, CPU and NVMe alike, the 1.75 GiB of its weights beside the activations.
+ZERO3_OFFLOAD_GPU_BYTES = 2
+# ZeRO-3 on GPU: each rank's partition, 16 bytes a parameter (16-bit weights and gradients 2 + 2, fp32
+# master 4, Adam 8; its 16-bit gradient partition persists, the fp32 one is made in the optimizer step),
+# measured at the forward's start (0.29 GiB for the 1B in a fake world of 64, 14.09 on one GPU). Beside
+# it, on more than one GPU, the 16-bit weights of the parameters kept gathered (zero3_live_params): the
+# forward leaves 1.75 GiB more than at the other stages for the 1B, 2 bytes a parameter. On one GPU the
+# partition is the parameter itself: nothing is gathered (the forward leaves what it does at ZeRO-2).
+ZERO3_PARTITION_BYTES = 16
+ZERO3_GATHERED_BYTES = {"one GPU": 0, "more": 2}
+# ZeRO-3 allocates its reduce bucket when it starts (`ipg_buckets`, stage3.py: one for each
+# communication dtype, overlap_comm or not), so it lives through backward whole, unlike ZeRO-1/2's
+# (bucket_bytes). Left to "auto" (hidden^2 elements), negligible; perf=compile_mbs16's 1e9, 1.86 GiB.
+ZERO3_BUCKETS = 1
 # Under offload=nvme a rank's host memory holds the pinned swap buffers, not the states: the 16-bit
 # parameters' (param_buffer_count x param_buffer_size), the optimizer's fp32 states'
 # (optimizer_buffer_count x the largest sub-group: sub_group_size or the rank's partition, if
@@ -56,30 +69,44 @@ STEP_BYTES = 6
 # builds or loads it partitioned. Beside it Python, torch, transformers and DeepSpeed: 1.1 GiB. The 1B
 # Llama as rank 0 of fake worlds of 8, 64 and 512 on an H100: 4.5 GiB after the build, peak 4.64.
 RANK_LOAD_RUNTIME, FP32_BYTES = int(1.1 * GIB), 4
-# Korthikanti et al.'s per-layer activations, s*b*h*34 bytes in 16-bit (the attention score term
-# is dropped: SDPA does not store it); under checkpointing, each layer's 16-bit input only, plus
-# one layer recomputed in full. 34 is fitted to the 1B Llama's peaks, whose layer's forward keeps
-# LLAMA_LAYER_SAVED bytes a token per hidden unit (counted by model.layer_saved_bytes); another
-# architecture's layer is charged in proportion to its own count (GPT-2 large keeps 64.1: 1.41x).
-ACTIVATION_BYTES, CHECKPOINTED_BYTES = 34, 2
+# What each layer's forward keeps for backward, bytes a token per hidden unit in 16 bits: the model's own
+# count (model.layer_saved_bytes, on the meta device), the 1B Llama's LLAMA_LAYER_SAVED where the
+# architecture could not be counted (GPT-2 large keeps 64.1). Under checkpointing, each layer's 16-bit
+# input only, plus one layer recomputed in full. The 1B at 8 x 1024: 16 layers x 45.54 and the logits'
+# 6 bytes (below) make 12.85 GiB; the forward leaves 12.97 more than it found, at every ZeRO stage.
+CHECKPOINTED_BYTES = 2
 LLAMA_LAYER_SAVED = 45.54
-# The loss's logits (vocab x tokens), alive at the start of backward: the 16-bit logits the model
-# returns (2), their fp32 log-softmax (4), its gradient and the logits' fp32 gradient (4 + 4);
-# 12 in all fits the measured peaks (the fp32 upcast and the softmax gradient do not overlap fully).
-LOGIT_BYTES = 12
+# The loss's terms, bytes a token per vocabulary entry. The forward keeps the logits the model returns (in
+# their dtype: 2 in 16 bits, 4 in fp32) and their fp32 log-softmax (4). Backward's first step adds the
+# loss's gradients: the upcast logits' fp32 gradient (4) and its cast to the logits' dtype (2; none under
+# fp32, where the upcast is the logits themselves). Measured: backward adds 1.47 GiB to what the forward
+# left at every stage, LoRA's too, 6 x 8192 x 32000 bytes.
+LOG_SOFTMAX_BYTES, LOSS_GRAD_FP32_BYTES = 4, 4
 # peft=lora|qlora: the trainable parameters (the adapter) go through DeepSpeed's estimators as a model of
 # their own; the frozen base has no gradients, no fp32 master and no optimizer states, only its weights:
 # 16 bits under bf16/fp16 (DeepSpeed casts the module), 32 under fp32, and under QLoRA 4-bit nf4 with a
 # blocksize-64 fp32 absmax double-quantized to 8 bits (a 256-block fp32 second level): 0.5 + 1/64 +
-# 4/(64*256) bytes a weight. The 1B's QLoRA on ZeRO-2: 18.25 GiB planned, 18.31 measured on an H100.
+# 4/(64*256) bytes a weight. The 1B's QLoRA on ZeRO-2: 19.25 GiB planned, 18.31 measured on an H100.
 QLORA_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
+# Liger's kernels (trainer.liger_kernel) keep less of a Llama layer than eager PyTorch: its RMSNorm keeps
+# its 16-bit input and not the fp32 upcast (4 bytes a hidden unit less, two norms a layer) and its
+# SwiGLU recomputes the SiLU instead of keeping it (2 bytes an intermediate unit, 5504 / 2048 a hidden
+# unit); its RoPE keeps nothing either way. 45.54 - 8 - 5.38 = 32.16 bytes, 0.706 of eager's (the
+# intermediates torch.compile fuses away too: 0.707, counted on CPU). The 1B at 32 x 1024, ZeRO-2 on
+# one H100: 46.8 GiB measured, 46.5 planned.
+LIGER_LAYER_FRACTION = (LLAMA_LAYER_SAVED - 2 * 4 - 2 * 5504 / 2048) / LLAMA_LAYER_SAVED
 # LoRA's dropout saves, for each adapted layer, its dropped-out input in 16 bits and the mask (1 byte);
 # the frozen base's linear layers save no input for a weight gradient (16 bits each, in the full
-# fine-tune's count): 1B Llama, ZeRO-2, one H100, r=16 on every linear layer, 19.4 GiB measured. Not
-# under ZeRO-3 (see frozen_inputs_saved): 21.8 GiB measured there, 2.4 more, as the count says.
+# fine-tune's count): 1B Llama, ZeRO-2, one H100, r=16 on every linear layer, 19.4 GiB measured (20.4
+# planned: the count charges the forward 4.2 GiB over the full fine-tune's, 3.0 measured). Not under
+# ZeRO-3 (see frozen_inputs_saved): 21.8 GiB measured there, 2.4 more, as the count says.
 LORA_DROPOUT_BYTES, FROZEN_INPUT_BYTES = 3, 2
-# torch.compile fuses elementwise ops and keeps fewer intermediates: 0.68 of the eager bytes
-# (measured: ZeRO-2 micro batch 16 and 32 on 1 and 2 GPUs, ZeRO-3 resident, both offloads).
+# torch.compile fuses elementwise ops and keeps fewer intermediates: 0.68 of the eager bytes, the loss's
+# terms included (the Trainer passes the labels, so the loss runs in the compiled forward). A layer alone
+# keeps 0.707 of eager's (counted on CPU); the measured peaks, less the model states, give 0.67-0.70 of
+# the eager layers, logits and loss gradients together (ZeRO-2 micro batch 8, 16 and 32 on 1 and 2 GPUs,
+# ZeRO-3 resident, ZeRO-2 offload). ZeRO-3 gathering its weights per module keeps more (0.74 under
+# DeepCompile, 0.80 offloaded at micro batch 16: its hooks break the graph), planned 5-7% under.
 COMPILED_FRACTION = 0.68
 # precision=fp8 (always compiled): what a layer keeps under torch.compile, as a fraction of bf16's. The
 # float8 linears' autograd function saves its bf16 input, but the compiled graph's partitioner keeps the
@@ -92,14 +119,14 @@ FP8_SAVED_FRACTION = {"tensorwise": 0.708, "rowwise": 0.708, "rowwise_with_gw_hp
 
 @dataclass
 class MemoryPlan:
-    """Expected bytes: per GPU (model states, communication buffers, saved activations and their
-    peak together), per node's host memory for the model as its ranks load it or the offloaded model
-    states, whichever is more (under NVMe, what the states pass through: see nvme_host_bytes), on
-    NVMe."""
+    """Expected bytes: per GPU (model states, what the forward saved, what backward adds to it, and
+    their peak together, or the optimizer step's), per node's host memory for the model as its ranks
+    load it or the offloaded model states, whichever is more (under NVMe, what the states pass
+    through: see nvme_host_bytes), on NVMe."""
 
     gpu_model_states: int
-    gpu_buffers: int
-    gpu_activations: int
+    gpu_buffers: int  # what backward adds: the loss's gradients or ZeRO's buckets (see buffer_bytes)
+    gpu_activations: int  # what the forward saved: the layers' activations, the logits
     host_model_states: int
     nvme: int
     gpu_step: int = 0  # the optimizer step's peak, where it is on the GPU (see STEP_BYTES)
@@ -110,7 +137,8 @@ class MemoryPlan:
 
     @property
     def gpu_backward(self) -> int:
-        """The backward pass's peak: the model states, the buckets, what the forward saved."""
+        """The backward pass's peak: the model states, what the forward saved, and what backward adds
+        (the loss's gradients at its first step, or ZeRO's buckets once those are freed)."""
         return self.gpu_model_states + self.gpu_buffers + self.gpu_activations
 
 
@@ -136,8 +164,8 @@ class ModelShape:
 
     @property
     def activation_bytes(self) -> float:
-        """ACTIVATION_BYTES for this architecture's layer."""
-        return ACTIVATION_BYTES * (self.layer_saved / LLAMA_LAYER_SAVED if self.layer_saved else 1.0)
+        """Bytes one layer keeps a token per hidden unit: its own count, else the 1B Llama's."""
+        return self.layer_saved or LLAMA_LAYER_SAVED
 
     @property
     def trained(self) -> int:
@@ -162,7 +190,7 @@ def estimate(cfg: Config, shape: ModelShape) -> MemoryPlan:
         host = 0  # DeepSpeed's estimate here is the load below with a 1.5x margin: 13% over the measured
     return MemoryPlan(
         gpu_model_states=int(gpu),
-        gpu_buffers=bucket_bytes(cfg),
+        gpu_buffers=buffer_bytes(cfg, shape),
         gpu_activations=activation_bytes(cfg, shape),
         host_model_states=int(max(host, load_host_bytes(cfg, shape))),
         nvme=int(nvme),
@@ -220,6 +248,8 @@ def model_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
     gathered = int(frozen * live / (shape.params - shape.trained))  # what ZeRO-3 gathers of the base
     if cfg.offloads_params:  # each rank's partition of the base waits in its node's host memory
         return host + frozen // cfg.trainer.nnodes, gpu + gathered
+    if cfg.world_size == 1:  # the partition is the base itself: nothing gathered (ZERO3_GATHERED_BYTES)
+        gathered = 0
     return host, gpu + frozen // cfg.world_size + gathered
 
 
@@ -242,10 +272,11 @@ def trained_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
             zero_init=True,
         )
         live = zero3_live_params(cfg, shape)
-        if cfg.offloads_params:
-            weights, grads = ZERO3_OFFLOAD_GPU_BYTES
-            return host, gpu + weights * live + grads * params // cfg.world_size
-        gpu -= ZERO3_PARTITION_BYTES_NOT_IN_BACKWARD * params // cfg.world_size
+        if cfg.offloads_params:  # the estimate: the largest layer, 4 bytes a parameter of it
+            return host, gpu + ZERO3_OFFLOAD_GPU_BYTES * live
+        # The partition (ZERO3_PARTITION_BYTES), not the estimate's 18 bytes and largest layer; with the
+        # optimizer alone offloaded (no measured peak), the 16-bit weights' and gradients' partitions.
+        gpu = (4 if to_cpu else ZERO3_PARTITION_BYTES) * params // cfg.world_size
         gpu += ZERO3_GATHERED_BYTES["one GPU" if cfg.world_size == 1 else "more"] * live
         if (cfg.zero.stage3_param_persistence_threshold or 0) >= shape.largest_layer:
             # Every weight persistent (perf=resident): each GPU also holds them all, whole.
@@ -255,18 +286,21 @@ def trained_states(cfg: Config, shape: ModelShape) -> tuple[int, int]:
         from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
         host, gpu = estimate_zero2_model_states_mem_needs(params, ranks, nodes, cpu_offload=to_cpu)
-        if to_cpu:  # the 16-bit gradients wait on the GPU for their copy to the host
-            return host, gpu + 2 * params
-        return host, gpu - FP32_GRAD_BYTES * params // cfg.world_size + zero1_held_grads(cfg, params)
+        if to_cpu:  # the 16-bit weights: the gradients, made later, go to the host through the buckets
+            return host, gpu
+        # At backward's start: the weights, whole, and the partition's master and Adam states.
+        weights = cfg.precision.value_bytes * params
+        partition = MASTER_AND_ADAM_BYTES * params // cfg.world_size
+        return host, weights + partition + zero1_held_grads(cfg, params)
     return 0, zero0_bytes_per_param(cfg) * params
 
 
 def zero0_bytes_per_param(cfg: Config) -> int:
-    """Model-state bytes per parameter under ZeRO-0 during backward (see ZERO0_BYTES_PER_PARAM)."""
+    """Model-state bytes per parameter under ZeRO-0 at backward's peak (see ZERO0_BYTES_PER_PARAM)."""
     accum = (cfg.deepspeed.get("data_types") or {}).get("grad_accum_dtype")
     if cfg.precision.bf16 and accum in ("fp32", "float32", "float"):
         return ZERO0_BF16_OPTIMIZER_BYTES
-    return ZERO0_BYTES_PER_PARAM
+    return ZERO0_BYTES_PER_PARAM if cfg.precision.half else ZERO0_FP32_BYTES
 
 
 def zero1_held_grads(cfg: Config, params: int) -> int:
@@ -297,20 +331,59 @@ def zero3_live_params(cfg: Config, shape: ModelShape) -> int:
     return min(shape.trained, max(shape.largest_layer, z.stage3_max_reuse_distance + in_flight))
 
 
+def buffer_bytes(cfg: Config, shape: ModelShape) -> int:
+    """What backward adds at its peak to what the forward left (MemoryPlan.gpu_buffers): the loss's
+    gradients at its first step (loss_grad_bytes), or, once those and the logits are freed, ZeRO-1/2's
+    reduce buckets in their place (bucket_bytes), whichever is more. ZeRO-3's bucket lives through
+    backward whole (ZERO3_BUCKETS); with Liger's cross-entropy (no logits, no loss gradients left for
+    backward) ZeRO-1/2's count whole."""
+    grads = loss_grad_bytes(cfg, shape)
+    if cfg.zero.stage == 3:
+        return grads + bucket_bytes(cfg)
+    return max(grads, bucket_bytes(cfg) - logit_bytes(cfg, shape))
+
+
 def bucket_bytes(cfg: Config) -> int:
-    """ZeRO's gradient reduce buckets, allocated whole whatever the model's size (contiguous_gradients):
-    two with overlap_comm (one fills while the other is reduced), and two under ZeRO-1 too, whose
-    peaks equal ZeRO-2's at every world size measured (1, 2, 8, 64 and 512 ranks, the 1B at
-    accumulation 1, overlap_comm off: tests/test_memory.py) although DeepSpeed allocates it one
-    bucket (`setup_buckets`, stage_1_and_2.py). Measured phase by phase (benchmarks/RESULTS.md,
-    sixteenth session), what backward adds at the peak is the same at every stage, LoRA's too: the
-    loss's fp32 gradients (8 bytes x tokens x vocabulary, 1.95 GiB for the 1B at 8 x 1024), which
-    these buckets stand in for until issue 34 splits the terms. A bucket left to DeepSpeed's "auto"
-    is hidden^2 elements: negligible."""
+    """ZeRO's gradient reduce buckets, allocated whole whatever the model's size (contiguous_gradients).
+    ZeRO-1/2: two with overlap_comm (one fills while the other is reduced), and two under ZeRO-1 too
+    (issue 34's count, kept: at accumulation 1 they hide under the loss's tensors, see buffer_bytes;
+    zero1_held_grads takes one at the accumulation boundary), although DeepSpeed allocates it one.
+    DeepSpeed allocates them in `setup_buckets`, called from the first gradient hook (stage_1_and_2.py,
+    `process_gradients`), after the loss's gradients and the logits have been freed: measured phase by
+    phase (benchmarks/RESULTS.md), the 1B's two 5e8 buckets (1.86 GiB) do not show at the peak, the
+    loss's gradients (1.47 GiB) do. ZeRO-3: its one bucket (ZERO3_BUCKETS). A bucket left to
+    DeepSpeed's "auto" is hidden^2 elements: negligible."""
     z = cfg.zero
     if z.stage == 0 or not z.reduce_bucket_size or not z.contiguous_gradients:
         return 0
+    if z.stage == 3:
+        return z.reduce_bucket_size * cfg.precision.value_bytes * ZERO3_BUCKETS
     return z.reduce_bucket_size * cfg.precision.value_bytes * (2 if z.overlap_comm or z.stage == 1 else 1)
+
+
+def _compiled(cfg: Config, saved: float) -> int:
+    """torch.compile's share of what eager keeps (COMPILED_FRACTION): the loss runs in the compiled
+    forward too (the Trainer passes the labels), so its terms are fused as the layers' are."""
+    return int(saved * COMPILED_FRACTION if cfg.compiled else saved)
+
+
+def logit_bytes(cfg: Config, shape: ModelShape) -> int:
+    """What the forward keeps of the loss (LOG_SOFTMAX_BYTES): the logits in their dtype and their fp32
+    log-softmax; none with Liger's fused cross-entropy."""
+    if cfg.trainer.liger_kernel:
+        return 0
+    tokens = cfg.data.seq_len * cfg.trainer.micro_batch_size
+    return _compiled(cfg, (cfg.precision.value_bytes + LOG_SOFTMAX_BYTES) * tokens * shape.vocab)
+
+
+def loss_grad_bytes(cfg: Config, shape: ModelShape) -> int:
+    """The loss's gradients at backward's first step (LOSS_GRAD_FP32_BYTES): the upcast logits' fp32
+    gradient and, in 16 bits, its cast to the logits' dtype; none with Liger, whose forward made them."""
+    if cfg.trainer.liger_kernel:
+        return 0
+    tokens = cfg.data.seq_len * cfg.trainer.micro_batch_size
+    cast = cfg.precision.value_bytes if cfg.precision.half else 0
+    return _compiled(cfg, (LOSS_GRAD_FP32_BYTES + cast) * tokens * shape.vocab)
 
 
 def activation_bytes(cfg: Config, shape: ModelShape) -> int:
@@ -318,17 +391,18 @@ def activation_bytes(cfg: Config, shape: ModelShape) -> int:
     t = cfg.trainer
     tokens = cfg.data.seq_len * t.micro_batch_size
     fp32_factor = 1 if cfg.precision.half else 2
+    layer = shape.activation_bytes * (LIGER_LAYER_FRACTION if t.liger_kernel else 1.0)
     if t.gradient_checkpointing:
-        layers = (CHECKPOINTED_BYTES * shape.layers + shape.activation_bytes) * tokens * shape.hidden
+        layers = (CHECKPOINTED_BYTES * shape.layers + layer) * tokens * shape.hidden
     else:
-        layers = shape.activation_bytes * tokens * shape.hidden * shape.layers
+        layers = layer * tokens * shape.hidden * shape.layers
     if t.liger_kernel:
         # Liger's fused linear cross-entropy runs the head and the loss chunk by chunk in the forward
         # and keeps only the gradients it made there, the hidden states' and the head weight's (in
         # their dtype): no logits outlive a chunk.
-        logits = cfg.precision.value_bytes * (tokens + shape.vocab) * shape.hidden
+        head = cfg.precision.value_bytes * (tokens + shape.vocab) * shape.hidden
     else:
-        logits = (LOGIT_BYTES + (0 if cfg.precision.half else 2)) * tokens * shape.vocab
+        head = 0  # logit_bytes
     if cfg.precision.fp8 and cfg.compiled:
         layers *= FP8_SAVED_FRACTION[cfg.precision.fp8_recipe]
     if cfg.peft.enabled and cfg.peft.dropout > 0:  # without dropout LoRA saves the inputs the base would
@@ -336,8 +410,7 @@ def activation_bytes(cfg: Config, shape: ModelShape) -> int:
         if not frozen_inputs_saved(cfg):
             lora -= FROZEN_INPUT_BYTES * shape.frozen_inputs
         layers += lora * tokens * shape.layers
-    saved = layers * fp32_factor + logits
-    return int(saved * COMPILED_FRACTION if cfg.compiled else saved)
+    return _compiled(cfg, layers * fp32_factor + head) + logit_bytes(cfg, shape)
 
 
 def frozen_inputs_saved(cfg: Config) -> bool:

@@ -65,8 +65,8 @@ def memory_lines(plan: Plan) -> str:
     rows = [
         f"  model: {plan.params / 1e6:.2f}M parameters, world size {plan.world_size}",
         f"  per GPU: ~{m.gpu_peak / GIB:.2f} GiB at the peak: {m.gpu_model_states / GIB:.2f} GiB model states"
-        f" + {m.gpu_buffers / GIB:.2f} GiB ZeRO buckets + {m.gpu_activations / GIB:.2f} GiB activations"
-        + (step if m.gpu_step > m.gpu_backward else ""),
+        f" + {m.gpu_activations / GIB:.2f} GiB activations + {m.gpu_buffers / GIB:.2f} GiB backward's own"
+        " (the loss's gradients or ZeRO's buckets)" + (step if m.gpu_step > m.gpu_backward else ""),
         f"  host (per node): {m.host_model_states / GIB:.2f} GiB (the model as loaded, offloaded states)",
     ]
     if m.nvme:
