@@ -148,8 +148,10 @@ def _start_method() -> str:
     """How the ranks' processes start. Spawned, each rank imports torch, DeepSpeed, transformers and
     MLflow anew (~5 s of CPU a rank, every point of a sweep). Without a GPU they fork from one
     forkserver that imported them once, at the job's first multi-rank point: later points and their
-    ranks pay no imports. GPU ranks are spawned still: a server that touched CUDA while importing would
-    hand its forks a CUDA they cannot use, which has not been measured on a GPU machine yet."""
+    ranks pay no imports. GPU ranks are spawned: on an H100, a rank forked from a server that imported
+    this module failed its first CUDA call ("Cannot re-initialize CUDA in forked subprocess", NVML-based
+    check on), where spawned ones reached their first matmul in 2.8-3.0 s (benchmarks/forkserver_cuda.py,
+    benchmarks/RESULTS.md, twentieth session)."""
     if torch.cuda.is_available():
         return "spawn"
     multiprocessing.get_context("forkserver").set_forkserver_preload([__name__])
