@@ -462,7 +462,9 @@ def main() -> None:
             save()
     for p in presets:
         base, extra = PRESETS[p]
-        mine = run_pipeline(base, extra, a.out / "preset" / p, a.timeout, **how)
+        mine = run_pipeline(
+            base, extra, a.out / "preset" / p.replace("+", "_"), a.timeout, **how
+        )  # no "+" in a path
         # A preset that trains another model than its variant's reference has nothing to compare with.
         same_model = not any(x.startswith("model=") for x in extra)
         skips = mine and mine["overflow_skips"]
