@@ -48,9 +48,8 @@ def main() -> None:
     ]
 
     def timed(name: str, who: str, cmd: list[str], env: dict[str, str]) -> None:
-        log = (
-            a.out / name.replace(", ", "_").replace(" ", "_").replace("#", "") / "stamped.log"
-        )  # names the return takes
+        # A folder name the device's return takes: no spaces, commas or '#'.
+        log = a.out / name.replace(", ", "_").replace(" ", "_").replace("#", "") / "stamped.log"
         output = run_logged(cmd, a.timeout, {**os.environ, **env}, log)
         wall = log.read_text().splitlines()[-1].split(maxsplit=1)[0] if output is not None else "failed"
         first = first_step_s(log)
