@@ -507,7 +507,9 @@ def test_help_says_how_to_use_it():
 def test_liger_refuses_a_pretrained_model_type_it_has_no_kernels_for(outputs, own):
     """Liger's table of model types, read where Liger imports: its kit (make test puts it beside .venv,
     with Triton, off the tests' path) stands in for a GPU machine's install."""
-    kit = {"PYTHONPATH": str(Path(sys.prefix) / "liger-kit")}
+    path = Path(sys.prefix) / "liger-kit"
+    assert path.is_dir(), f"no {path}: make test installs it (make .venv/liger-kit)"
+    kit = {"PYTHONPATH": str(path)}
     liger = [*HF, f"data.train_files=[{own.train}]", "trainer.liger_kernel=true", "dry_run=true"]
     gpt2 = run_pipeline(outputs, *liger, f"model.name_or_path={own.gpt2}", env=kit)
     assert gpt2.returncode == 2, gpt2.stderr
