@@ -369,21 +369,23 @@ def _compiled(cfg: Config, saved: float) -> int:
 
 def logit_bytes(cfg: Config, shape: ModelShape) -> int:
     """What the forward keeps of the loss (LOG_SOFTMAX_BYTES): the logits in their dtype and their fp32
-    log-softmax; none with Liger's fused cross-entropy."""
-    if cfg.trainer.liger_kernel:
-        return 0
-    tokens = cfg.data.seq_len * cfg.trainer.micro_batch_size
-    return _compiled(cfg, (cfg.precision.value_bytes + LOG_SOFTMAX_BYTES) * tokens * shape.vocab)
+    log-softmax."""
+    return _loss_term(cfg, shape, cfg.precision.value_bytes + LOG_SOFTMAX_BYTES)
 
 
 def loss_grad_bytes(cfg: Config, shape: ModelShape) -> int:
     """The loss's gradients at backward's first step (LOSS_GRAD_FP32_BYTES): the upcast logits' fp32
-    gradient and, in 16 bits, its cast to the logits' dtype; none with Liger, whose forward made them."""
+    gradient and, in 16 bits, its cast to the logits' dtype."""
+    cast = cfg.precision.value_bytes if cfg.precision.half else 0
+    return _loss_term(cfg, shape, LOSS_GRAD_FP32_BYTES + cast)
+
+
+def _loss_term(cfg: Config, shape: ModelShape, per_entry: int) -> int:
+    """per_entry bytes a token per vocabulary entry of the micro batch; none with Liger's fused
+    cross-entropy, which never holds the logits and makes their gradients in the forward."""
     if cfg.trainer.liger_kernel:
         return 0
-    tokens = cfg.data.seq_len * cfg.trainer.micro_batch_size
-    cast = cfg.precision.value_bytes if cfg.precision.half else 0
-    return _compiled(cfg, (LOSS_GRAD_FP32_BYTES + cast) * tokens * shape.vocab)
+    return _compiled(cfg, per_entry * cfg.data.seq_len * cfg.trainer.micro_batch_size * shape.vocab)
 
 
 def activation_bytes(cfg: Config, shape: ModelShape) -> int:
@@ -396,13 +398,10 @@ def activation_bytes(cfg: Config, shape: ModelShape) -> int:
         layers = (CHECKPOINTED_BYTES * shape.layers + layer) * tokens * shape.hidden
     else:
         layers = layer * tokens * shape.hidden * shape.layers
-    if t.liger_kernel:
-        # Liger's fused linear cross-entropy runs the head and the loss chunk by chunk in the forward
-        # and keeps only the gradients it made there, the hidden states' and the head weight's (in
-        # their dtype): no logits outlive a chunk.
-        head = cfg.precision.value_bytes * (tokens + shape.vocab) * shape.hidden
-    else:
-        head = 0  # logit_bytes
+    # Liger's fused linear cross-entropy runs the head and the loss chunk by chunk in the forward and
+    # keeps only the gradients it made there, the hidden states' and the head weight's (in their dtype):
+    # no logits outlive a chunk. Otherwise the logits are logit_bytes'.
+    head = cfg.precision.value_bytes * (tokens + shape.vocab) * shape.hidden if t.liger_kernel else 0
     if cfg.precision.fp8 and cfg.compiled:
         layers *= FP8_SAVED_FRACTION[cfg.precision.fp8_recipe]
     if cfg.peft.enabled and cfg.peft.dropout > 0:  # without dropout LoRA saves the inputs the base would
