@@ -11,6 +11,8 @@
 #   bash benchmarks/device_calls.sh D   issue 34: the fake world's big-vocabulary and 7B suites
 #   bash benchmarks/device_calls.sh E   issue 35: search=fastest (fp8 and perf=liger_mbs32 among its options)
 #                                       against the grid bound: its first trial's time, its best TFLOP/s
+#   bash benchmarks/device_calls.sh F   issue 35: fp8 against compiled bf16 on the loss, 300 steps of text,
+#                                       two seeds each, the curves read back from MLflow
 # Every run tracks to MLflow, as users run it; each table is rewritten as each row ends, under $OUT.
 # A warm machine (a second call) built the DeepSpeed ops already: NOWARM=--no-warmup. A's pair of
 # variants and time limit: VARIANTS= (none, the pair measured already on this machine), LIMIT=<s>.
@@ -34,6 +36,7 @@ C) for m in forkserver spawn; do timeout 45 python3 benchmarks/forkserver_cuda.p
    timeout 250 "${table[@]}" --out "$OUT/text" --variants "" --no-warmup --steps 300 --warm 20 --timeout 190 \
      --presets z2+compile_text,z2+fp8_text ;;
 E) python3 benchmarks/search_vs_grid.py --out "$OUT/search" --timeout ${LIMIT:-480} search.trials=12 launcher.gpu_mem_gib=80 ;;
+F) timeout 560 python3 benchmarks/fp8_loss.py --out "$OUT/fp8_loss" --seeds 0,1 --steps 300 ;;
 D) python3 benchmarks/fake_world_memory.py --out "$OUT/fake_world" --suite bigvocab --suite 7b --budget-s 500 ;;
-*) echo "usage: bash benchmarks/device_calls.sh A|B|C|D|E" >&2; exit 2 ;;
+*) echo "usage: bash benchmarks/device_calls.sh A|B|C|D|E|F" >&2; exit 2 ;;
 esac

@@ -1,0 +1,100 @@
+"""fp8 against bf16 on the loss (issue 35): the 1B trained on the shipped text, both compiled, a few
+seeds each, every step's loss read back from MLflow as a user compares runs there.
+
+One step's loss is noisy (each batch is a different slice of the text), so each run is summed up
+by its mean loss over windows of --window steps (50 by default: about one pass over the shipped
+text at 8 x 1024 tokens, so each window sees all of it once). fp8's gap to bf16 is set beside
+bf16's own spread across seeds: a gap smaller than that spread is noise, not fp8.
+
+Runs on the device (the GPU part of device_calls.sh F); each run's row and curve are written as it
+ends, to <out>/runs.jsonl, and the table to <out>/table.md:
+  python benchmarks/fp8_loss.py --out DIR [--seeds 0,1] [--steps 300]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from gpu_table import PRESETS, run_pipeline
+
+from pipeline.track.store import RUN_ID_FILE, Store
+
+SIDES = {"bf16": "z2+compile_text", "fp8": "z2+fp8_text"}
+
+
+def curve(root: Path, run_dir: Path) -> list[float]:
+    """The run's logged loss at every step, from the MLflow store under root (the runs'
+    outputs_dir)."""
+    store = Store(f"sqlite:///{root / 'mlflow.db'}")
+    run_id = (run_dir / RUN_ID_FILE).read_text().strip()
+    return [value for _, value in store.history(run_id, "loss")]
+
+
+def windows(losses: list[float], width: int) -> list[float]:
+    """Mean loss over each whole window of width steps, first to last."""
+    return [statistics.fmean(losses[i : i + width]) for i in range(0, len(losses) - width + 1, width)]
+
+
+def table(rows: list[dict], width: int) -> str:
+    """A row per run (its window means), then each side's mean last window across seeds and fp8's
+    gap to bf16 beside bf16's own spread."""
+    n = max((len(r["windows"]) for r in rows), default=0)
+    heads = [f"steps {i * width + 1}-{(i + 1) * width}" for i in range(n)]
+    lines = [
+        "| side | seed | " + " | ".join(heads) + " | last loss | tokens/s | peak GiB |",
+        "|---|---|" + "---|" * (n + 3),
+    ]
+    for r in rows:
+        means = " | ".join(f"{m:.4f}" for m in r["windows"])
+        lines.append(
+            f"| {r['side']} | {r['seed']} | {means} | {r['loss_last']:.4f} | {r['tok_s']:,.0f} | {r['peak_gib']:.1f} |"
+        )
+    last = {s: [r["windows"][-1] for r in rows if r["side"] == s and r["windows"]] for s in SIDES}
+    if all(last.values()):
+        bf16, fp8 = statistics.fmean(last["bf16"]), statistics.fmean(last["fp8"])
+        spread = (max(last["bf16"]) - min(last["bf16"])) / bf16
+        lines += [
+            "",
+            f"Last window, mean over seeds: bf16 {bf16:.4f}, fp8 {fp8:.4f}: fp8 {100 * (fp8 / bf16 - 1):+.2f}%"
+            f" (bf16 across its {len(last['bf16'])} seeds: {100 * spread:.2f}% apart)",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--window", type=int, default=50)
+    ap.add_argument("--timeout", type=int, default=200, help="most seconds one run may take")
+    ap.add_argument("--sides", default=",".join(SIDES), help="bf16, fp8 or both")
+    ap.add_argument("overrides", nargs="*", help="pipeline overrides for every run (after the preset's)")
+    a = ap.parse_args()
+    root = a.out.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for seed in [int(s) for s in a.seeds.split(",")]:
+        for side in a.sides.split(","):
+            variant, extra = PRESETS[SIDES[side]]
+            run_dir = root / f"{side}_seed{seed}"
+            # One store for all runs (outputs_dir), which the table reads back and the call returns.
+            more = [*extra, f"trainer.seed={seed}", f"outputs_dir={root}", *a.overrides]
+            res = run_pipeline(variant, more, run_dir, a.timeout, steps=a.steps, warm=min(20, a.steps // 2))
+            if res is None:
+                print(f"{side} seed {seed}: failed", flush=True)
+                continue
+            losses = curve(root, run_dir)
+            row = {"side": side, "seed": seed, **res, "losses": losses, "windows": windows(losses, a.window)}
+            rows.append(row)
+            with (root / "runs.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            text = table(rows, a.window)
+            (root / "table.md").write_text(f"$ {' '.join(sys.argv)}\n\n{text}")
+            print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
