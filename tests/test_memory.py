@@ -91,6 +91,50 @@ MEASURED = [
             ),
         )
     ],
+    # 256k vocabulary, tied embeddings, grouped-query attention, head_dim 192 (21st session, 1 H100,
+    # benchmarks/fake_world_memory.py --suite bigvocab): one GPU, and ZeRO-3 as rank 0 of a fake world of 8.
+    *[
+        (
+            ["model=llama_bigvocab", "zero=stage2", f"data.seq_len={seq}", f"trainer.micro_batch_size={mbs}"]
+            + [f"trainer.gradient_checkpointing={ckpt}"],
+            peak,
+            "21st session, 1 H100",
+        )
+        for seq, mbs, ckpt, peak in (
+            (2048, 1, "false", 27.05),  # the optimizer step's peak, with or without checkpointing
+            (2048, 1, "true", 27.05),
+            (2048, 2, "false", 34.22),
+            (2048, 2, "true", 29.21),
+            (4096, 1, "false", 34.23),
+            (4096, 1, "true", 29.21),
+            (4096, 2, "false", 51.21),
+            (4096, 2, "true", 41.18),
+        )
+    ],
+    (
+        [
+            "model=llama_bigvocab",
+            "zero=stage3",
+            "data.seq_len=4096",
+            "trainer.micro_batch_size=1",
+            *WORLDS[8],
+        ],
+        21.38,
+        "21st session, fake world of 8, 1 H100",
+    ),
+    # The 6.7B-shaped Llama at micro batch 2 (21st session, 1 H100, --suite 7b): ZeRO-3 built under zero.Init
+    # in fake worlds of 8, 64 and 512; ZeRO-1 at 64, where its states fit one GPU, at accumulation 1 and 4.
+    *[
+        (["model=llama_7b", "trainer.micro_batch_size=2", *zero, *WORLDS[world]], peak, where)
+        for zero, world, peak in (
+            (["zero=stage3", "model.zero3_init=true"], 8, 26.86),
+            (["zero=stage3", "model.zero3_init=true"], 64, 15.88),
+            (["zero=stage3", "model.zero3_init=true"], 512, 14.51),
+            (["zero=stage1"], 64, 27.29),
+            (["zero=stage1", "trainer.gradient_accumulation_steps=4"], 64, 39.55),
+        )
+        for where in [f"21st session, fake world of {world}, 1 H100"]
+    ],
 ]
 # Host memory where offload puts the optimizer states there or swaps them through it (NVMe):
 # (overrides, measured GiB per node, where).
@@ -105,6 +149,39 @@ MEASURED_HOST = [
     # Without offload, what the ranks of a node hold as they load the model (each whole, in fp32): rank 0's
     # peak RSS x 8 in fake worlds of 8, 64 and 512, the same at every ZeRO stage (15th session, 1 H100).
     *[([f"zero=stage{n}", *WORLDS[64]], 37.1, "15th session, fake world of 64, 1 H100") for n in (1, 2, 3)],
+    # The tied 256k-token head made whole before it is tied (21st session, 1 H100): one rank, and 8.
+    (
+        ["model=llama_bigvocab", "zero=stage2", "data.seq_len=2048", "trainer.micro_batch_size=1"],
+        7.83,
+        "21st, 1 H100",
+    ),
+    (
+        [
+            "model=llama_bigvocab",
+            "zero=stage3",
+            "data.seq_len=4096",
+            "trainer.micro_batch_size=1",
+            *WORLDS[8],
+        ],
+        62.68,
+        "21st session, fake world of 8, 1 H100",
+    ),
+    # The 6.7B Llama: whole in every rank for ZeRO-1; under zero.Init, a GPU rank's runtime, and at 8 ranks its
+    # 16-bit partition staged in host memory (21st session, 1 H100).
+    *[
+        (
+            ["model=llama_7b", "trainer.micro_batch_size=2", *zero, *WORLDS[world]],
+            node,
+            f"21st, fake world of {world}",
+        )
+        for zero, world, node in (
+            (["zero=stage3", "model.zero3_init=true"], 8, 22.22),
+            (["zero=stage3", "model.zero3_init=true"], 64, 14.15),
+            (["zero=stage3", "model.zero3_init=true"], 512, 14.16),
+            (["zero=stage1"], 64, 211.31),
+            (["zero=stage1", "trainer.gradient_accumulation_steps=4"], 64, 211.29),
+        )
+    ],
 ]
 
 

@@ -34,6 +34,9 @@ def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
         model_cfg.num_hidden_layers,
         model_cfg.vocab_size,
         layer_saved=model.layer_saved_bytes(model_cfg),
+        tied_head=model_cfg.vocab_size * model_cfg.hidden_size
+        if getattr(model_cfg, "tie_word_embeddings", False)
+        else 0,
     )
     if cfg.peft.enabled:
         from pipeline.rank import adapter  # peft: only where an adapter is asked for

@@ -68,7 +68,16 @@ STEP_BYTES = 6
 # (a built model; DeepSpeed casts and moves it later), or only its ZeRO-3 partition where zero.Init
 # builds or loads it partitioned. Beside it Python, torch, transformers and DeepSpeed: 1.1 GiB. The 1B
 # Llama as rank 0 of fake worlds of 8, 64 and 512 on an H100: 4.5 GiB after the build, peak 4.64.
+# A model built from its config with a tied output head makes the head whole first and ties it to the
+# embedding after (transformers' post_init): the 256k x 2048 head's 1.95 GiB in fp32 is part of the
+# build's peak (7.24 GiB on CPU, 5.29 after; measured on an H100 in fake worlds of 1 and 8: 7.83 a rank).
+# zero.Init on a GPU builds each partition there; the host then holds the partition only while ZeRO-3's
+# engine makes one flat buffer of it (`defragment`, zero/utils.py: 16-bit, through host memory). Once
+# training, a rank with CUDA's libraries loaded holds 1.77 GiB whatever its partition (the 6.7B Llama
+# under zero.Init as rank 0 of fake worlds of 64 and 512 on an H100; 2.78 at 8, its 1.57 GiB partition
+# staged): the least a GPU rank holds.
 RANK_LOAD_RUNTIME, FP32_BYTES = int(1.1 * GIB), 4
+RANK_GPU_RUNTIME = int(1.77 * GIB)
 # What each layer's forward keeps for backward, bytes a token per hidden unit in 16 bits: the model's own
 # count (model.layer_saved_bytes, on the meta device), the 1B Llama's LLAMA_LAYER_SAVED where the
 # architecture could not be counted (GPT-2 large keeps 64.1). Under checkpointing, each layer's 16-bit
@@ -161,6 +170,8 @@ class ModelShape:
     # Bytes one layer's forward keeps a token per hidden unit (model.layer_saved_bytes); 0: not counted
     # (the architecture does not run on the meta device), the 1B Llama's figure then.
     layer_saved: float = 0.0
+    # A tied output head's elements (vocabulary x hidden; 0: untied): made whole at build, then tied.
+    tied_head: int = 0
 
     @property
     def activation_bytes(self) -> float:
@@ -213,13 +224,15 @@ def step_bytes(cfg: Config, shape: ModelShape) -> int:
 
 
 def load_host_bytes(cfg: Config, shape: ModelShape) -> int:
-    """A node's host memory while its ranks load the model (see RANK_LOAD_RUNTIME): before offload
-    or training states exist, the peak wherever the model is built whole in every rank."""
-    loaded = FP32_BYTES * shape.params
-    partitioned = cfg.model.zero3_init or cfg.model.source == ModelSource.pretrained or cfg.peft.enabled
-    if cfg.zero.stage == 3 and partitioned:
-        loaded //= cfg.world_size
-    return cfg.trainer.nproc_per_node * (RANK_LOAD_RUNTIME + loaded)
+    """A node's host memory while its ranks load the model and start their engines (see
+    RANK_LOAD_RUNTIME): without offload, the peak wherever the model is built whole in every rank."""
+    built = cfg.model.source == ModelSource.built and not cfg.peft.enabled  # peft loads a saved base
+    loaded = FP32_BYTES * (shape.params + (shape.tied_head if built else 0))
+    if cfg.zero.stage == 3 and built and cfg.model.zero3_init:
+        loaded = cfg.precision.value_bytes * shape.params // cfg.world_size  # defragment's staging
+    elif cfg.zero.stage == 3 and not built:
+        loaded //= cfg.world_size  # from_pretrained under zero.Init: each rank keeps its share
+    return cfg.trainer.nproc_per_node * max(RANK_LOAD_RUNTIME + loaded, RANK_GPU_RUNTIME)
 
 
 def nvme_host_bytes(cfg: Config, params: int) -> int:
