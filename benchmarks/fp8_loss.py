@@ -48,16 +48,16 @@ def table(rows: list[dict], width: int) -> str:
     ]
     for r in rows:
         means = " | ".join(f"{m:.4f}" for m in r["windows"])
-        lines.append(
-            f"| {r['side']} | {r['seed']} | {means} | {r['loss_last']:.4f} | {r['tok_s']:,.0f} | {r['peak_gib']:.1f} |"
-        )
+        figures = f"{r['loss_last']:.4f} | {r['tok_s']:,.0f} | {r['peak_gib']:.1f}"
+        lines.append(f"| {r['side']} | {r['seed']} | {means} | {figures} |")
     last = {s: [r["windows"][-1] for r in rows if r["side"] == s and r["windows"]] for s in SIDES}
     if all(last.values()):
         bf16, fp8 = statistics.fmean(last["bf16"]), statistics.fmean(last["fp8"])
         spread = (max(last["bf16"]) - min(last["bf16"])) / bf16
+        gap = 100 * (fp8 / bf16 - 1)
         lines += [
             "",
-            f"Last window, mean over seeds: bf16 {bf16:.4f}, fp8 {fp8:.4f}: fp8 {100 * (fp8 / bf16 - 1):+.2f}%"
+            f"Last window, mean over seeds: bf16 {bf16:.4f}, fp8 {fp8:.4f}: fp8 {gap:+.2f}%"
             f" (bf16 across its {len(last['bf16'])} seeds: {100 * spread:.2f}% apart)",
         ]
     return "\n".join(lines) + "\n"

@@ -166,8 +166,8 @@ MEASURED_HOST = [
         62.68,
         "21st session, fake world of 8, 1 H100",
     ),
-    # The 6.7B Llama: whole in every rank for ZeRO-1; under zero.Init, a GPU rank's runtime, and at 8 ranks its
-    # 16-bit partition staged in host memory (21st session, 1 H100).
+    # The 6.7B Llama: whole in every rank for ZeRO-1; under zero.Init, a GPU rank's runtime, and at 8 ranks
+    # its 16-bit partition staged in host memory (21st session, 1 H100).
     *[
         (
             ["model=llama_7b", "trainer.micro_batch_size=2", *zero, *WORLDS[world]],
