@@ -64,18 +64,18 @@ NVME_RANK_RUNTIME = int(2.3 * GIB)
 # the 1B Llama and GPT-2 large). It is the peak where the activations are small: GPT-2 large with
 # checkpointing at micro batch 1, 15.95 GiB at the step against 13.84 in backward.
 STEP_BYTES = 6
-# Each rank's process also holds, before its engine starts, the model as it was loaded: whole, in fp32
-# (a built model; DeepSpeed casts and moves it later), or only its ZeRO-3 partition where zero.Init
-# builds or loads it partitioned. Beside it Python, torch, transformers and DeepSpeed: 1.1 GiB. The 1B
-# Llama as rank 0 of fake worlds of 8, 64 and 512 on an H100: 4.5 GiB after the build, peak 4.64.
-# A model built from its config with a tied output head makes the head whole first and ties it to the
-# embedding after (transformers' post_init): the 256k x 2048 head's 1.95 GiB in fp32 is part of the
-# build's peak (7.24 GiB on CPU, 5.29 after; measured on an H100 in fake worlds of 1 and 8: 7.83 a rank).
-# zero.Init on a GPU builds each partition there; the host then holds the partition only while ZeRO-3's
-# engine makes one flat buffer of it (`defragment`, zero/utils.py: 16-bit, through host memory). Once
+# Each rank's process also holds, before its engine starts, the model as it was loaded. A model built
+# from its config is whole, in fp32 (DeepSpeed casts and moves it later), and a tied output head is made
+# whole first and tied to the embedding after (transformers' post_init): the 256k x 2048 head's 1.95 GiB
+# is part of the build's peak (7.24 GiB on CPU, 5.29 after). Loaded with from_pretrained under ZeRO-3,
+# each rank keeps its share. Beside it Python, torch, transformers and DeepSpeed: 1.1 GiB. The 1B Llama
+# as rank 0 of fake worlds of 8, 64 and 512 on an H100: 4.5 GiB after the build, peak 4.64; the tied
+# big-vocabulary Llama 7.83 in worlds of 1 and 8.
+# zero.Init on a GPU builds each partition there; the host holds it only while ZeRO-3's engine makes one
+# flat buffer of it (`defragment`, zero/utils.py: the 16-bit partition, through host memory). Once
 # training, a rank with CUDA's libraries loaded holds 1.77 GiB whatever its partition (the 6.7B Llama
-# under zero.Init as rank 0 of fake worlds of 64 and 512 on an H100; 2.78 at 8, its 1.57 GiB partition
-# staged): the least a GPU rank holds.
+# under zero.Init as rank 0 of fake worlds of 64 and 512 on an H100; at 8, 2.78: 1.19 after the build
+# and its 1.57 GiB partition staged): the least a GPU rank holds.
 RANK_LOAD_RUNTIME, FP32_BYTES = int(1.1 * GIB), 4
 RANK_GPU_RUNTIME = int(1.77 * GIB)
 # What each layer's forward keeps for backward, bytes a token per hidden unit in 16 bits: the model's own
@@ -231,7 +231,7 @@ def load_host_bytes(cfg: Config, shape: ModelShape) -> int:
     if cfg.zero.stage == 3 and built and cfg.model.zero3_init:
         loaded = cfg.precision.value_bytes * shape.params // cfg.world_size  # defragment's staging
     elif cfg.zero.stage == 3 and not built:
-        loaded //= cfg.world_size  # from_pretrained under zero.Init: each rank keeps its share
+        loaded //= cfg.world_size
     return cfg.trainer.nproc_per_node * max(RANK_LOAD_RUNTIME + loaded, RANK_GPU_RUNTIME)
 
 
