@@ -6,6 +6,11 @@ by its mean loss over windows of --window steps (50 by default: about one pass o
 text at 8 x 1024 tokens, so each window sees all of it once). fp8's gap to bf16 is set beside
 bf16's own spread across seeds: a gap smaller than that spread is noise, not fp8.
 
+The 1B memorises the shipped 400 KB in 300 steps (six passes), which amplifies small numeric
+differences: bf16's own seeds ended 8.8% apart (RESULTS.md, 21st session). --corpus-mb N trains on
+N MB of this Python's standard-library sources instead (byte tokens, like the shipped text): 300
+steps of 8 x 1024 read 2.5 MB, so with N >= 3 no block is seen twice.
+
 Runs on the device (the GPU part of device_calls.sh F); each run's row and curve are written as it
 ends, to <out>/runs.jsonl, and the table to <out>/table.md:
   python benchmarks/fp8_loss.py --out DIR [--seeds 0,1] [--steps 300]
@@ -15,6 +20,7 @@ import argparse
 import json
 import statistics
 import sys
+import sysconfig
 from pathlib import Path
 
 from gpu_table import PRESETS, run_pipeline
@@ -22,6 +28,18 @@ from gpu_table import PRESETS, run_pipeline
 from pipeline.track.store import RUN_ID_FILE, Store
 
 SIDES = {"bf16": "z2+compile_text", "fp8": "z2+fp8_text"}
+
+
+def stdlib_corpus(path: Path, megabytes: float) -> Path:
+    """The running Python's standard-library sources, file by file in name order, cut at megabytes:
+    text that is the same wherever the same Python is installed, and needs no download."""
+    size, text = int(megabytes * 2**20), bytearray()
+    for source in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        text += source.read_bytes()
+        if len(text) >= size:
+            break
+    path.write_bytes(text[:size])
+    return path
 
 
 def curve(root: Path, run_dir: Path) -> list[float]:
@@ -71,11 +89,16 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=50)
     ap.add_argument("--timeout", type=int, default=200, help="most seconds one run may take")
     ap.add_argument("--sides", default=",".join(SIDES), help="bf16, fp8 or both")
+    ap.add_argument(
+        "--corpus-mb", type=float, default=0, help="train on N MB of Python sources (0: the shipped text)"
+    )
     ap.add_argument("overrides", nargs="*", help="pipeline overrides for every run (after the preset's)")
     a = ap.parse_args()
     root = a.out.resolve()
     root.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    if a.corpus_mb:
+        a.overrides.insert(0, f"data.path={stdlib_corpus(root / 'corpus.txt', a.corpus_mb)}")
     for seed in [int(s) for s in a.seeds.split(",")]:
         for side in a.sides.split(","):
             variant, extra = PRESETS[SIDES[side]]
