@@ -11,9 +11,9 @@ differences: bf16's own seeds ended 8.8% apart (RESULTS.md, 21st session). --cor
 N MB of this Python's standard-library sources instead (byte tokens, like the shipped text): 300
 steps of 8 x 1024 read 2.5 MB, so with N >= 3 no block is seen twice.
 
-Runs on the device (the GPU part of device_calls.sh F); each run's row and curve are written as it
+Runs on the device (device_calls.sh F, and H on Python sources); each run's row and curve are written as it
 ends, to <out>/runs.jsonl, and the table to <out>/table.md:
-  python benchmarks/fp8_loss.py --out DIR [--seeds 0,1] [--steps 300]
+  python benchmarks/fp8_loss.py --out DIR [--seeds 0,1] [--steps 300] [--corpus-mb 8]
 """
 
 import argparse
