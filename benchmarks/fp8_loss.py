@@ -3,8 +3,9 @@ seeds each, every step's loss read back from MLflow as a user compares runs ther
 
 One step's loss is noisy (each batch is a different slice of the text), so each run is summed up
 by its mean loss over windows of --window steps (50 by default: about one pass over the shipped
-text at 8 x 1024 tokens, so each window sees all of it once). fp8's gap to bf16 is set beside
-bf16's own spread across seeds: a gap smaller than that spread is noise, not fp8.
+text at 8 x 1024 tokens, so each window sees all of it once). The two sides of a seed start from the
+same weights and see the same batches, so their gap is fp8's numerics; bf16's own spread across
+seeds is set beside it.
 
 The 1B memorises the shipped 400 KB in 300 steps (six passes), which amplifies small numeric
 differences: bf16's own seeds ended 8.8% apart (RESULTS.md, 21st session). --corpus-mb N trains on
@@ -56,8 +57,9 @@ def windows(losses: list[float], width: int) -> list[float]:
 
 
 def table(rows: list[dict], width: int) -> str:
-    """A row per run (its window means), then each side's mean last window across seeds and fp8's
-    gap to bf16 beside bf16's own spread."""
+    """A row per run (its window means); then, for each seed both sides ran, fp8's gap to bf16 window by
+    window (the same initial weights and batches: only the numerics differ); then each side's last
+    window across seeds, beside bf16's own spread (what the weights and batches of a seed move)."""
     n = max((len(r["windows"]) for r in rows), default=0)
     heads = [f"steps {i * width + 1}-{(i + 1) * width}" for i in range(n)]
     lines = [
@@ -68,6 +70,15 @@ def table(rows: list[dict], width: int) -> str:
         means = " | ".join(f"{m:.4f}" for m in r["windows"])
         figures = f"{r['loss_last']:.4f} | {r['tok_s']:,.0f} | {r['peak_gib']:.1f}"
         lines.append(f"| {r['side']} | {r['seed']} | {means} | {figures} |")
+    runs = {(r["side"], r["seed"]): r["windows"] for r in rows}
+    paired = sorted(seed for side, seed in runs if side == "fp8" and ("bf16", seed) in runs)
+    if paired:
+        lines.append("")
+    for seed in paired:
+        gaps = [
+            f"{100 * (f / b - 1):+.2f}%" for b, f in zip(runs["bf16", seed], runs["fp8", seed], strict=True)
+        ]
+        lines.append(f"fp8 against bf16, seed {seed}, window by window: {', '.join(gaps)}")
     last = {s: [r["windows"][-1] for r in rows if r["side"] == s and r["windows"]] for s in SIDES}
     if all(last.values()):
         bf16, fp8 = statistics.fmean(last["bf16"]), statistics.fmean(last["fp8"])
