@@ -353,3 +353,29 @@ def test_backward_adds_the_loss_gradients_or_the_buckets_that_take_their_place()
     assert m.gpu_buffers == grads + 2 * 10**9
     cfg, m = plan_of("zero=stage2", "trainer.liger_kernel=true")
     assert m.gpu_buffers == memory.bucket_bytes(cfg)
+
+
+def test_a_tied_head_is_built_whole_so_the_load_peaks_where_an_untied_models_does():
+    """transformers makes a tied output head whole and ties it after: on CPU the tied 256k-vocabulary
+    Llama's build peaks at 7.24 GiB, the untied one's (0.52B parameters more) at 7.24 too."""
+    one = ["model=llama_bigvocab", "zero=stage2", "data.seq_len=2048"]
+    tied = planned(*one, base=BENCH)
+    untied = planned(*one, "model.tie_word_embeddings=false", base=BENCH)
+    assert untied.params - tied.params == 256_000 * 2048
+    assert tied.memory.host_model_states == untied.memory.host_model_states
+
+
+def test_under_zero_init_a_gpu_rank_stages_its_16_bit_partition_through_the_host():
+    """zero.Init builds each partition on the GPU; ZeRO-3's defragment copies the 16-bit partition through
+    host memory. At 8 ranks that is above a GPU rank's runtime, at 512 below it."""
+    from pipeline.plan import memory
+
+    def node(world: int) -> int:
+        nodes = [f"trainer.nnodes={world // 8}", "model.zero3_init=true"]
+        return planned("zero=stage3", "precision=bf16", *nodes).memory.host_model_states
+
+    params = planned("zero=stage3").params
+    assert node(8) == 8 * (memory.RANK_LOAD_RUNTIME + 2 * params // 8)
+    assert node(512) == 8 * memory.RANK_GPU_RUNTIME
+    # Built whole in every rank (no zero.Init), each holds the fp32 model.
+    assert planned("zero=stage3").memory.host_model_states > 8 * 4 * params
