@@ -39,6 +39,8 @@ def stdlib_corpus(path: Path, megabytes: float) -> Path:
         text += source.read_bytes()
         if len(text) >= size:
             break
+    if len(text) < size:  # a stripped install (.pyc only): the run would repeat the text and memorise it
+        raise SystemExit(f"{sysconfig.get_paths()['stdlib']} holds {len(text) / 2**20:.1f} MB of sources")
     path.write_bytes(text[:size])
     return path
 
