@@ -34,13 +34,13 @@ SIDES = {"bf16": "z2+compile_text", "fp8": "z2+fp8_text"}
 def stdlib_corpus(path: Path, megabytes: float) -> Path:
     """The running Python's standard-library sources, file by file in name order, cut at megabytes:
     text that is the same wherever the same Python is installed, and needs no download."""
-    size, text = int(megabytes * 2**20), bytearray()
-    for source in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+    size, text, stdlib = int(megabytes * 2**20), bytearray(), sysconfig.get_paths()["stdlib"]
+    for source in sorted(Path(stdlib).rglob("*.py")):
         text += source.read_bytes()
         if len(text) >= size:
             break
     if len(text) < size:  # a stripped install (.pyc only): the run would repeat the text and memorise it
-        raise SystemExit(f"{sysconfig.get_paths()['stdlib']} holds {len(text) / 2**20:.1f} MB of sources")
+        raise SystemExit(f"{stdlib} holds {len(text) / 2**20:.1f} MB of sources, not {megabytes}")
     path.write_bytes(text[:size])
     return path
 
