@@ -94,6 +94,19 @@ class Training:
             self.logger.flush()
 
 
+def partitioning_arguments(job: Job) -> TrainingArguments:
+    """The Trainer's arguments, made before a model that ZeRO-3 partitions as it is built or loaded.
+    zero.Init reads the world size from DeepSpeed's communication backend, which the arguments' set-up
+    starts on a GPU only: on CPU it would count one rank and refuse the batch size (train_batch_size !=
+    micro x accumulation x 1). Started here, it wraps the process group the arguments made."""
+    args = TrainingArguments(**job.training_args)
+    if job.cfg.zero.stage == 3 and dist.is_initialized():
+        import deepspeed  # what the Trainer's engine imports anyway
+
+        deepspeed.init_distributed()
+    return args
+
+
 def model_and_arguments(job: Job, arch: PretrainedConfig) -> tuple[PreTrainedModel, TrainingArguments]:
     """The model and the Trainer's arguments, in the order the model's partitioning needs."""
     cfg = job.cfg
@@ -102,12 +115,12 @@ def model_and_arguments(job: Job, arch: PretrainedConfig) -> tuple[PreTrainedMod
 
         base = adapter.base_path(cfg, job.out, arch)
         # Arguments first, as for a pretrained model: under ZeRO-3 the base loads partitioned.
-        args = TrainingArguments(**job.training_args)
+        args = partitioning_arguments(job)
         net = adapter.load(cfg, base)
     elif cfg.model.zero3_init or cfg.model.source == ModelSource.pretrained:
         # Arguments first: their live DeepSpeed config makes HF build or load the model already
         # partitioned under ZeRO-3 (zero.Init), so each rank holds its share only.
-        args = TrainingArguments(**job.training_args)
+        args = partitioning_arguments(job)
         net = model.build(cfg, arch)
     else:
         unset_hf_deepspeed_config()  # a previous point of a local sweep may have left one live
