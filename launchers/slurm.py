@@ -131,9 +131,11 @@ def _ended(job: submitit.Job) -> None:
                 return
 
 
-def _requeued(job: submitit.Job, wait_s: float = 30) -> bool:
-    """Slurm puts a batch job whose node failed back in the queue (JobRequeue=1, its default), a few
-    seconds after sacct first says NODE_FAIL: is it back (pending or running again)?"""
+def _requeued(job: submitit.Job, wait_s: float) -> bool:
+    """Slurm puts a batch job back in the queue when its node failed (JobRequeue=1, its default), a
+    few seconds after sacct first says NODE_FAIL, and when submitit's checkpoint on a time-out signal
+    asked for it, where a loaded node's sacct may first say FAILED (the requeue killed its tasks): is
+    it back (pending or running again)?"""
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if {"PENDING", "CONFIGURING", "RUNNING"} & _in_queue(job.job_id):
@@ -331,8 +333,8 @@ class SweepLaunch:
             return job.results()[0]
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as e:
             ended = job.state.split()[0]
-            if ended == "NODE_FAIL" and _requeued(job):
-                log.info(f"Slurm job {job.job_id} lost a node and was requeued: waiting for it again")
+            if ended in ("NODE_FAIL", "FAILED") and _requeued(job, wait_s=30 if ended == "NODE_FAIL" else 3):
+                log.info(f"Slurm job {job.job_id} ended {ended} and was requeued: waiting for it again")
                 job.watcher.clear()  # submitit stops polling a job it saw end
                 return self._result(job, overrides, point, store, info)
             # Ended by the scheduler (scancel, time limit, preemption): KILLED; crashed (signal,
