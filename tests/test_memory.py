@@ -14,6 +14,23 @@ BENCH = ["model=llama_1b", "data=random_tokens", "precision=bf16", "optimizer=ad
 NVME = ["zero=stage3", "offload=nvme", "offload.nvme_path=/tmp", "offload.param_buffer_size=200000000"]
 # A world of N ranks, 8 a node.
 WORLDS = {n: ["trainer.nproc_per_node=8", f"trainer.nnodes={n // 8}"] for n in (8, 64, 512)}
+# The 21st session's fake-world points (1 H100), each measured once for its GPU peak and its node's host.
+BIGVOCAB_Z3_8 = ["model=llama_bigvocab", "zero=stage3", "data.seq_len=4096", "trainer.micro_batch_size=1"]
+BIGVOCAB_Z3_8 += WORLDS[8]
+# The 6.7B-shaped Llama at micro batch 2 (--suite 7b): ZeRO-3 built under zero.Init in fake worlds of 8,
+# 64 and 512; ZeRO-1 at 64, where its states fit one GPU, at accumulation 1 and 4.
+# (overrides, GPU peak GiB, node host GiB, where)
+LLAMA_7B = [
+    (["model=llama_7b", "trainer.micro_batch_size=2", *zero, *WORLDS[world]], gpu, host, where)
+    for zero, world, gpu, host in (
+        (["zero=stage3", "model.zero3_init=true"], 8, 26.86, 22.22),
+        (["zero=stage3", "model.zero3_init=true"], 64, 15.88, 14.15),
+        (["zero=stage3", "model.zero3_init=true"], 512, 14.51, 14.16),
+        (["zero=stage1"], 64, 27.29, 211.31),
+        (["zero=stage1", "trainer.gradient_accumulation_steps=4"], 64, 39.55, 211.29),
+    )
+    for where in [f"21st session, fake world of {world}, 1 H100"]
+]
 # (overrides, measured peak GiB per GPU, where it was measured)
 MEASURED = [
     (["zero=stage0"], 26.8, "4th session, 1 GPU"),
@@ -111,30 +128,8 @@ MEASURED = [
             (4096, 2, "true", 41.18),
         )
     ],
-    (
-        [
-            "model=llama_bigvocab",
-            "zero=stage3",
-            "data.seq_len=4096",
-            "trainer.micro_batch_size=1",
-            *WORLDS[8],
-        ],
-        21.38,
-        "21st session, fake world of 8, 1 H100",
-    ),
-    # The 6.7B-shaped Llama at micro batch 2 (21st session, 1 H100, --suite 7b): ZeRO-3 built under zero.Init
-    # in fake worlds of 8, 64 and 512; ZeRO-1 at 64, where its states fit one GPU, at accumulation 1 and 4.
-    *[
-        (["model=llama_7b", "trainer.micro_batch_size=2", *zero, *WORLDS[world]], peak, where)
-        for zero, world, peak in (
-            (["zero=stage3", "model.zero3_init=true"], 8, 26.86),
-            (["zero=stage3", "model.zero3_init=true"], 64, 15.88),
-            (["zero=stage3", "model.zero3_init=true"], 512, 14.51),
-            (["zero=stage1"], 64, 27.29),
-            (["zero=stage1", "trainer.gradient_accumulation_steps=4"], 64, 39.55),
-        )
-        for where in [f"21st session, fake world of {world}, 1 H100"]
-    ],
+    (BIGVOCAB_Z3_8, 21.38, "21st session, fake world of 8, 1 H100"),
+    *[(overrides, gpu, where) for overrides, gpu, _, where in LLAMA_7B],
 ]
 # Host memory where offload puts the optimizer states there or swaps them through it (NVMe):
 # (overrides, measured GiB per node, where).
@@ -155,33 +150,10 @@ MEASURED_HOST = [
         7.83,
         "21st, 1 H100",
     ),
-    (
-        [
-            "model=llama_bigvocab",
-            "zero=stage3",
-            "data.seq_len=4096",
-            "trainer.micro_batch_size=1",
-            *WORLDS[8],
-        ],
-        62.68,
-        "21st session, fake world of 8, 1 H100",
-    ),
+    (BIGVOCAB_Z3_8, 62.68, "21st session, fake world of 8, 1 H100"),
     # The 6.7B Llama: whole in every rank for ZeRO-1; under zero.Init, a GPU rank's runtime, and at 8 ranks
-    # its 16-bit partition staged in host memory (21st session, 1 H100).
-    *[
-        (
-            ["model=llama_7b", "trainer.micro_batch_size=2", *zero, *WORLDS[world]],
-            node,
-            f"21st, fake world of {world}",
-        )
-        for zero, world, node in (
-            (["zero=stage3", "model.zero3_init=true"], 8, 22.22),
-            (["zero=stage3", "model.zero3_init=true"], 64, 14.15),
-            (["zero=stage3", "model.zero3_init=true"], 512, 14.16),
-            (["zero=stage1"], 64, 211.31),
-            (["zero=stage1", "trainer.gradient_accumulation_steps=4"], 64, 211.29),
-        )
-    ],
+    # its 16-bit partition staged in host memory.
+    *[(overrides, host, where) for overrides, _, host, where in LLAMA_7B],
 ]
 
 
