@@ -26,7 +26,7 @@ from pathlib import Path
 
 from gpu_table import PRESETS, run_pipeline
 
-from pipeline.track.store import RUN_ID_FILE, Store
+from pipeline.track.store import RUN_ID_FILE, Store, store_uri
 
 SIDES = {"bf16": "z2+compile_text", "fp8": "z2+fp8_text"}
 
@@ -48,7 +48,7 @@ def stdlib_corpus(path: Path, megabytes: float) -> Path:
 def curve(root: Path, run_dir: Path) -> list[float]:
     """The run's logged loss at every step, from the MLflow store under root (the runs'
     outputs_dir)."""
-    store = Store(f"sqlite:///{root / 'mlflow.db'}")
+    store = Store(store_uri(root))
     run_id = (run_dir / RUN_ID_FILE).read_text().strip()
     return [value for _, value in store.history(run_id, "loss")]
 

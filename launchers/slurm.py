@@ -131,6 +131,10 @@ def _ended(job: submitit.Job) -> None:
                 return
 
 
+# How long a job that ended so may take to show in the queue again, if Slurm requeued it (_requeued).
+REQUEUE_WAIT_S = {"NODE_FAIL": 30, "FAILED": 3}
+
+
 def _requeued(job: submitit.Job, wait_s: float) -> bool:
     """Slurm puts a batch job back in the queue when its node failed (JobRequeue=1, its default), a
     few seconds after sacct first says NODE_FAIL, and when submitit's checkpoint on a time-out signal
@@ -333,7 +337,7 @@ class SweepLaunch:
             return job.results()[0]
         except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError) as e:
             ended = job.state.split()[0]
-            if ended in ("NODE_FAIL", "FAILED") and _requeued(job, wait_s=30 if ended == "NODE_FAIL" else 3):
+            if ended in REQUEUE_WAIT_S and _requeued(job, REQUEUE_WAIT_S[ended]):
                 log.info(f"Slurm job {job.job_id} ended {ended} and was requeued: waiting for it again")
                 job.watcher.clear()  # submitit stops polling a job it saw end
                 return self._result(job, overrides, point, store, info)

@@ -227,11 +227,12 @@ def load_host_bytes(cfg: Config, shape: ModelShape) -> int:
     """A node's host memory while its ranks load the model and start their engines (see
     RANK_LOAD_RUNTIME): without offload, the peak wherever the model is built whole in every rank."""
     built = cfg.model.source == ModelSource.built and not cfg.peft.enabled  # peft loads a saved base
-    loaded = FP32_BYTES * (shape.params + (shape.tied_head if built else 0))
     if cfg.zero.stage == 3 and built and cfg.model.zero3_init:
         loaded = cfg.precision.value_bytes * shape.params // cfg.world_size  # defragment's staging
-    elif cfg.zero.stage == 3 and not built:
-        loaded //= cfg.world_size
+    elif built:
+        loaded = FP32_BYTES * (shape.params + shape.tied_head)
+    else:
+        loaded = FP32_BYTES * shape.params // (cfg.world_size if cfg.zero.stage == 3 else 1)
     return cfg.trainer.nproc_per_node * max(RANK_LOAD_RUNTIME + loaded, RANK_GPU_RUNTIME)
 
 
