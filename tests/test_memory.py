@@ -14,22 +14,27 @@ BENCH = ["model=llama_1b", "data=random_tokens", "precision=bf16", "optimizer=ad
 NVME = ["zero=stage3", "offload=nvme", "offload.nvme_path=/tmp", "offload.param_buffer_size=200000000"]
 # A world of N ranks, 8 a node.
 WORLDS = {n: ["trainer.nproc_per_node=8", f"trainer.nnodes={n // 8}"] for n in (8, 64, 512)}
-# The 21st session's fake-world points (1 H100), each measured once for its GPU peak and its node's host.
+# Fake-world points of the 21st session (1 H100) and the 22nd (1 H200), each measured once for its GPU
+# peak and its node's host.
 BIGVOCAB_Z3_8 = ["model=llama_bigvocab", "zero=stage3", "data.seq_len=4096", "trainer.micro_batch_size=1"]
 BIGVOCAB_Z3_8 += WORLDS[8]
 # The 6.7B-shaped Llama at micro batch 2 (--suite 7b): ZeRO-3 built under zero.Init in fake worlds of 8,
-# 64 and 512; ZeRO-1 at 64, where its states fit one GPU, at accumulation 1 and 4.
+# 64 and 512, and at 64 with small live and prefetch settings; ZeRO-1 and ZeRO-2 at 64, where their states
+# fit one GPU, ZeRO-1 at accumulation 1 and 4.
 # (overrides, GPU peak GiB, node host GiB, where)
+SMALL_LIVE = ["zero.stage3_max_live_parameters=100000000", "zero.stage3_prefetch_bucket_size=10000000"]
 LLAMA_7B = [
     (["model=llama_7b", "trainer.micro_batch_size=2", *zero, *WORLDS[world]], gpu, host, where)
-    for zero, world, gpu, host in (
-        (["zero=stage3", "model.zero3_init=true"], 8, 26.86, 22.22),
-        (["zero=stage3", "model.zero3_init=true"], 64, 15.88, 14.15),
-        (["zero=stage3", "model.zero3_init=true"], 512, 14.51, 14.16),
-        (["zero=stage1"], 64, 27.29, 211.31),
-        (["zero=stage1", "trainer.gradient_accumulation_steps=4"], 64, 39.55, 211.29),
+    for zero, world, gpu, host, session in (
+        (["zero=stage3", "model.zero3_init=true"], 8, 26.86, 22.22, "21st session, 1 H100"),
+        (["zero=stage3", "model.zero3_init=true"], 64, 15.88, 14.15, "21st session, 1 H100"),
+        (["zero=stage3", "model.zero3_init=true"], 512, 14.51, 14.16, "21st session, 1 H100"),
+        (["zero=stage3", "model.zero3_init=true", *SMALL_LIVE], 64, 14.90, 14.16, "22nd session, 1 H200"),
+        (["zero=stage1"], 64, 27.29, 211.31, "21st session, 1 H100"),
+        (["zero=stage1", "trainer.gradient_accumulation_steps=4"], 64, 39.55, 211.29, "21st session, 1 H100"),
+        (["zero=stage2"], 64, 27.39, 211.29, "22nd session, 1 H200"),
     )
-    for where in [f"21st session, fake world of {world}, 1 H100"]
+    for where in [f"{session}, fake world of {world}"]
 ]
 # (overrides, measured peak GiB per GPU, where it was measured)
 MEASURED = [
@@ -80,12 +85,28 @@ MEASURED = [
         )
         for world, peak in zip((8, 64, 512), peaks, strict=True)
     ],
+    (["zero=stage3", *WORLDS[64], *SMALL_LIVE], 15.68, "15th session, fake world of 64, 1 H100"),
+    # The 22nd session's (1 H200, benchmarks/device_calls.sh G): ZeRO-3 keeping fewer parameters for reuse,
+    # ZeRO-0 on fp16's optimizer and bf16's, ZeRO-1 and ZeRO-2 on fp16.
     (
-        ["zero=stage3", *WORLDS[64], "zero.stage3_max_live_parameters=100000000"]
-        + ["zero.stage3_prefetch_bucket_size=10000000"],
-        15.68,
-        "15th session, fake world of 64, 1 H100",
+        ["zero=stage3", *WORLDS[64], "zero.stage3_max_reuse_distance=100000000"]
+        + ["zero.stage3_max_live_parameters=100000000"],
+        14.92,
+        "22nd session, fake world of 64, 1 H200",
     ),
+    *[
+        (
+            [zero, f"precision={precision}", *WORLDS[world]],
+            peak,
+            f"22nd session, fake world of {world}, 1 H200",
+        )
+        for zero, precision, world, peak in (
+            ("zero=stage0", "fp16", 8, 26.77),
+            ("zero=stage0", "bf16", 8, 26.77),
+            ("zero=stage1", "fp16", 64, 16.42),
+            ("zero=stage2", "fp16", 64, 16.42),
+        )
+    ],
     (["zero=stage3", "trainer.gradient_checkpointing=true"], 19.3, "14th session, 1 H100"),
     (["zero=stage2", "peft=qlora"], 18.31, "16th session, 1 H100"),
     # A GPT-2 style model (learned positions, GELU MLP, 50257-token vocabulary), one GPU, ZeRO-2.
@@ -144,6 +165,7 @@ MEASURED_HOST = [
     # Without offload, what the ranks of a node hold as they load the model (each whole, in fp32): rank 0's
     # peak RSS x 8 in fake worlds of 8, 64 and 512, the same at every ZeRO stage (15th session, 1 H100).
     *[([f"zero=stage{n}", *WORLDS[64]], 37.1, "15th session, fake world of 64, 1 H100") for n in (1, 2, 3)],
+    (["zero=stage0", "precision=fp16", *WORLDS[8]], 37.52, "22nd session, fake world of 8, 1 H200"),
     # The tied 256k-token head made whole before it is tied (21st session, 1 H100): one rank, and 8.
     (
         ["model=llama_bigvocab", "zero=stage2", "data.seq_len=2048", "trainer.micro_batch_size=1"],
