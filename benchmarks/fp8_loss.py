@@ -69,19 +69,23 @@ def table(rows: list[dict], width: int) -> str:
         "|---|---|" + "---|" * (n + 3),
     ]
     for r in rows:
-        means = " | ".join(f"{m:.4f}" for m in r["windows"])
-        figures = f"{r['loss_last']:.4f} | {r['tok_s']:,.0f} | {r['peak_gib']:.1f}"
+        means = " | ".join(f"{m:.4f}" for m in r["windows"]) + " | -" * (n - len(r["windows"]))
+        if "stopped_at" in r:  # cut by its time limit: the whole windows its history holds
+            figures = f"stopped at step {r['stopped_at']} | - | -"
+        else:
+            figures = f"{r['loss_last']:.4f} | {r['tok_s']:,.0f} | {r['peak_gib']:.1f}"
         lines.append(f"| {r['side']} | {r['seed']} | {means} | {figures} |")
     runs = {(r["side"], r["seed"]): r["windows"] for r in rows}
     paired = sorted(seed for side, seed in runs if side == "fp8" and ("bf16", seed) in runs)
     if paired:
         lines.append("")
-    for seed in paired:
+    for seed in paired:  # over the windows both reached
         gaps = [
-            f"{100 * (f / b - 1):+.2f}%" for b, f in zip(runs["bf16", seed], runs["fp8", seed], strict=True)
+            f"{100 * (f / b - 1):+.2f}%" for b, f in zip(runs["bf16", seed], runs["fp8", seed], strict=False)
         ]
         lines.append(f"fp8 against bf16, seed {seed}, window by window: {', '.join(gaps)}")
-    last = {s: [r["windows"][-1] for r in rows if r["side"] == s and r["windows"]] for s in SIDES}
+    whole = [r for r in rows if "stopped_at" not in r and r["windows"]]
+    last = {s: [r["windows"][-1] for r in whole if r["side"] == s] for s in SIDES}
     if all(last.values()):
         bf16, fp8 = statistics.fmean(last["bf16"]), statistics.fmean(last["fp8"])
         spread = (max(last["bf16"]) - min(last["bf16"])) / bf16
@@ -119,10 +123,13 @@ def main() -> None:
             # One store for all runs (outputs_dir), which the table reads back and the call returns.
             more = [*extra, f"trainer.seed={seed}", f"outputs_dir={root}", *a.overrides]
             res = run_pipeline(variant, more, run_dir, a.timeout, steps=a.steps, warm=min(20, a.steps // 2))
+            # A run cut by its time limit keeps the steps it logged: its whole windows still compare.
+            losses = curve(root, run_dir) if (run_dir / RUN_ID_FILE).exists() else []
             if res is None:
-                print(f"{side} seed {seed}: failed", flush=True)
-                continue
-            losses = curve(root, run_dir)
+                print(f"{side} seed {seed}: failed after {len(losses)} logged steps", flush=True)
+                if len(losses) < a.window:
+                    continue
+                res = {"stopped_at": len(losses)}
             row = {"side": side, "seed": seed, **res, "losses": losses, "windows": windows(losses, a.window)}
             rows.append(row)
             with (root / "runs.jsonl").open("a") as f:
