@@ -51,7 +51,7 @@ D) python3 benchmarks/fake_world_memory.py --out "$OUT/fake_world" --suite bigvo
 *) echo "usage: bash benchmarks/device_calls.sh A|B|C|D|E|F|G|H" >&2; exit 2 ;;
 esac
 # Only 8 files come back from a call: each table and row file at the top of $OUT, named for its folder
-# (fake_world/rows.jsonl -> fake_world_rows.jsonl), and everything else (logs, stores) in one archive.
+# (fake_world/rows.jsonl -> fake_world_rows.jsonl), and everything else (logs, stores) in logs-<call>.tar.gz.
 cd "$OUT" && find . -mindepth 2 -type f \( -name rows.jsonl -o -name runs.jsonl -o -name table.md \) |
   while read -r f; do cp "$f" "$(echo "${f#./}" | tr / _)"; done
 dirs=$(find . -mindepth 1 -maxdepth 1 -type d)

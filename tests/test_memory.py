@@ -242,20 +242,22 @@ def test_zero0_bytes_a_parameter_follow_the_optimizer_deepspeed_picks(overrides,
     assert p.memory.gpu_model_states == per_param * p.params
 
 
-def test_zero3_keeps_what_the_reuse_distance_keeps_and_live_parameters_bound_the_prefetch_only():
-    default = planned("zero=stage3", "precision=bf16").memory.gpu_model_states
-    # stage3_max_live_parameters caps the prefetch (the auto bucket, 0.9 x 4096^2, is smaller still).
-    fewer_live = planned("zero=stage3", "precision=bf16", "zero.stage3_max_live_parameters=100000000")
-    assert fewer_live.memory.gpu_model_states == default
-    # A shorter reuse distance releases gathered weights sooner: 2 bytes (memory.ZERO3_GATHERED_BYTES, the
-    # 16-bit weights; the gradients are reduce-scattered into the partition) less per parameter it no
-    # longer keeps.
-    shorter = planned("zero=stage3", "precision=bf16", "zero.stage3_max_reuse_distance=200000000")
-    assert default - shorter.memory.gpu_model_states == 2 * (10**9 - 2 * 10**8)
+def test_zero3_keeps_what_the_reuse_distance_or_the_live_bound_keeps_whichever_is_more():
+    def kept(*overrides: str) -> int:
+        """Bytes of ZeRO-3's model states a GPU holds: 2 a gathered parameter (memory.ZERO3_GATHERED_BYTES,
+        the 16-bit weights; the gradients are reduce-scattered into the partition)."""
+        return planned("zero=stage3", "precision=bf16", *overrides).memory.gpu_model_states
+
+    default = kept()  # both at 1e9: the prefetch scan keeps what is gathered up to the live bound
+    # The live bound at 1e8 stops the scan: half the reuse distance (1e9) stays, 5e8 fewer parameters.
+    assert default - kept("zero.stage3_max_live_parameters=100000000") == 2 * 5 * 10**8
+    # A shorter reuse distance alone releases nothing the live bound's scan keeps; with it, it does.
+    assert kept("zero.stage3_max_reuse_distance=200000000") == default
+    both = kept("zero.stage3_max_reuse_distance=200000000", "zero.stage3_max_live_parameters=200000000")
+    assert default - both == 2 * (10**9 - 2 * 10**8)
     # Never fewer than the largest layer (the module running): the 32000 x 4096 embedding.
-    tiny = planned("zero=stage3", "precision=bf16", "zero.stage3_max_reuse_distance=1000")
-    smaller = planned("zero=stage3", "precision=bf16", "zero.stage3_max_reuse_distance=0")
-    assert tiny.memory.gpu_model_states == smaller.memory.gpu_model_states
+    tiny = kept("zero.stage3_max_reuse_distance=1000", "zero.stage3_max_live_parameters=1000")
+    assert tiny == kept("zero.stage3_max_reuse_distance=0", "zero.stage3_max_live_parameters=0")
 
 
 @pytest.mark.parametrize(

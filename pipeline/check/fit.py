@@ -133,16 +133,16 @@ def _variants(cfg: Config) -> list[tuple[str, Config]]:
 
 
 def _knob_variants(cfg: Config) -> list[tuple[str, Config]]:
-    """The fixes that keep the stage and offload, first: ZeRO-3's gathered weights, bounded by
-    stage3_max_reuse_distance, and its prefetch, by stage3_max_live_parameters and
-    stage3_prefetch_bucket_size (memory.zero3_live_params, from DeepSpeed's parameter coordinator), and
+    """The fixes that keep the stage and offload, first: ZeRO-3's gathered weights, kept for half of
+    stage3_max_reuse_distance or up to stage3_max_live_parameters, whichever keeps more, and its prefetch,
+    by stage3_prefetch_bucket_size (memory.zero3_live_params, from DeepSpeed's parameter coordinator), and
     the second reduce bucket overlap_comm allocates on ZeRO-2/3 (memory.bucket_bytes: ZeRO-1 holds
     two without it)."""
     z, tried = cfg.zero, []
     if (
         z.stage == 3
         and not cfg.offloads_params
-        and min(z.stage3_max_reuse_distance, z.stage3_max_live_parameters) > LIVE
+        and max(z.stage3_max_reuse_distance // 2, z.stage3_max_live_parameters) > LIVE
     ):
         override = f"zero.stage3_max_live_parameters={LIVE} zero.stage3_max_reuse_distance={LIVE}"
         tried.append(
