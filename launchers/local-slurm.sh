@@ -7,7 +7,7 @@
 # State, configs and logs live in $ZEROSWEEP_SLURM_DIR (default /tmp/zerosweep-slurm); clients
 # find the config through /etc/slurm/slurm.conf (linked when absent) or SLURM_CONF=$DIR/etc/slurm.conf.
 # The node names resolve through /etc/hosts (127.0.0.11, .12): a job's ranks meet at its first node.
-# MaxArraySize is 5 here (clusters allow 1001 or more): a sweep of 6 points goes out as two arrays.
+# MaxArraySize is 3 here (clusters allow 1001 or more): a sweep of 4 points goes out as two arrays.
 # Needs root and Debian's slurmctld slurmd slurm-client slurmdbd munge mariadb-server
 # (scripts/system-deps.sh). No systemd: the daemons are started directly.
 set -euo pipefail
@@ -58,7 +58,7 @@ EnforcePartLimits=ALL
 SchedulerParameters=bf_interval=1,sched_interval=1
 KillWait=5
 ReturnToService=2
-MaxArraySize=5
+MaxArraySize=3
 GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
