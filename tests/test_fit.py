@@ -116,6 +116,12 @@ def test_a_point_short_of_host_memory_is_told_what_would_fit_it(tmp_path, offloa
             8,
             "zero.stage3_max_live_parameters=100000000 zero.stage3_max_reuse_distance=100000000 or ",
         ),
+        # A short reuse distance alone leaves the live bound's 1e9 gathered: the same fix, both at 1e8.
+        (
+            ["model=llama_7b", "zero=stage3", "trainer.nnodes=8", "zero.stage3_max_reuse_distance=100000000"],
+            8,
+            "zero.stage3_max_live_parameters=100000000 zero.stage3_max_reuse_distance=100000000 or ",
+        ),
         # The 1B, ZeRO-2 on 8 GPUs with 2e9 reduce buckets: 7.3 of its 11.9 GiB, overlap_comm's second 3.7.
         (
             ["model=llama_1b", "zero=stage2", "zero.reduce_bucket_size=2000000000"],

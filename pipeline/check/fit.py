@@ -13,7 +13,7 @@ import psutil
 from pipeline.check import rules
 from pipeline.config import GIB, Config, OffloadDevice
 from pipeline.errors import ConfigError
-from pipeline.plan.memory import MemoryPlan
+from pipeline.plan.memory import MemoryPlan, zero3_kept_params
 
 # ZeRO-2 against ZeRO-3 in tokens/s, the 1B Llama with LoRA r=16 on one H100: 38,517 against 11,874, and
 # 3.2x under QLoRA too (benchmarks/RESULTS.md, nineteenth session). ZeRO-3 gathers every weight each
@@ -139,11 +139,7 @@ def _knob_variants(cfg: Config) -> list[tuple[str, Config]]:
     the second reduce bucket overlap_comm allocates on ZeRO-2/3 (memory.bucket_bytes: ZeRO-1 holds
     two without it)."""
     z, tried = cfg.zero, []
-    if (
-        z.stage == 3
-        and not cfg.offloads_params
-        and max(z.stage3_max_reuse_distance // 2, z.stage3_max_live_parameters) > LIVE
-    ):
+    if z.stage == 3 and not cfg.offloads_params and zero3_kept_params(z) > LIVE:
         override = f"zero.stage3_max_live_parameters={LIVE} zero.stage3_max_reuse_distance={LIVE}"
         tried.append(
             _variant(cfg, override, "zero", stage3_max_live_parameters=LIVE, stage3_max_reuse_distance=LIVE)

@@ -12,7 +12,7 @@ phase (tests/test_memory.py holds the peaks; the bar is 10%).
 
 from dataclasses import dataclass, field
 
-from pipeline.config import GIB, Config, ModelSource, OffloadDevice
+from pipeline.config import GIB, Config, ModelSource, OffloadDevice, ZeroConf
 
 # Mixed-precision Adam keeps 16 bytes per parameter: fp16/bf16 weights and grads (2 + 2), fp32
 # master weights, momentum and variance (4 + 4 + 4); fp32 training the same 16 (4 + 4 + 8).
@@ -347,8 +347,13 @@ def zero3_live_params(cfg: Config, shape: ModelShape) -> int:
     if prefetch is None:  # HF's "auto", as settings.zero_section derives it
         prefetch = int(0.9 * shape.hidden * shape.hidden)
     in_flight = min(z.stage3_max_live_parameters, prefetch)
-    kept = max(z.stage3_max_reuse_distance // 2, z.stage3_max_live_parameters)
-    return min(shape.trained, max(shape.largest_layer, kept + in_flight))
+    return min(shape.trained, max(shape.largest_layer, zero3_kept_params(z) + in_flight))
+
+
+def zero3_kept_params(z: ZeroConf) -> int:
+    """Parameters ZeRO-3 keeps gathered after their modules ran (zero3_live_params says why): half the
+    reuse distance, or the live bound, whichever is more."""
+    return max(z.stage3_max_reuse_distance // 2, z.stage3_max_live_parameters)
 
 
 def buffer_bytes(cfg: Config, shape: ModelShape) -> int:
