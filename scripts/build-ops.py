@@ -7,9 +7,9 @@ that build, then loads it."""
 import signal
 import sys
 
-# In the order the suite first needs them: the CPU FusedAdam (every training), gloo's shared-memory
-# allreduce (two ranks), CPU Adam (offload), and NVMe's (pinned memory, aio).
-OPS = ("FusedAdamBuilder", "ShareMemCommBuilder", "CPUAdamBuilder", "PinMemoryBuilder", "AsyncIOBuilder")
+# In the order the suite first needs them: gloo's shared-memory allreduce (every training), CPU Adam
+# (offload), and NVMe's (pinned memory, aio). Not FusedAdam: without a GPU the plan steps with torch's.
+OPS = ("ShareMemCommBuilder", "CPUAdamBuilder", "PinMemoryBuilder", "AsyncIOBuilder")
 NEEDS_DEBIAN = {"AsyncIOBuilder"}  # libaio-dev
 
 

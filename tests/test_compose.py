@@ -253,6 +253,20 @@ def test_zero1_is_the_guides_zero1_as_deepspeed_reads_it():
 
 
 @pytest.mark.parametrize(
+    ("overrides", "torch_adam"),
+    [([], True), (["optimizer=adam"], True), (["optimizer=muon"], True), (["offload=cpu"], False)],
+)
+def test_without_a_gpu_deepspeeds_adam_steps_with_torchs(overrides: list[str], torch_adam: bool):
+    """Without a GPU, DeepSpeed's FusedAdam is a CPU op compiled on first use (~1.5 min of one core);
+    torch's AdamW takes the same step. Offloaded, DeepSpeedCPUAdam steps, as on a GPU machine."""
+    cfg = compose_point(overrides)
+    assert settings.deepspeed_config(cfg, 128, use_cpu=True)["optimizer"]["params"].get("torch_adam") == (
+        torch_adam or None
+    )
+    assert "torch_adam" not in settings.deepspeed_config(cfg, 128, use_cpu=False)["optimizer"]["params"]
+
+
+@pytest.mark.parametrize(
     "overrides",
     [
         ["zero=stage2", "offload=cpu", "optimizer=adamw_torch", "scheduler=warmup_linear", "precision=bf16"],

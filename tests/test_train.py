@@ -62,18 +62,25 @@ def test_sweep_is_one_parent_with_a_child_per_point(six_point_sweep):
     assert "6 points" in result.stdout and "zero=stage3,offload=cpu" in result.stdout
 
 
+def assert_same_losses(history: list, reference: list, name: str) -> None:
+    assert [step for step, _ in history] == [step for step, _ in reference], name
+    assert [loss for _, loss in history] == pytest.approx([loss for _, loss in reference], abs=1e-4), name
+
+
 def test_losses_are_equal_across_stages_and_offload(six_point_sweep, tmp_path):
+    """Equal to float rounding: without a GPU, torch's AdamW steps where nothing is offloaded (over
+    each stage's own layout of the parameters), DeepSpeedCPUAdam where it is."""
     outputs, _ = six_point_sweep
     histories = {r.info.run_name: loss_history(outputs, r.info.run_id) for r in finished_children(outputs)}
     reference = histories["zero=stage1,offload=none"]
     assert [s for s, _ in reference] == list(range(1, STEPS + 1))  # one point per step, none repeated
     for name, history in histories.items():
-        assert history == reference, name
+        assert_same_losses(history, reference, name)
     # ZeRO-0 as a run of its own, in a fresh process: the same losses again.
     single = tmp_path / "outputs"
     result = ok(run_pipeline(single, "zero=stage0", f"trainer.max_steps={STEPS}"))
     (run,) = runs(single)
-    assert loss_history(single, run.info.run_id) == reference
+    assert_same_losses(loss_history(single, run.info.run_id), reference, "zero=stage0")
     assert run.info.run_id in result.stdout and "final loss" in result.stdout and "tokens/s" in result.stdout
 
 
@@ -212,7 +219,7 @@ def test_two_ranks_give_one_ranks_losses_at_the_same_global_batch(tmp_path):
     reference = histories[(1, "stage0")]
     assert [step for step, _ in reference] == list(range(1, STEPS + 1))
     for key, history in histories.items():
-        assert [loss for _, loss in history] == pytest.approx([loss for _, loss in reference], abs=1e-4), key
+        assert_same_losses(history, reference, str(key))
 
 
 def test_zero3_init_builds_the_model_partitioned_and_trains_on_two_ranks(tmp_path):

@@ -50,7 +50,7 @@ def make(cfg: Config, output_dir: Path, use_cpu: bool) -> Plan:
             adapted_inputs=sized.adapted_inputs,
             frozen_inputs=sized.frozen_inputs,
         )
-    ds = settings.deepspeed_config(cfg, model_cfg.hidden_size)
+    ds = settings.deepspeed_config(cfg, model_cfg.hidden_size, use_cpu)
     return Plan(
         deepspeed=ds,
         training_args=settings.training_args(cfg, ds, output_dir, use_cpu),

@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.config import Config, OffloadDevice, Provider
 
 
-def deepspeed_config(cfg: Config, hidden: int) -> dict[str, Any]:
+def deepspeed_config(cfg: Config, hidden: int, use_cpu: bool = False) -> dict[str, Any]:
     t, p, opt = cfg.trainer, cfg.precision, cfg.optimizer
     ds: dict[str, Any] = {
         "train_batch_size": cfg.global_batch,
@@ -44,6 +44,11 @@ def deepspeed_config(cfg: Config, hidden: int) -> dict[str, Any]:
                 "weight_decay": opt.weight_decay,
             },
         }
+        if use_cpu and opt.name in ("Adam", "AdamW", "Muon") and not cfg.offloads_optimizer:
+            # Without a GPU, DeepSpeed's FusedAdam (Muon's too, for its Adam half) is a CPU op that it
+            # compiles on first use (~1.5 min of one core): torch's AdamW takes the same step with
+            # nothing to build. Offloaded, DeepSpeedCPUAdam steps (torch's would take its place).
+            ds["optimizer"]["params"]["torch_adam"] = True
     else:
         ds["zero_allow_untested_optimizer"] = True
         if cfg.offloads_optimizer:

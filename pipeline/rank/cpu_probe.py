@@ -1,4 +1,4 @@
-"""DeepSpeed's CPU ops (the CPU accelerator's FusedAdam, CPU offload's DeepSpeedCPUAdam) ask
+"""DeepSpeed's CPU ops (the shared-memory allreduce of its CPU ranks, CPU offload's DeepSpeedCPUAdam) ask
 py-cpuinfo for the CPU's arch and SIMD flags each time a rank loads one, to pick compiler flags:
 twice per rank, each a fresh probe of the CPU, 2.4 s of CPU in all per rank start (measured on the
 2-core CI machine). The answer is the machine's, so each host probes once: it is kept in the user's
