@@ -46,7 +46,8 @@ G) python3 benchmarks/fake_world_memory.py --out "$OUT/fake_world" --budget-s 45
      --point "model=gpt2_large world=8 zero=stage3 data.seq_len=2048 trainer.micro_batch_size=4" \
      --point "model=gpt2_large world=1 zero=stage2 data.seq_len=4096 trainer.micro_batch_size=1 trainer.gradient_checkpointing=true" \
      --point "model=gpt2_large world=1 zero=stage2 data.seq_len=4096 trainer.micro_batch_size=4 trainer.gradient_checkpointing=false,true" ;;
-H) timeout 590 python3 benchmarks/fp8_loss.py --out "$OUT/fp8_stdlib" --seeds ${SEEDS:-0} --timeout 260 --steps 300 --corpus-mb 8 ;;
+H) timeout 590 python3 benchmarks/fp8_loss.py --out "$OUT/fp8_stdlib" --seeds ${SEEDS:-0} --timeout ${RUN_S:-260} --steps 300 --corpus-mb 8 \
+     ${SIDES:+--sides $SIDES} ${OVERRIDES:-} ;;
 D) python3 benchmarks/fake_world_memory.py --out "$OUT/fake_world" --suite bigvocab --suite 7b --budget-s 500 ;;
 *) echo "usage: bash benchmarks/device_calls.sh A|B|C|D|E|F|G|H" >&2; exit 2 ;;
 esac

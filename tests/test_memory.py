@@ -36,6 +36,9 @@ LLAMA_7B = [
     )
     for where in [f"{session}, fake world of {world}"]
 ]
+GPT2_16, GPT2_23 = "16th session, 1 H100", "23rd session, 1 H100"
+CKPT = "trainer.gradient_checkpointing=true"
+GPT2_Z3_8 = ["model=gpt2_large", "zero=stage3", "data.seq_len=2048", "trainer.micro_batch_size=4", *WORLDS[8]]
 # (overrides, measured peak GiB per GPU, where it was measured)
 MEASURED = [
     (["zero=stage0"], 26.8, "4th session, 1 GPU"),
@@ -111,24 +114,24 @@ MEASURED = [
     (["zero=stage2", "peft=qlora"], 18.31, "16th session, 1 H100"),
     # A GPT-2 style model (learned positions, GELU MLP, 50257-token vocabulary), one GPU, ZeRO-2.
     *[
-        (["model=gpt2_large", "zero=stage2", *shape], peak, "16th session, 1 H100")
-        for shape, peak in (
-            (["data.seq_len=2048", "trainer.micro_batch_size=1"], 17.32),
-            (
-                ["data.seq_len=2048", "trainer.micro_batch_size=1", "trainer.gradient_checkpointing=true"],
-                15.95,
-            ),
-            (["data.seq_len=4096", "trainer.micro_batch_size=1"], 22.74),
+        (["model=gpt2_large", "zero=stage2", *shape], peak, session)
+        for shape, peak, session in (
+            (["data.seq_len=2048", "trainer.micro_batch_size=1"], 17.32, GPT2_16),
+            (["data.seq_len=2048", "trainer.micro_batch_size=1", CKPT], 15.95, GPT2_16),
+            (["data.seq_len=4096", "trainer.micro_batch_size=1"], 22.74, GPT2_16),
             # Its layer keeps 1.41x the Llama's (model.layer_saved_bytes), 64.1 bytes: planned 37.2.
-            (["data.seq_len=2048", "trainer.micro_batch_size=4"], 35.24),
+            (["data.seq_len=2048", "trainer.micro_batch_size=4"], 35.24, GPT2_16),
             # The optimizer step's peak (backward's is lower): its 50,257-token logits and loss gradients
             # counted as their own (6 + 6 bytes a token an entry), not the Llama's 12 GiB-fitted term.
-            (
-                ["data.seq_len=2048", "trainer.micro_batch_size=4", "trainer.gradient_checkpointing=true"],
-                15.95,
-            ),
+            (["data.seq_len=2048", "trainer.micro_batch_size=4", CKPT], 15.95, GPT2_16),
+            # benchmarks/device_calls.sh G: planned 15.94, 64.40 and 22.00.
+            (["data.seq_len=4096", "trainer.micro_batch_size=1", CKPT], 16.01, GPT2_23),
+            (["data.seq_len=4096", "trainer.micro_batch_size=4"], 60.35, GPT2_23),
+            (["data.seq_len=4096", "trainer.micro_batch_size=4", CKPT], 20.92, GPT2_23),
         )
     ],
+    # ZeRO-3 as rank 0 of a fake world of 8 (benchmarks/device_calls.sh G): planned 30.02.
+    (GPT2_Z3_8, 28.02, f"{GPT2_23}, fake world of 8"),
     # 256k vocabulary, tied embeddings, grouped-query attention, head_dim 192 (21st session, 1 H100,
     # benchmarks/fake_world_memory.py --suite bigvocab): one GPU, and ZeRO-3 as rank 0 of a fake world of 8.
     *[
@@ -173,6 +176,8 @@ MEASURED_HOST = [
         "21st, 1 H100",
     ),
     (BIGVOCAB_Z3_8, 62.68, "21st session, fake world of 8, 1 H100"),
+    # GPT-2 large, whole in each of a node's 8 ranks before ZeRO-3 partitions it: planned 33.82.
+    (GPT2_Z3_8, 32.82, f"{GPT2_23}, fake world of 8"),
     # The 6.7B Llama: whole in every rank for ZeRO-1; under zero.Init, a GPU rank's runtime, and at 8 ranks
     # its 16-bit partition staged in host memory.
     *[(overrides, host, where) for overrides, _, host, where in LLAMA_7B],
