@@ -17,7 +17,9 @@
 #                                       fake world of 8, and one GPU at 4096 tokens, micro batch 4 and checkpointing
 #   bash benchmarks/device_calls.sh H   issue 35: fp8 against compiled bf16 on text the 1B cannot memorise in
 #                                       300 steps (8 MB of Python's sources), seed 0 (SEEDS=1 on the warm machine:
-#                                       the pair does not fit one call with cold compiles, 184 s and ~215 s)
+#                                       the pair does not fit one call with cold compiles, 184 s and ~215 s);
+#                                       SIDES=fp8 runs one side, OVERRIDES=... go to both (e.g.
+#                                       precision.fp8_recipe=rowwise), RUN_S=<s> is one run's limit (260)
 # Every run tracks to MLflow, as users run it; each table is rewritten as each row ends, under $OUT.
 # A warm machine (a second call) built the DeepSpeed ops already: NOWARM=--no-warmup. A's pair of
 # variants and time limit: VARIANTS= (none, the pair measured already on this machine), LIMIT=<s>.
