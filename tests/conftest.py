@@ -79,9 +79,16 @@ _BUILD = pytest.StashKey[subprocess.Popen]()
 # The files that take longest, longest first (as measured by --durations), the Slurm file ahead: under
 # `-n 2 --dist loadfile` each file goes to whichever worker is free next, so the short files fill in
 # at the end and both workers finish together. The Slurm file's waits on the cluster leave CPU to the
-# other worker.
+# other worker. Right after it, the files that train nothing: on a fresh clone the other worker runs
+# them while DeepSpeed's first CPU ops compile, which any training would wait for (~100 s of work).
 LONGEST_FIRST = [
     "test_slurm.py",
+    "test_memory.py",
+    "test_ds_json.py",
+    "test_compose.py",
+    "test_fit.py",
+    "test_watchdog.py",
+    "test_layout.py",
     "test_tracking.py",
     "test_sweep_survives.py",
     "test_train.py",
