@@ -5,11 +5,14 @@ owns the point's MLflow run; a requeued job (preemption, time limit) reopens tha
 resumes from its newest checkpoint.
 """
 
+import logging
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import submitit
+from submitit.slurm.slurm import SlurmJobEnvironment
 
 from pipeline import track
 from pipeline.config import Config
@@ -28,6 +31,7 @@ class SlurmTask:
         self.node = os.environ["SLURMD_NODENAME"] if across_nodes else None
         self.samples_node = across_nodes and not self.owns_run and os.environ.get("SLURM_LOCALID") == "0"
         self.retries_in_place = int(os.environ.get("SLURM_NTASKS", "1")) == 1
+        SlurmJobEnvironment._requeue = requeue  # submitit's, where Slurm's own SIGTERM may end scontrol
 
     def tags(self) -> dict[str, str]:
         """The job as submitit and sacct name it (123, or 123_4 in an array): a run this job leaves
@@ -67,6 +71,19 @@ class SlurmTask:
         env.master_port = rendezvous_port(int(os.environ["SLURM_JOB_ID"]))
         env.export(set_cuda_visible_devices=False, overwrite=True)
         return local.rank_main(job)
+
+
+def requeue(env: SlurmJobEnvironment, countdown: int) -> None:
+    """submitit's requeue on a time-out or preemption signal (`scontrol requeue`), except that a
+    scontrol ended by SIGTERM is a requeue done: Slurm's requeue ends the job's processes, and on a
+    loaded node that reached scontrol before it exited. submitit raised, and the point was marked
+    FAILED while Slurm ran it again (a fresh clone's test of an interrupted job)."""
+    try:
+        subprocess.check_call(["scontrol", "requeue", env.job_id], timeout=60)
+    except subprocess.CalledProcessError as e:
+        if e.returncode != -signal.SIGTERM:
+            raise
+    logging.getLogger(__name__).info(f"Requeued job {env.job_id} ({countdown} remaining timeouts)")
 
 
 def rendezvous_port(job_id: int) -> int:
