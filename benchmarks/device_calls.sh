@@ -22,7 +22,8 @@
 #                                       precision.fp8_recipe=rowwise), RUN_S=<s> is one run's limit (260)
 # Every run tracks to MLflow, as users run it; each table is rewritten as each row ends, under $OUT.
 # A warm machine (a second call) built the DeepSpeed ops already: NOWARM=--no-warmup. A's pair of
-# variants and time limit: VARIANTS= (none, the pair measured already on this machine), LIMIT=<s>.
+# variants, presets and time limit: VARIANTS= (none, the pair measured already on this machine),
+# PRESETS=a,b (e.g. z2+compile_mbs32,z2+fp8_mbs32,z2+fp8_rowwise_mbs32), LIMIT=<s>.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 AIO=$PWD/.whl/aio/usr
@@ -35,7 +36,7 @@ python3 -c "import torch, transformers, deepspeed; print(torch.__version__, tran
 table=(python3 benchmarks/gpu_table.py --reference "$REF" --tracking on)  # a function would not run under timeout
 case "${1:-}" in
 A) timeout ${LIMIT:-400} "${table[@]}" --out "$OUT/a" --variants "${VARIANTS-z2}" ${NOWARM:-} --steps 20 --warm 4 --timeout 200 \
-     --presets z2+compile_mbs32,z2+liger_compile_mbs32,z2+fp8_mbs32,z2+liger_mbs32 ;;
+     --presets ${PRESETS:-z2+compile_mbs32,z2+liger_compile_mbs32,z2+fp8_mbs32,z2+liger_mbs32} ;;
 B) timeout 540 "${table[@]}" --out "$OUT/b" --variants z2,z3 ${NOWARM:-} --steps 20 --warm 4 --timeout 150 \
      --presets z2+lora,z3+lora,z2+qlora,z3+qlora ;;
 C) for m in forkserver spawn; do timeout 45 python3 benchmarks/forkserver_cuda.py $m; done

@@ -80,6 +80,7 @@ PRESETS: dict[str, tuple] = {
     "z2+fp8": ("z2", ["precision=fp8"]),
     "z3+fp8": ("z3", ["precision=fp8"]),
     "z2+fp8_mbs32": ("z2", ["perf=compile_mbs32", "precision=fp8"]),
+    "z2+fp8_rowwise_mbs32": ("z2", ["perf=compile_mbs32", "precision=fp8", "precision.fp8_recipe=rowwise"]),
     "z2+compile_text": ("z2", ["perf=compile", "data=tiny_corpus", "data.seq_len=1024"]),
     "z2+fp8_text": ("z2", ["precision=fp8", "data=tiny_corpus", "data.seq_len=1024"]),
     # Liger's kernels (issue 35 item 2): the fused linear cross-entropy holds no logits, so a larger

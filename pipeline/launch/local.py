@@ -6,11 +6,13 @@ twice (the usual Hydra + DDP trap) and each rank gets RANK, LOCAL_RANK, WORLD_SI
 """
 
 import atexit
+import functools
 import gc
 import multiprocessing
 import os
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,7 +143,24 @@ def on_ranks(nproc: int, fn: Callable[..., T], *args: object) -> dict[int, T]:
         # (elastic names the first failure it finds as the cause).
         monitor_interval=0.1,
     )
-    return elastic_launch(config, fn)(*args)
+    return elastic_launch(config, functools.update_wrapper(functools.partial(_after_peers, fn), fn))(*args)
+
+
+# Long past the launcher's 0.1 s polls, even on a loaded host (on a 2-core runner, a rank's broken
+# link was once seen before its SIGKILLed peer); paid only by a rank whose peer is already gone.
+PEER_GRACE_S = 3.0
+
+
+def _after_peers(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args) on a rank that, when a collective fails on its link to another rank, leaves a few
+    seconds after the other: the launcher names the first failure it sees, and the other rank's death
+    or error is the cause, this one only its echo."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        if isinstance(e, dist.DistError) or "/gloo/transport/" in str(e):  # NCCL's errors, gloo's links
+            time.sleep(PEER_GRACE_S)
+        raise
 
 
 def _start_method() -> str:
