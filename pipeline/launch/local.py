@@ -139,8 +139,8 @@ def on_ranks(nproc: int, fn: Callable[..., T], *args: object) -> dict[int, T]:
         rdzv_endpoint="127.0.0.1:0",
         start_method=_start_method(),
         max_restarts=0,
-        # Polled often: a rank killed outright is seen dead before its peers fail on the broken link
-        # (elastic names the first failure it finds as the cause).
+        # Polled often: a rank's end is seen at once (and one killed outright before the peers its
+        # death broke: _after_peers), as elastic names the first failure it finds as the cause.
         monitor_interval=0.1,
     )
     return elastic_launch(config, functools.update_wrapper(functools.partial(_after_peers, fn), fn))(*args)
