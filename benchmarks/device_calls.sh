@@ -23,7 +23,8 @@
 # Every run tracks to MLflow, as users run it; each table is rewritten as each row ends, under $OUT.
 # A warm machine (a second call) built the DeepSpeed ops already: NOWARM=--no-warmup. A's pair of
 # variants, presets and time limit: VARIANTS= (none, the pair measured already on this machine),
-# PRESETS=a,b (e.g. z2+compile_mbs32,z2+fp8_mbs32,z2+fp8_rowwise_mbs32), LIMIT=<s>.
+# PRESETS=a,b (e.g. z2+compile_mbs32,z2+fp8_mbs32,z2+fp8_rowwise_mbs32), LIMIT=<s>, RUN_S=<s> one run's
+# limit (200; rowwise fp8 at micro batch 32 ran 170 s from a warm compile cache, over 200 s cold).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 AIO=$PWD/.whl/aio/usr
@@ -35,7 +36,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, transformers, deepspeed; print(torch.__version__, transformers.__version__, deepspeed.__version__)"
 table=(python3 benchmarks/gpu_table.py --reference "$REF" --tracking on)  # a function would not run under timeout
 case "${1:-}" in
-A) timeout ${LIMIT:-400} "${table[@]}" --out "$OUT/a" --variants "${VARIANTS-z2}" ${NOWARM:-} --steps 20 --warm 4 --timeout 200 \
+A) timeout ${LIMIT:-400} "${table[@]}" --out "$OUT/a" --variants "${VARIANTS-z2}" ${NOWARM:-} --steps 20 --warm 4 --timeout ${RUN_S:-200} \
      --presets ${PRESETS:-z2+compile_mbs32,z2+liger_compile_mbs32,z2+fp8_mbs32,z2+liger_mbs32} ;;
 B) timeout 540 "${table[@]}" --out "$OUT/b" --variants z2,z3 ${NOWARM:-} --steps 20 --warm 4 --timeout 150 \
      --presets z2+lora,z3+lora,z2+qlora,z3+qlora ;;
