@@ -81,7 +81,6 @@ MEASURED = [
         41.3,
         "25th session, 1 H100",
     ),
-    (["zero=stage2", "perf=compile_mbs32"], 52.6, "25th session, 1 H100"),
     # Rank 0 of a fake world of 8, 64 and 512 ranks (8 a node) on one H100: 15th session,
     # benchmarks/fake_world_memory.py --suite 1b.
     *[

@@ -186,10 +186,9 @@ def test_interrupted_job_resumes_into_the_same_run_through_an_mlflow_server(
 def _release_if_held(job_id: str) -> bool:
     """True once the job has been requeued (pending or running again after it). Slurm holds a
     requeued job back for its credentials' lifetime (cred_expire: 5 s on local-slurm.sh's cluster,
-    2 min by default); released, it starts 2 s on: a start
-    within the second of the requeue is refused by the node ("Job credential revoked": the
-    credential is no newer, in whole seconds, than the revocation of the killed attempt's), and the
-    job ends FAILED."""
+    2 min by default); released, it starts 2 s on: a start within the second of the requeue is
+    refused by the node ("Job credential revoked": the credential is no newer, in whole seconds,
+    than the revocation of the killed attempt's), and the job ends FAILED."""
     state = subprocess.run(
         ["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True
     ).stdout
